@@ -1,0 +1,53 @@
+"""infernet_async: the asyncio-native SDK for the Infernet Protocol inference API."""
+
+from ._version import __version__
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    DecodeError,
+    EventTooLargeError,
+    IncompleteStreamError,
+    InfernetError,
+    InternalServerError,
+    JobFailedError,
+    JobTimeoutError,
+    ModelNotFoundError,
+    NoCapacityError,
+    NodeDisconnectedError,
+    NotFoundError,
+    RateLimitError,
+    StreamError,
+)
+from .events import Done, ErrorEvent, JobInfo, Meta, Restart, StreamEvent, Token
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "DecodeError",
+    "Done",
+    "ErrorEvent",
+    "EventTooLargeError",
+    "IncompleteStreamError",
+    "InfernetError",
+    "InternalServerError",
+    "JobFailedError",
+    "JobInfo",
+    "JobTimeoutError",
+    "Meta",
+    "ModelNotFoundError",
+    "NoCapacityError",
+    "NodeDisconnectedError",
+    "NotFoundError",
+    "RateLimitError",
+    "Restart",
+    "StreamError",
+    "StreamEvent",
+    "Token",
+    "__version__",
+]

@@ -1,0 +1,309 @@
+"""Every exception the SDK raises, in one tree.
+
+    InfernetError
+    ├── APIError                      the control plane answered with an error body (.status, .code, .message)
+    │   ├── AuthenticationError       401 unauthorized
+    │   ├── BadRequestError           400 bad_request
+    │   ├── ModelNotFoundError        404 model_not_found
+    │   ├── NotFoundError             404 without a known code (an unknown job id)
+    │   ├── RateLimitError            429 rate_limited (.retry_after)
+    │   ├── InternalServerError       500 internal_error, and other 5xx
+    │   └── NoCapacityError           503 no_capacity
+    ├── JobFailedError                a job ended in the failed state (.job_id, .code, .message)
+    │   └── JobTimeoutError           ... because it exceeded the server's job time limit
+    ├── StreamError                   a stream ended without [DONE] (.partial_text, .job_id)
+    │   ├── NodeDisconnectedError     the node went offline mid-stream; the job was re-queued
+    │   ├── IncompleteStreamError     the connection ended without [DONE] and without an error event
+    │   └── StreamErrorEvent...       (any other in-stream error code is a plain StreamError)
+    ├── APIConnectionError            the request never got an answer (DNS, refused, reset, out of fds)
+    │   └── APITimeoutError           a configured timeout fired (also a TimeoutError)
+    └── DecodeError                   bytes that cannot be decoded as a stream (also a ValueError)
+        └── EventTooLargeError        one line or event exceeds the decoder's size limit
+
+Connection and timeout errors are siblings of APIError, not subclasses: they carry no status and no body.
+The class of an API error comes from the body's ``error`` code; the HTTP status decides only when the body
+has no code (a proxy's HTML page, say). This module imports nothing outside the standard library, so the
+sans-IO layers can raise these errors too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "DecodeError",
+    "EventTooLargeError",
+    "IncompleteStreamError",
+    "InfernetError",
+    "InternalServerError",
+    "JobFailedError",
+    "JobTimeoutError",
+    "ModelNotFoundError",
+    "NoCapacityError",
+    "NodeDisconnectedError",
+    "NotFoundError",
+    "RateLimitError",
+    "StreamError",
+    "error_for_response",
+    "stream_error_for_code",
+]
+
+_EXCERPT_LIMIT = 200
+
+
+class InfernetError(Exception):
+    """The root of every error this SDK raises."""
+
+
+class APIError(InfernetError):
+    """The control plane answered a request with an error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | None = None,
+        body: object = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.body = body
+        self.headers: Mapping[str, str] = dict(headers or {})
+
+    def __str__(self) -> str:
+        label = f"{self.status} {self.code}" if self.code else str(self.status)
+        return f"[{label}] {self.message}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, "
+            f"message={self.message!r})"
+        )
+
+
+class AuthenticationError(APIError):
+    """The bearer token is missing or invalid (401 ``unauthorized``)."""
+
+
+class BadRequestError(APIError):
+    """The request's parameters were invalid (400 ``bad_request``)."""
+
+
+class NotFoundError(APIError):
+    """The resource does not exist or is not visible to this token (404)."""
+
+
+class ModelNotFoundError(NotFoundError):
+    """The requested model is not registered (404 ``model_not_found``)."""
+
+
+class RateLimitError(APIError):
+    """Too many requests for this token (429 ``rate_limited``).
+
+    ``retry_after`` is the number of seconds the server asked us to wait, when it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 429,
+        code: str | None = "rate_limited",
+        body: object = None,
+        headers: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, body=body, headers=headers)
+        self.retry_after = retry_after
+
+
+class InternalServerError(APIError):
+    """The control plane failed (500 ``internal_error`` or another 5xx)."""
+
+
+class NoCapacityError(APIError):
+    """No node has capacity for the model right now (503 ``no_capacity``); retry with backoff."""
+
+
+class JobFailedError(InfernetError):
+    """A job ended in the ``failed`` state."""
+
+    def __init__(
+        self, message: str, *, job_id: str | None, code: str | None = None, job: object = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.job_id = job_id
+        self.code = code
+        self.job = job
+
+
+class JobTimeoutError(JobFailedError):
+    """A job failed with ``timeout``: it exceeded the server's job time limit."""
+
+
+class StreamError(InfernetError):
+    """A token stream ended before ``[DONE]``; ``partial_text`` is everything received until then."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        partial_text: str = "",
+        job_id: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.partial_text = partial_text
+        self.job_id = job_id
+        self.code = code
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(message={self.message!r}, code={self.code!r}, "
+            f"job_id={self.job_id!r}, partial_text=<{len(self.partial_text)} chars>)"
+        )
+
+
+class NodeDisconnectedError(StreamError):
+    """The node went offline mid-stream (``node_disconnected``); the control plane re-queued the job."""
+
+
+class IncompleteStreamError(StreamError):
+    """The connection ended without ``[DONE]`` and without an error event."""
+
+
+class APIConnectionError(InfernetError):
+    """The request did not get an answer: DNS failure, refused or reset connection, no file descriptors."""
+
+
+class APITimeoutError(APIConnectionError, TimeoutError):
+    """A configured timeout fired (connect, idle read, time to first token, stall or total).
+
+    When it fires mid-stream, ``partial_text`` holds what arrived before it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        partial_text: str = "",
+        job_id: str | None = None,
+        phase: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.partial_text = partial_text
+        self.job_id = job_id
+        self.phase = phase
+
+
+class DecodeError(InfernetError, ValueError):
+    """Bytes that cannot be decoded as an event stream."""
+
+
+class EventTooLargeError(DecodeError):
+    """One line or one event grew past the decoder's size limit."""
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+_API_ERRORS_BY_CODE: dict[str, type[APIError]] = {
+    "unauthorized": AuthenticationError,
+    "bad_request": BadRequestError,
+    "model_not_found": ModelNotFoundError,
+    "not_found": NotFoundError,
+    "rate_limited": RateLimitError,
+    "internal_error": InternalServerError,
+    "no_capacity": NoCapacityError,
+}
+
+_API_ERRORS_BY_STATUS: dict[int, type[APIError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    404: NotFoundError,
+    429: RateLimitError,
+    500: InternalServerError,
+    503: NoCapacityError,
+}
+
+_STREAM_ERRORS_BY_CODE: dict[str, type[StreamError]] = {
+    "node_disconnected": NodeDisconnectedError,
+}
+
+
+def _api_error_class(status: int, code: str | None) -> type[APIError]:
+    if code is not None and code in _API_ERRORS_BY_CODE:
+        return _API_ERRORS_BY_CODE[code]
+    if code is None or code not in _API_ERRORS_BY_CODE:
+        by_status = _API_ERRORS_BY_STATUS.get(status)
+        if by_status is not None and (code is None or by_status is not NoCapacityError):
+            return by_status
+    if status >= 500:
+        return InternalServerError
+    return APIError
+
+
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    if len(flat) > _EXCERPT_LIMIT:
+        return flat[: _EXCERPT_LIMIT - 1] + "…"
+    return flat
+
+
+def error_for_response(
+    status: int,
+    body: Any,
+    *,
+    text: str = "",
+    headers: Mapping[str, str] | None = None,
+    retry_after: float | None = None,
+) -> APIError:
+    """Build the most specific ``APIError`` for an error response; never raises.
+
+    Args:
+        status: the HTTP status.
+        body: the decoded JSON body, or ``None`` when the body was not JSON.
+        text: the raw body text, used for an excerpt when the body is not an error object.
+        headers: the response headers, kept on the error.
+        retry_after: seconds to wait, already worked out by the caller (for 429).
+    """
+    code: str | None = None
+    message: str | None = None
+    if isinstance(body, Mapping):
+        raw_code = body.get("error")
+        if isinstance(raw_code, str) and raw_code:
+            code = raw_code
+        raw_message = body.get("error_message", body.get("message"))
+        if isinstance(raw_message, str) and raw_message:
+            message = raw_message
+    if message is None:
+        excerpt = _excerpt(text)
+        message = f"HTTP {status}: {excerpt}" if excerpt else f"HTTP {status}"
+    cls = _api_error_class(status, code)
+    if issubclass(cls, RateLimitError):
+        return cls(
+            message, status=status, code=code, body=body, headers=headers, retry_after=retry_after
+        )
+    return cls(message, status=status, code=code, body=body, headers=headers)
+
+
+def stream_error_for_code(
+    code: str | None, message: str, *, partial_text: str, job_id: str | None
+) -> StreamError:
+    """Build the ``StreamError`` for an in-stream error event (the HTTP status there is 200)."""
+    cls = _STREAM_ERRORS_BY_CODE.get(code or "", StreamError)
+    return cls(message, partial_text=partial_text, job_id=job_id, code=code)

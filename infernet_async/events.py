@@ -1,0 +1,103 @@
+"""Typed stream events: what an Infernet token stream means, independent of how it was framed.
+
+Both dialects of the control plane map onto these types:
+
+- the guide's data-only stream: ``data: {"text": ...}`` per token, ``data: [DONE]`` (a literal), and
+  ``data: {"error": "<code>", "message": ...}``;
+- the live typed stream: ``event: job|meta|token|done|error`` with ``id:`` lines and ``: ping`` heartbeats.
+  What the live control plane sends in each (from its stream route):
+  ``job``   the job row: ``{"id", "status", "model_name", "provider_id", ...}`` (no ``id:`` line);
+  ``meta``  ``{"provider_node_id", "provider_name", "model", "started_at", "engine"}``;
+  ``token`` ``{"text"}``;
+  ``done``  ``{"text": <the whole answer>, "finished_at", "reason"}``;
+  ``error`` ``{"message"}`` (no code: ``ErrorEvent.code`` is then ``None``).
+
+Events are frozen slotted dataclasses: they sit on the per-token path, where pydantic would cost more than
+the parsing itself. ``Restart`` is never decoded from the wire; the client emits it when a stream is resumed
+on a re-queued job (see ``InfernetClient.stream(on_node_disconnect=...)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Done",
+    "ErrorEvent",
+    "JobInfo",
+    "Meta",
+    "Restart",
+    "StreamEvent",
+    "Token",
+]
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One piece of generated text."""
+
+    text: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The stream finished cleanly (``[DONE]`` or ``event: done``).
+
+    ``text`` is the whole answer when the server sent it (the typed dialect does), else ``None``.
+    """
+
+    text: str | None = None
+    reason: str | None = None
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """The server reported an error in the stream; the stream ends after it."""
+
+    code: str | None
+    message: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """The typed dialect's ``job`` event: which job this stream belongs to and its state."""
+
+    job_id: str | None
+    status: str | None = None
+    model: str | None = None
+    data: Mapping[str, Any] = field(default=_EMPTY, compare=False, repr=False)
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """The typed dialect's ``meta`` event: the node that serves the job."""
+
+    node_id: str | None = None
+    node_name: str | None = None
+    model: str | None = None
+    engine: str | None = None
+    data: Mapping[str, Any] = field(default=_EMPTY, compare=False, repr=False)
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """The answer restarted on another node after ``node_disconnected``.
+
+    ``discarded_text`` is the text of the abandoned attempt; ``TokenStream.text`` holds the new attempt only.
+    """
+
+    attempt: int
+    discarded_text: str
+    reason: str = "node_disconnected"
+
+
+StreamEvent = Token | Done | ErrorEvent | JobInfo | Meta | Restart
