@@ -4,7 +4,8 @@ Both dialects of the control plane map onto these types:
 
 - the guide's data-only stream: ``data: {"text": ...}`` per token, ``data: [DONE]`` (a literal), and
   ``data: {"error": "<code>", "message": ...}``;
-- the live typed stream: ``event: job|meta|token|done|error`` with ``id:`` lines and ``: ping`` heartbeats.
+- the live typed stream: ``event: job|meta|token|done|error`` with ``id:`` lines and ``: ping``
+  heartbeats.
   What the live control plane sends in each (from its stream route):
   ``job``   the job row: ``{"id", "status", "model_name", "provider_id", ...}`` (no ``id:`` line);
   ``meta``  ``{"provider_node_id", "provider_name", "model", "started_at", "engine"}``;
@@ -12,15 +13,16 @@ Both dialects of the control plane map onto these types:
   ``done``  ``{"text": <the whole answer>, "finished_at", "reason"}``;
   ``error`` ``{"message"}`` (no code: ``ErrorEvent.code`` is then ``None``).
 
-Events are frozen slotted dataclasses: they sit on the per-token path, where pydantic would cost more than
-the parsing itself. ``Restart`` is never decoded from the wire; the client emits it when a stream is resumed
-on a re-queued job (see ``InfernetClient.stream(on_node_disconnect=...)``).
+Events are frozen slotted dataclasses: they sit on the per-token path, where pydantic would cost
+more than the parsing itself. ``Restart`` is never decoded from the wire; the client emits it when a
+stream is resumed on a re-queued job (see ``InfernetClient.stream(on_node_disconnect=...)``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
@@ -33,7 +35,13 @@ __all__ = [
     "Token",
 ]
 
-_EMPTY: Mapping[str, Any] = {}
+# dataclasses refuse a mutable (unhashable) default, so the empty default comes from a factory that
+# hands out one shared read-only mapping.
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _empty_data() -> Mapping[str, Any]:
+    return _EMPTY
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +80,7 @@ class JobInfo:
     job_id: str | None
     status: str | None = None
     model: str | None = None
-    data: Mapping[str, Any] = field(default=_EMPTY, compare=False, repr=False)
+    data: Mapping[str, Any] = field(default_factory=_empty_data, compare=False, repr=False)
     id: str | None = None
 
 
@@ -84,7 +92,7 @@ class Meta:
     node_name: str | None = None
     model: str | None = None
     engine: str | None = None
-    data: Mapping[str, Any] = field(default=_EMPTY, compare=False, repr=False)
+    data: Mapping[str, Any] = field(default_factory=_empty_data, compare=False, repr=False)
     id: str | None = None
 
 
@@ -92,7 +100,8 @@ class Meta:
 class Restart:
     """The answer restarted on another node after ``node_disconnected``.
 
-    ``discarded_text`` is the text of the abandoned attempt; ``TokenStream.text`` holds the new attempt only.
+    ``discarded_text`` is the text of the abandoned attempt; ``TokenStream.text`` holds the new
+    attempt only.
     """
 
     attempt: int
