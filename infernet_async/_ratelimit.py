@@ -1,0 +1,349 @@
+"""One rate limiter shared by every request of a client, so that workers pace together.
+
+Rules (the control plane allows 60 requests a minute per token by default):
+1. Learn the budget before fanning out: until a first answer arrives, one request at a time goes.
+2. Pace from the headers of every response: ``X-RateLimit-Remaining`` requests are spread evenly
+   over the time left until ``X-RateLimit-Reset`` (GCRA), after a burst of ``burst`` requests.
+   Requests sent but not yet answered count against the budget, so a stale header never oversends.
+3. One 429 pauses every request of the client until the time the server gave: ``Retry-After``,
+   else ``X-RateLimit-Reset``, else the body's ``detail.resetAt`` (all the live plane sends), else
+   the backoff.
+4. ``no_capacity`` pauses only that model, with exponential backoff; then one request probes the
+   model and the others follow once it succeeds, so a model coming back is not stampeded.
+
+``RateLimitState`` is the decision logic: pure, with injected clocks. ``RateLimiter`` adds the thin
+waiting part on anyio. The transport calls ``acquire()`` before each request, then ``observe()``
+with the response (or ``release()`` when no response came back).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+
+import anyio
+import anyio.lowlevel
+
+__all__ = ["RateLimitState", "RateLimiter", "default_backoff", "parse_reset_delay"]
+
+# X-RateLimit-Reset is documented as unix seconds; a value this small can only be a delay in
+# seconds, which some gateways send instead.
+_EPOCH_THRESHOLD = 1_000_000_000
+# Reset is whole seconds; waiting a little past it avoids arriving a hair before the window turns.
+_DEFAULT_RESET_MARGIN = 0.25
+
+
+def default_backoff(attempt: int) -> float:
+    """The documented ``min(1 s * 2^(attempt-1), 30 s)``, with up to 25 % jitter off the top."""
+    base = min(2.0 ** (attempt - 1), 30.0)
+    return base * (0.75 + 0.25 * random.random())
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    # aiohttp's CIMultiDictProxy matches any case; a plain dict (tests, other transports) may not.
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, candidate in headers.items():
+        if key.lower() == lowered:
+            return candidate
+    return None
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _reset_wall_time(text: str | None, wall_now: float) -> float | None:
+    value = _number(text)
+    if value is None:
+        return None
+    return value if value >= _EPOCH_THRESHOLD else wall_now + max(value, 0.0)
+
+
+def _iso_to_unix(text: object) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None  # a naive time cannot be placed against our clock
+    return moment.timestamp()
+
+
+def parse_reset_delay(headers: Mapping[str, str], body: object, wall_now: float) -> float | None:
+    """Seconds a 429 asks to wait: ``Retry-After``, else ``X-RateLimit-Reset``, else ``resetAt``.
+
+    Returns ``None`` when the response says nothing usable. Never raises.
+    """
+    retry_after = _header(headers, "Retry-After")
+    if retry_after is not None:
+        seconds = _number(retry_after)
+        if seconds is not None:
+            return max(seconds, 0.0)
+        try:
+            return max(parsedate_to_datetime(retry_after).timestamp() - wall_now, 0.0)
+        except (TypeError, ValueError, IndexError):
+            pass
+    reset = _reset_wall_time(_header(headers, "X-RateLimit-Reset"), wall_now)
+    if reset is not None:
+        return max(reset - wall_now, 0.0)
+    if isinstance(body, Mapping):
+        detail = body.get("detail")
+        if isinstance(detail, Mapping):
+            reset_at = _iso_to_unix(detail.get("resetAt"))
+            if reset_at is not None:
+                return max(reset_at - wall_now, 0.0)
+    return None
+
+
+def _error_code(body: object) -> str | None:
+    if isinstance(body, Mapping):
+        code = body.get("error")
+        if isinstance(code, str):
+            return code
+    return None
+
+
+class RateLimitState:
+    """The limiter's decisions, without waiting: ``reserve()`` says how long a request must wait.
+
+    Args:
+        burst: requests that may go back to back before pacing spreads the rest of the budget.
+        backoff: seconds to wait after the n-th failure in a row (a 429 giving no time,
+            no_capacity).
+        clock: a monotonic clock in seconds (pauses and pacing).
+        wall_clock: unix time in seconds (to read ``X-RateLimit-Reset`` and ``resetAt``).
+        reset_margin: extra seconds waited past a reset time given in whole seconds.
+        probe_first: let one request learn the budget before the others go.
+    """
+
+    def __init__(
+        self,
+        *,
+        burst: int = 10,
+        backoff: Callable[[int], float] = default_backoff,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        reset_margin: float = _DEFAULT_RESET_MARGIN,
+        probe_first: bool = True,
+    ) -> None:
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
+        self._burst = burst
+        self._backoff = backoff
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._reset_margin = reset_margin
+        self.limit: int | None = None
+        # Our estimate: the server's figure less the requests it has not answered yet.
+        self.remaining: int | None = None
+        self.reset_at: float | None = None  # unix seconds
+        self.paused_until = -math.inf  # monotonic; set by a 429
+        self.outstanding = 0  # requests granted and not yet answered
+        # No answer seen yet, or a 429 made the budget unknown again.
+        self._awaiting_budget = probe_first
+        self._probing = False
+        self._next_at = -math.inf  # GCRA theoretical arrival time (monotonic)
+        self._rate_limited_in_a_row = 0
+        self._model_failures: dict[str, int] = {}
+        self._model_paused_until: dict[str, float] = {}
+        self._model_probing: set[str] = set()
+
+    def model_paused_until(self, model: str) -> float | None:
+        """When ``model`` may be asked again (monotonic), or ``None`` when it is not backing off."""
+        return self._model_paused_until.get(model)
+
+    def reserve(self, model: str | None = None) -> float:
+        """Claim the right to send one request now, or say how long to wait before asking again.
+
+        Returns ``0.0`` when the request may go (the grant is recorded: call ``observe()`` or
+        ``release()`` for it), a positive number of seconds to wait, or ``math.inf`` to wait until
+        the state changes (another request's answer).
+        """
+        now = self._clock()
+        if now < self.paused_until:
+            return self.paused_until - now
+        if model is not None and model in self._model_failures:
+            until = self._model_paused_until.get(model, -math.inf)
+            if now < until:
+                return until - now
+            if model in self._model_probing:
+                return math.inf
+        delay = self._budget_delay(now)
+        if delay > 0.0:
+            return delay
+        self.outstanding += 1
+        if self.remaining is not None:
+            self.remaining -= 1
+        if model is not None and model in self._model_failures:
+            self._model_probing.add(model)
+        return 0.0
+
+    def _budget_delay(self, now: float) -> float:
+        wall = self._wall_clock()
+        if self.reset_at is not None and wall >= self.reset_at + self._reset_margin:
+            # A new window: the full limit again, until a response says otherwise.
+            self.remaining = self.limit
+            self.reset_at = None
+            self._next_at = -math.inf
+        if self.remaining is None:
+            if not self._awaiting_budget:
+                return 0.0
+            if self._probing:
+                return math.inf
+            self._probing = True
+            return 0.0
+        if self.remaining <= 0:
+            if self.reset_at is None:
+                return math.inf  # wait for an answer to tell us the window
+            return self.reset_at + self._reset_margin - wall
+        if self.reset_at is None:
+            return 0.0
+        time_left = max(self.reset_at + self._reset_margin - wall, 0.0)
+        spacing = time_left / self.remaining
+        arrival = max(self._next_at, now)
+        tolerance = (self._burst - 1) * spacing
+        if arrival - now > tolerance:
+            return arrival - now - tolerance
+        self._next_at = arrival + spacing
+        return 0.0
+
+    def release(self, model: str | None = None) -> None:
+        """A granted request got no answer (connection error, cancellation): free its slot."""
+        self.outstanding = max(self.outstanding - 1, 0)
+        self._probing = False
+        if model is not None:
+            self._model_probing.discard(model)
+
+    def observe(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: object = None,
+        *,
+        model: str | None = None,
+    ) -> None:
+        """Learn from the answer to a granted request: budget headers, a 429, a no_capacity."""
+        now = self._clock()
+        wall = self._wall_clock()
+        self.outstanding = max(self.outstanding - 1, 0)
+        self._probing = False
+        self._awaiting_budget = False
+        self._read_budget(headers, wall)
+        code = _error_code(body)
+        if status == 429 or code == "rate_limited":
+            self._rate_limited_in_a_row += 1
+            delay = parse_reset_delay(headers, body, wall)
+            if delay is None:
+                delay = self._backoff(self._rate_limited_in_a_row)
+            self.paused_until = max(self.paused_until, now + delay)
+            # After the pause the budget is unknown again: one request learns it before the rest go.
+            self.remaining = None
+            self.reset_at = None
+            self._awaiting_budget = True
+        elif status < 400:
+            self._rate_limited_in_a_row = 0
+        if model is None:
+            return
+        self._model_probing.discard(model)
+        if code == "no_capacity" or (status == 503 and code is None):
+            failures = self._model_failures.get(model, 0) + 1
+            self._model_failures[model] = failures
+            self._model_paused_until[model] = now + self._backoff(failures)
+        elif status < 400:
+            self._model_failures.pop(model, None)
+            self._model_paused_until.pop(model, None)
+
+    def _read_budget(self, headers: Mapping[str, str], wall: float) -> None:
+        remaining = _number(_header(headers, "X-RateLimit-Remaining"))
+        if remaining is None:
+            return
+        limit = _number(_header(headers, "X-RateLimit-Limit"))
+        reset_at = _reset_wall_time(_header(headers, "X-RateLimit-Reset"), wall)
+        estimate = max(int(remaining) - self.outstanding, 0)
+        same_window = (
+            reset_at is not None
+            and self.reset_at is not None
+            and abs(reset_at - self.reset_at) < 1.0
+        )
+        if same_window and self.remaining is not None:
+            # Answers arrive out of order; within one window the budget only shrinks.
+            estimate = min(estimate, self.remaining)
+        self.remaining = estimate
+        if limit is not None:
+            self.limit = int(limit)
+        if reset_at is not None:
+            self.reset_at = reset_at
+
+
+class RateLimiter:
+    """The shared limiter: ``await acquire(model)``, then ``observe()`` or ``release()``.
+
+    All workers of a client share one instance, so one 429 pauses them all. Pass a configured
+    ``RateLimitState`` to change the burst, the backoff or the clocks.
+    """
+
+    def __init__(self, state: RateLimitState | None = None) -> None:
+        self.state = state if state is not None else RateLimitState()
+        self._changed: anyio.Event | None = None
+        self._waiters = 0
+
+    async def acquire(self, model: str | None = None) -> None:
+        """Wait until a request for ``model`` may go, and claim it.
+
+        A cancelled wait leaves no claim behind.
+        """
+        await anyio.lowlevel.checkpoint()
+        while True:
+            delay = self.state.reserve(model)
+            if delay <= 0.0:
+                return  # no await after the grant: a cancellation here would leak the claim
+            if self._changed is None:
+                self._changed = anyio.Event()
+            changed = self._changed
+            self._waiters += 1
+            try:
+                with anyio.move_on_after(delay):
+                    await changed.wait()
+            finally:
+                self._waiters -= 1
+                if self._waiters == 0 and self._changed is changed:
+                    # An Event belongs to one event loop; a client may be used from several in turn,
+                    # so none is kept once nobody waits on it.
+                    self._changed = None
+
+    def observe(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: object = None,
+        *,
+        model: str | None = None,
+    ) -> None:
+        """Record the answer to a request that ``acquire()`` let through, and wake the waiters."""
+        self.state.observe(status, headers, body, model=model)
+        self._wake()
+
+    def release(self, model: str | None = None) -> None:
+        """Record that a request let through got no answer at all, and wake the waiters."""
+        self.state.release(model)
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()

@@ -1,0 +1,375 @@
+"""The shared rate limiter: pacing from the budget headers, one 429 pausing every worker,
+no_capacity backing off per model. Decisions run on a fake clock; the waiting part on short real
+waits."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import anyio
+import pytest
+
+from infernet_async._ratelimit import (
+    RateLimiter,
+    RateLimitState,
+    default_backoff,
+    parse_reset_delay,
+)
+
+WALL0 = 1_800_000_000.0  # a realistic unix time, so X-RateLimit-Reset reads as an epoch
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+
+    def monotonic(self) -> float:
+        return 100.0 + self.elapsed
+
+    def wall(self) -> float:
+        return WALL0 + self.elapsed
+
+    def advance(self, seconds: float) -> None:
+        self.elapsed += seconds
+
+
+def make_state(clock: FakeClock, **options) -> RateLimitState:
+    options.setdefault("backoff", lambda attempt: float(2 ** (attempt - 1)))
+    options.setdefault("reset_margin", 0.0)
+    return RateLimitState(clock=clock.monotonic, wall_clock=clock.wall, **options)
+
+
+def budget(limit: int, remaining: int, reset_in: float) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Reset": str(int(WALL0 + reset_in)),
+    }
+
+
+def grant(state: RateLimitState, model: str | None = None) -> None:
+    assert state.reserve(model) == 0.0
+
+
+def learn(state: RateLimitState, headers: dict[str, str]) -> None:
+    """Send the probe request and observe its answer."""
+    grant(state)
+    state.observe(200, headers)
+
+
+# ---------------------------------------------------------------- learning the budget
+
+
+def test_first_request_probes_the_budget_alone():
+    clock = FakeClock()
+    state = make_state(clock)
+    grant(state)
+    assert state.reserve() == math.inf  # the others wait for the first answer
+    state.observe(200, budget(60, 59, 60))
+    grant(state)
+    grant(state)
+
+
+def test_a_failed_probe_lets_the_next_request_probe():
+    state = make_state(FakeClock())
+    grant(state)
+    state.release()
+    grant(state)
+    assert state.reserve() == math.inf
+
+
+def test_a_server_without_budget_headers_is_not_paced():
+    state = make_state(FakeClock())
+    learn(state, {})
+    for _ in range(1000):
+        grant(state)
+
+
+def test_probing_can_be_turned_off():
+    state = make_state(FakeClock(), probe_first=False)
+    for _ in range(5):
+        grant(state)
+
+
+# ---------------------------------------------------------------- pacing from headers
+
+
+def test_plenty_of_budget_goes_at_once_up_to_the_burst():
+    clock = FakeClock()
+    state = make_state(clock, burst=5)
+    learn(state, budget(1000, 999, 60))
+    for _ in range(5):
+        grant(state)
+    # Beyond the burst, 994 requests share 60 s: one every ~60 ms.
+    delay = state.reserve()
+    assert 0.0 < delay < 0.1
+
+
+def test_the_rest_of_the_budget_is_spread_evenly_to_the_reset():
+    clock = FakeClock()
+    state = make_state(clock, burst=1)
+    learn(state, budget(60, 5, 10))  # 5 left, 10 s to the reset: one every 2 s
+    grant(state)
+    assert state.reserve() == pytest.approx(2.0, abs=0.01)
+    clock.advance(2.0)
+    grant(state)
+    assert state.reserve() == pytest.approx(2.0, abs=0.01)
+
+
+def test_an_exhausted_budget_waits_for_the_reset():
+    clock = FakeClock()
+    state = make_state(clock)
+    learn(state, budget(60, 0, 7))
+    assert state.reserve() == pytest.approx(7.0)
+    clock.advance(7.0)
+    grant(state)  # a new window: the full limit again
+
+
+def test_requests_in_flight_count_against_a_stale_header():
+    clock = FakeClock()
+    state = make_state(clock, burst=10)
+    learn(state, budget(60, 3, 30))
+    for _ in range(3):
+        grant(state)
+    # Three sent, none answered: the budget is spent even though no header says so yet.
+    assert state.reserve() == pytest.approx(30.0)
+    # The first answer says 2 remain, but two of ours are still unanswered: still nothing left.
+    state.observe(200, budget(60, 2, 30))
+    assert state.remaining == 0
+    assert state.reserve() == pytest.approx(30.0)
+
+
+def test_answers_out_of_order_never_raise_the_budget_within_a_window():
+    state = make_state(FakeClock(), burst=100)
+    learn(state, budget(60, 50, 30))
+    grant(state)
+    grant(state)
+    state.observe(200, budget(60, 48, 30))
+    # Which request an answer belongs to is unknown, so the one still unanswered is held back too.
+    assert state.remaining == 47
+    state.observe(200, budget(60, 49, 30))  # the older answer arrives last
+    assert state.remaining == 47
+
+
+def test_a_new_window_in_the_headers_replaces_the_budget():
+    clock = FakeClock()
+    state = make_state(clock)
+    learn(state, budget(60, 0, 5))
+    clock.advance(5.0)
+    learn(state, budget(60, 59, 60))
+    assert state.remaining == 59
+
+
+def test_reset_given_as_a_delay_is_understood():
+    clock = FakeClock()
+    state = make_state(clock)
+    learn(
+        state, {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "4"}
+    )
+    assert state.reserve() == pytest.approx(4.0)
+
+
+def test_header_names_are_case_insensitive():
+    state = make_state(FakeClock())
+    learn(state, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(WALL0 + 3))})
+    assert state.reserve() == pytest.approx(3.0)
+
+
+# ---------------------------------------------------------------- one 429 pauses all
+
+
+def test_one_429_pauses_every_request_and_every_model():
+    clock = FakeClock()
+    state = make_state(clock)
+    learn(state, budget(60, 50, 60))
+    for _ in range(3):
+        grant(state)
+    state.observe(429, {"Retry-After": "7"}, {"error": "rate_limited"})
+    for model in (None, "a", "b"):
+        assert state.reserve(model) == pytest.approx(7.0)
+    clock.advance(7.0)
+    # After the pause one request learns the budget again before the rest go.
+    grant(state, "a")
+    assert state.reserve("b") == math.inf
+    state.observe(200, budget(60, 40, 50), model="a")
+    grant(state, "b")
+
+
+def test_429_pause_follows_x_ratelimit_reset_without_retry_after():
+    clock = FakeClock()
+    state = make_state(clock)
+    grant(state)
+    state.observe(429, budget(60, 0, 12), {"error": "rate_limited"})
+    assert state.reserve() == pytest.approx(12.0)
+
+
+def test_429_pause_follows_the_live_planes_body_reset_at():
+    clock = FakeClock()
+    state = make_state(clock)
+    grant(state)
+    reset_at = datetime.fromtimestamp(WALL0 + 9, tz=UTC).isoformat().replace("+00:00", "Z")
+    state.observe(429, {}, {"error": "Too many requests", "detail": {"resetAt": reset_at}})
+    assert state.reserve() == pytest.approx(9.0)
+
+
+def test_429_without_any_time_backs_off_more_each_time():
+    clock = FakeClock()
+    state = make_state(clock)
+    grant(state)
+    state.observe(429, {}, None)
+    assert state.reserve() == pytest.approx(1.0)
+    clock.advance(1.0)
+    grant(state)
+    state.observe(429, {}, None)
+    assert state.reserve() == pytest.approx(2.0)
+
+
+def test_a_second_429_never_shortens_the_pause():
+    state = make_state(FakeClock(), probe_first=False)
+    grant(state)
+    grant(state)
+    state.observe(429, {"Retry-After": "10"})
+    state.observe(429, {"Retry-After": "1"})
+    assert state.reserve() == pytest.approx(10.0)
+
+
+# ---------------------------------------------------------------- no_capacity per model
+
+
+def test_no_capacity_backs_off_that_model_only():
+    clock = FakeClock()
+    state = make_state(clock, probe_first=False)
+    grant(state, "big")
+    state.observe(503, {}, {"error": "no_capacity"}, model="big")
+    assert state.reserve("big") == pytest.approx(1.0)
+    grant(state, "small")
+    clock.advance(1.0)
+    grant(state, "big")  # the probe for the model
+    assert state.reserve("big") == math.inf  # the others wait for its answer
+    state.observe(503, {}, {"error": "no_capacity"}, model="big")
+    assert state.reserve("big") == pytest.approx(2.0)  # exponential
+    clock.advance(2.0)
+    grant(state, "big")
+    state.observe(200, {}, model="big")
+    assert state.model_paused_until("big") is None
+    grant(state, "big")
+    grant(state, "big")
+
+
+def test_a_lost_model_probe_lets_another_request_probe():
+    clock = FakeClock()
+    state = make_state(clock, probe_first=False)
+    grant(state, "m")
+    state.observe(503, {}, {"error": "no_capacity"}, model="m")
+    clock.advance(1.0)
+    grant(state, "m")
+    state.release("m")
+    grant(state, "m")
+
+
+# ---------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "expected"),
+    [
+        ({"Retry-After": "3"}, None, 3.0),
+        ({"Retry-After": "2.5", "X-RateLimit-Reset": str(int(WALL0 + 40))}, None, 2.5),
+        ({"Retry-After": "Thu, 01 Jan 2027 00:00:10 GMT"}, None, None),  # checked below
+        ({"Retry-After": "soon"}, None, None),
+        ({"X-RateLimit-Reset": str(int(WALL0 + 40))}, None, 40.0),
+        ({}, {"detail": {"resetAt": "not a time"}}, None),
+        ({}, {"detail": {"resetAt": "2027-01-01T00:00:00"}}, None),  # naive: unplaceable
+        ({}, "<html>", None),
+        ({"Retry-After": "-5"}, None, 0.0),
+    ],
+)
+def test_parse_reset_delay(headers, body, expected):
+    delay = parse_reset_delay(headers, body, WALL0)
+    if "GMT" in headers.get("Retry-After", ""):
+        target = datetime(2027, 1, 1, 0, 0, 10, tzinfo=UTC).timestamp()
+        assert delay == pytest.approx(max(target - WALL0, 0.0))
+    else:
+        assert delay == expected
+
+
+def test_default_backoff_follows_the_documented_schedule():
+    for attempt, base in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 30.0), (20, 30.0)]:
+        for _ in range(20):
+            assert 0.75 * base <= default_backoff(attempt) <= base
+
+
+def test_burst_must_be_positive():
+    with pytest.raises(ValueError, match="burst"):
+        RateLimitState(burst=0)
+
+
+# ---------------------------------------------------------------- the waiting part
+
+
+async def test_one_429_pauses_every_waiting_worker():
+    limiter = RateLimiter(RateLimitState(backoff=lambda attempt: 0.0, reset_margin=0.0))
+    await limiter.acquire()
+    limiter.observe(200, {})
+    released: list[float] = []
+
+    async def worker() -> None:
+        await limiter.acquire()
+        released.append(anyio.current_time())
+        limiter.observe(200, {})
+
+    await limiter.acquire()
+    limiter.observe(429, {"Retry-After": "0.2"}, {"error": "rate_limited"})
+    paused_at = anyio.current_time()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(worker)
+    assert len(released) == 5
+    assert min(released) - paused_at >= 0.19
+
+
+async def test_waiters_wake_when_the_probe_is_answered():
+    limiter = RateLimiter()
+    await limiter.acquire()  # the probe
+    order: list[str] = []
+
+    async def worker(name: str) -> None:
+        await limiter.acquire()
+        order.append(name)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker, "a")
+            tg.start_soon(worker, "b")
+            await anyio.wait_all_tasks_blocked()
+            assert order == []
+            limiter.observe(200, {"X-RateLimit-Remaining": "100"})
+    assert sorted(order) == ["a", "b"]
+    assert limiter.state.outstanding == 2
+
+
+async def test_a_cancelled_wait_leaves_no_claim():
+    limiter = RateLimiter()
+    await limiter.acquire()
+    with anyio.move_on_after(0.01):
+        await limiter.acquire()  # waits for the probe's answer, then gives up
+    assert limiter.state.outstanding == 1
+    limiter.release()
+    assert limiter.state.outstanding == 0
+    with anyio.fail_after(5):
+        await limiter.acquire()
+
+
+def test_the_limiter_works_across_event_loops():
+    limiter = RateLimiter()
+
+    async def probe_then_wait() -> None:
+        await limiter.acquire()
+        with anyio.move_on_after(0.01):
+            await limiter.acquire()
+        limiter.observe(200, {})
+
+    anyio.run(probe_then_wait)
+    anyio.run(probe_then_wait)
