@@ -1,0 +1,396 @@
+"""The SSE relay: the guide's format, error events, stopping the upstream when the browser leaves.
+
+Runs against real servers on loopback (aiohttp's AppRunner, uvicorn for Starlette) with a scripted
+token source, so each disconnect case is exercised through a real socket close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from infernet_async.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    IncompleteStreamError,
+    InfernetError,
+    JobFailedError,
+    ModelNotFoundError,
+    NodeDisconnectedError,
+    StreamError,
+)
+from infernet_async.events import Done, ErrorEvent, Token
+from infernet_async.relay import (
+    SSE_HEADERS,
+    error_event_for,
+    relay_to_aiohttp,
+    sse_body,
+    sse_encode,
+)
+from tests.relay_fakes import FakeTokenStream
+
+DISCONNECT_DEADLINE = 3.0  # generous bound for "at once": the relay polls every 50 ms
+
+
+def parse_guide_events(body: bytes) -> list[object]:
+    """Read the body the way the guide's fetch loop does: one ``data:`` line per event."""
+    events: list[object] = []
+    for line in body.decode().split("\n"):
+        if not line.startswith("data: "):
+            continue
+        data = line[6:].strip()
+        events.append("[DONE]" if data == "[DONE]" else json.loads(data))
+    return events
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+
+def test_sse_encode_matches_the_guide() -> None:
+    assert sse_encode(Token("Paris")) == b'data: {"text": "Paris"}\n\n'
+    assert sse_encode(Done()) == b"data: [DONE]\n\n"
+    assert sse_encode(ErrorEvent("node_disconnected", "Node went offline mid-stream")) == (
+        b'data: {"error": "node_disconnected", "message": "Node went offline mid-stream"}\n\n'
+    )
+
+
+def test_sse_encode_keeps_multiline_and_unicode_tokens_on_one_data_line() -> None:
+    encoded = sse_encode(Token("line one\nline two\r\n« café »"))
+    assert encoded.count(b"\n") == 2 and encoded.endswith(b"\n\n")
+    assert parse_guide_events(encoded) == [{"text": "line one\nline two\r\n« café »"}]
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (
+            NodeDisconnectedError("gone", code="node_disconnected", partial_text="ab"),
+            "node_disconnected",
+        ),
+        (IncompleteStreamError("eof"), "incomplete_stream"),
+        (StreamError("boom"), "stream_error"),
+        (APITimeoutError("slow", phase="stall"), "timeout"),
+        (APIConnectionError("refused"), "upstream_unavailable"),
+        (
+            ModelNotFoundError("no such model", status=404, code="model_not_found"),
+            "model_not_found",
+        ),
+        (JobFailedError("failed", job_id="job_1"), "job_failed"),
+        (InfernetError("odd"), "upstream_error"),
+        (RuntimeError("secret internals"), "internal_error"),
+    ],
+)
+def test_error_event_codes(exc: BaseException, code: str) -> None:
+    event = error_event_for(exc)
+    assert event.code == code
+    assert event.message
+    if code == "internal_error":
+        assert "secret" not in event.message
+
+
+# --- sse_body (the Starlette/FastAPI body iterator) ---
+
+
+async def collect(body: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in body])
+
+
+async def test_sse_body_streams_tokens_then_done_and_closes_upstream() -> None:
+    source = FakeTokenStream(["Paris", " is", ""])
+    body = await collect(sse_body(source))
+    assert parse_guide_events(body) == [{"text": "Paris"}, {"text": " is"}, "[DONE]"]
+    assert source.closed.is_set()
+
+
+async def test_sse_body_sends_one_error_event_after_the_partial_text() -> None:
+    error = NodeDisconnectedError("Node went offline", code="node_disconnected", partial_text="Par")
+    source = FakeTokenStream(["Par", "is"], error=error)
+    events = parse_guide_events(await collect(sse_body(source)))
+    assert events == [
+        {"text": "Par"},
+        {"text": "is"},
+        {"error": "node_disconnected", "message": "Node went offline"},
+    ]
+    assert source.closed.is_set()
+
+
+async def test_sse_body_reports_a_bug_to_the_browser_then_raises_it() -> None:
+    source = FakeTokenStream(["a"], error=ZeroDivisionError("bug"))
+    chunks: list[bytes] = []
+    body = sse_body(source)
+    with pytest.raises(ZeroDivisionError):
+        while True:
+            chunks.append(await anext(body))
+    assert parse_guide_events(b"".join(chunks))[-1] == {
+        "error": "internal_error",
+        "message": "The relay failed.",
+    }
+    assert source.closed.is_set()
+
+
+async def test_sse_body_cancelled_while_waiting_closes_upstream_and_propagates() -> None:
+    source = FakeTokenStream([], hang=True)
+    task = asyncio.create_task(collect(sse_body(source)))
+    await asyncio.wait_for(source.waiting.wait(), 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert source.cancelled and source.closed.is_set()
+
+
+async def test_sse_body_closed_early_closes_upstream() -> None:
+    source = FakeTokenStream(["a", "b", "c"])
+    body = sse_body(source)
+    assert parse_guide_events(await anext(body)) == [{"text": "a"}]
+    await body.aclose()
+    assert source.closed.is_set()
+
+
+# --- relay_to_aiohttp against a real aiohttp server ---
+
+
+@contextlib.asynccontextmanager
+async def aiohttp_server(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    *,
+    handler_cancellation: bool = False,
+) -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/chat", handler)
+    runner = web.AppRunner(app, handler_cancellation=handler_cancellation)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        sockets = site._server.sockets  # type: ignore[union-attr]
+        port = sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}/chat"
+    finally:
+        await runner.cleanup()
+
+
+async def test_aiohttp_relay_streams_the_guide_format() -> None:
+    source = FakeTokenStream(["Paris", " is", " the", " capital."], delay=0.001)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await relay_to_aiohttp(request, source)
+
+    async with (
+        aiohttp_server(handler) as url,
+        aiohttp.ClientSession() as session,
+        session.post(url) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == SSE_HEADERS["Content-Type"]
+        assert resp.headers["Cache-Control"] == SSE_HEADERS["Cache-Control"]
+        body = await resp.read()
+    assert body == (
+        b'data: {"text": "Paris"}\n\ndata: {"text": " is"}\n\ndata: {"text": " the"}\n\n'
+        b'data: {"text": " capital."}\n\ndata: [DONE]\n\n'
+    )
+    assert source.closed.is_set() and not source.cancelled
+
+
+async def test_aiohttp_relay_sends_error_event_and_keeps_partial_text() -> None:
+    error = NodeDisconnectedError("Node went offline mid-stream", code="node_disconnected")
+    source = FakeTokenStream(["The", " answer"], error=error)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await relay_to_aiohttp(request, source)
+
+    async with (
+        aiohttp_server(handler) as url,
+        aiohttp.ClientSession() as session,
+        session.post(url) as resp,
+    ):
+        events = parse_guide_events(await resp.read())
+    assert events == [
+        {"text": "The"},
+        {"text": " answer"},
+        {"error": "node_disconnected", "message": "Node went offline mid-stream"},
+    ]
+    assert source.closed.is_set()
+
+
+def raw_post(port: int) -> socket.socket:
+    """Open a raw HTTP/1.1 POST, so the test controls exactly when the 'browser' goes away."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n")
+    return sock
+
+
+async def read_until(sock: socket.socket, marker: bytes) -> bytes:
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    data = b""
+    while marker not in data:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+        assert chunk, "server closed early"
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("handler_cancellation", [False, True])
+@pytest.mark.parametrize("tokens_first", [0, 2])
+async def test_aiohttp_relay_stops_upstream_when_client_leaves(
+    handler_cancellation: bool, tokens_first: int
+) -> None:
+    """Before the first token and after it; with and without aiohttp's handler cancellation."""
+    source = FakeTokenStream(["tok"] * tokens_first, hang=True)
+    handler_done = asyncio.Event()
+    outcome: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            resp = await relay_to_aiohttp(request, source)
+            outcome.append("returned")
+            return resp
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+        finally:
+            handler_done.set()
+
+    async with aiohttp_server(handler, handler_cancellation=handler_cancellation) as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        sock = raw_post(port)
+        try:
+            marker = b'data: {"text": "tok"}' if tokens_first else b"\r\n\r\n"
+            received = await read_until(sock, marker)
+            assert received.startswith(b"HTTP/1.1 200")
+            await asyncio.wait_for(source.waiting.wait(), DISCONNECT_DEADLINE)
+        finally:
+            sock.close()
+        await asyncio.wait_for(source.closed.wait(), DISCONNECT_DEADLINE)
+        await asyncio.wait_for(handler_done.wait(), DISCONNECT_DEADLINE)
+    assert source.cancelled, "the upstream read was cancelled, not left running"
+    assert outcome == ["cancelled" if handler_cancellation else "returned"]
+
+
+async def test_aiohttp_relay_propagates_handler_cancellation() -> None:
+    """A relay cancelled by its caller closes the upstream and re-raises CancelledError."""
+    source = FakeTokenStream([], hang=True)
+    result: list[BaseException] = []
+    recorded = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        task = asyncio.create_task(relay_to_aiohttp(request, source))
+        await source.waiting.wait()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError as exc:
+            result.append(exc)
+            recorded.set()
+            raise
+        raise AssertionError("the relay swallowed the cancellation")
+
+    async def client(url: str) -> None:
+        async with aiohttp.ClientSession() as session, session.post(url) as resp:
+            await resp.read()
+
+    async with aiohttp_server(handler) as url:
+        client_task = asyncio.create_task(client(url))
+        await asyncio.wait_for(recorded.wait(), DISCONNECT_DEADLINE)
+        client_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+            await client_task
+    assert len(result) == 1
+    assert source.cancelled and source.closed.is_set()
+
+
+async def test_aiohttp_relay_reraises_a_bug_after_telling_the_browser(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = FakeTokenStream(["a"], error=KeyError("bug"))
+    raised: list[BaseException] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            return await relay_to_aiohttp(request, source)
+        except KeyError as exc:
+            raised.append(exc)
+            raise
+
+    async with (
+        aiohttp_server(handler) as url,
+        aiohttp.ClientSession() as session,
+        session.post(url) as resp,
+    ):
+        body = b""
+        with contextlib.suppress(aiohttp.ClientPayloadError):
+            async for chunk in resp.content.iter_any():
+                body += chunk
+    assert parse_guide_events(body)[-1] == {
+        "error": "internal_error",
+        "message": "The relay failed.",
+    }
+    assert len(raised) == 1
+    assert source.closed.is_set()
+
+
+# --- sse_body under Starlette + uvicorn: the disconnect listener cancels the body ---
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_server(source: FakeTokenStream) -> AsyncIterator[int]:
+    uvicorn = pytest.importorskip("uvicorn")
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    async def chat(request: Request) -> StreamingResponse:
+        return StreamingResponse(sse_body(source), headers=dict(SSE_HEADERS))
+
+    app = Starlette(routes=[Route("/chat", chat, methods=["POST"])])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not serving.done(), serving
+            await asyncio.sleep(0.01)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await serving
+        sock.close()
+
+
+async def test_starlette_streaming_response_relays_the_guide_format() -> None:
+    source = FakeTokenStream(["Paris", " is"], delay=0.001)
+    async with (
+        uvicorn_server(source) as port,
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{port}/chat") as resp,
+    ):
+        assert resp.headers["Content-Type"] == SSE_HEADERS["Content-Type"]
+        body = await resp.read()
+    assert parse_guide_events(body) == [{"text": "Paris"}, {"text": " is"}, "[DONE]"]
+    assert source.closed.is_set()
+
+
+@pytest.mark.parametrize("tokens_first", [0, 2])
+async def test_starlette_disconnect_listener_cancels_the_upstream(tokens_first: int) -> None:
+    source = FakeTokenStream(["tok"] * tokens_first, hang=True)
+    async with uvicorn_server(source) as port:
+        sock = raw_post(port)
+        try:
+            marker = b'data: {"text": "tok"}' if tokens_first else b"\r\n\r\n"
+            received = await read_until(sock, marker)
+            assert received.startswith(b"HTTP/1.1 200")
+            await asyncio.wait_for(source.waiting.wait(), DISCONNECT_DEADLINE)
+        finally:
+            sock.close()
+        await asyncio.wait_for(source.closed.wait(), DISCONNECT_DEADLINE)
+    assert source.cancelled
