@@ -18,6 +18,8 @@ __all__ = ["main"]
 # Modules that provide subcommands, in the order ``--help`` lists them. Imported lazily so that
 # ``infernet-async --version`` does not pay for aiohttp.web.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "infernet_async._cli_chat",
+    "infernet_async._cli_models_jobs",
     "infernet_async.devserver._cli",
 )
 

@@ -1,0 +1,220 @@
+"""The ``chat`` subcommand: stream one answer to the terminal as it arrives.
+
+Three output modes: tokens as they arrive (default), the whole answer at the end (``--no-stream``),
+or one JSON object per line per event (``--json``, for scripts). Whatever the mode, Ctrl-C and a
+failed stream leave the text that arrived on stdout before the process exits (130 for Ctrl-C, 1
+for an error, with one line on stderr saying why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from ._cli_common import (
+    EXIT_OK,
+    add_connection_arguments,
+    open_client,
+    run,
+    write_out,
+)
+from .errors import InfernetError, StreamError
+
+if TYPE_CHECKING:
+    from ._stream import TokenStream
+
+__all__ = ["register"]
+
+DEFAULT_MODEL = "qwen2.5:14b"
+MODEL_ENV = "INFERNET_MODEL"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 2.0:
+        raise argparse.ArgumentTypeError(f"must be within 0.0..2.0, got {value:g}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add ``chat`` to the ``infernet-async`` command line."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "chat",
+        help="stream an answer to the terminal",
+        description=(
+            "Ask a model and print the answer as it streams in. Ctrl-C stops it and keeps what "
+            "arrived. With no INFERNET_BASE_URL and no INFERNET_BEARER_TOKEN, it runs on an "
+            "embedded local control plane."
+        ),
+    )
+    parser.add_argument("prompt", help='the question ("-" reads it from standard input)')
+    parser.add_argument(
+        "-m",
+        "--model",
+        help=f"the model (default ${MODEL_ENV} or {DEFAULT_MODEL}; see 'infernet-async models')",
+    )
+    parser.add_argument("-s", "--system", metavar="TEXT", help="a system message sent first")
+    parser.add_argument("--max-tokens", type=_positive_int, metavar="N", help="answer length cap")
+    parser.add_argument("--temperature", type=_temperature, metavar="T", help="0.0 to 2.0")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json", action="store_true", help="one JSON object per event and line, for scripts"
+    )
+    output.add_argument(
+        "--no-stream", action="store_true", help="print the answer once it is complete"
+    )
+    add_connection_arguments(parser)
+    parser.set_defaults(handler=_handle)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    if args.prompt == "-":
+        args.prompt = sys.stdin.read()
+    if not args.prompt.strip():
+        sys.stderr.write("infernet-async chat: error: the prompt is empty\n")
+        return 2
+    return run(lambda: _chat(args))
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    messages = [{"role": "user", "content": args.prompt}]
+    if args.system:
+        messages.insert(0, {"role": "system", "content": args.system})
+    model = args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    async with open_client(args) as client:
+        stream = client.stream(
+            model=model,
+            messages=messages,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+        )
+        async with stream:
+            if args.json:
+                return await _as_json_lines(stream)
+            if args.no_stream:
+                return await _at_the_end(stream)
+            return await _as_it_arrives(stream)
+
+
+def _end_line(text: str) -> None:
+    if text and not text.endswith("\n"):
+        write_out("\n")
+
+
+async def _as_it_arrives(stream: TokenStream) -> int:
+    try:
+        async for token in stream:
+            write_out(token)
+    finally:
+        # Interrupted, failed or done: the tokens are on screen already; finish their line so the
+        # shell prompt (or the error line) starts on its own.
+        _end_line(stream.text)
+    return EXIT_OK
+
+
+async def _at_the_end(stream: TokenStream) -> int:
+    try:
+        text = await stream.final_text()
+    except (asyncio.CancelledError, InfernetError):
+        write_out(stream.text)
+        _end_line(stream.text)
+        raise
+    write_out(text)
+    _end_line(text)
+    return EXIT_OK
+
+
+def _json_line(payload: dict[str, Any]) -> None:
+    write_out(json.dumps(payload, ensure_ascii=False) + "\n")
+
+
+async def _as_json_lines(stream: TokenStream) -> int:
+    from .events import Done, JobInfo, Meta, Restart, Token
+
+    try:
+        async for event in stream.events():
+            if isinstance(event, Token):
+                _json_line({"type": "token", "text": event.text})
+            elif isinstance(event, JobInfo):
+                _json_line(
+                    {
+                        "type": "job",
+                        "job_id": event.job_id,
+                        "status": event.status,
+                        "model": event.model,
+                    }
+                )
+            elif isinstance(event, Meta):
+                _json_line(
+                    {
+                        "type": "meta",
+                        "node_id": event.node_id,
+                        "node_name": event.node_name,
+                        "model": event.model,
+                        "engine": event.engine,
+                    }
+                )
+            elif isinstance(event, Restart):
+                _json_line(
+                    {
+                        "type": "restart",
+                        "attempt": event.attempt,
+                        "discarded_text": event.discarded_text,
+                        "reason": event.reason,
+                    }
+                )
+            elif isinstance(event, Done):
+                _json_line(
+                    {
+                        "type": "done",
+                        "text": stream.text,
+                        "job_id": stream.job_id,
+                        "reason": event.reason,
+                        "tokens": stream.token_count,
+                        "time_to_first_token": stream.time_to_first_token,
+                        "tokens_per_second": stream.tokens_per_second,
+                    }
+                )
+    except asyncio.CancelledError:
+        _json_line({"type": "interrupted", "text": stream.text, "job_id": stream.job_id})
+        raise
+    except StreamError as exc:
+        _json_line(
+            {
+                "type": "error",
+                "code": exc.code,
+                "message": exc.message,
+                "partial_text": exc.partial_text,
+                "job_id": exc.job_id,
+            }
+        )
+        raise
+    except InfernetError as exc:
+        _json_line(
+            {
+                "type": "error",
+                "code": getattr(exc, "code", None),
+                "message": str(exc),
+                "partial_text": stream.text,
+                "job_id": stream.job_id,
+            }
+        )
+        raise
+    return EXIT_OK

@@ -1,0 +1,157 @@
+"""Plumbing shared by the client subcommands: the event loop, which control plane to talk to, and
+errors as one clear line.
+
+Rules: tokens and results go to stdout, notices and errors to stderr. An error is one line and a
+non-zero exit (1 for a failed request or answer, 2 for bad usage), never a traceback; Ctrl-C exits
+130. The loop is an ``asyncio.Runner`` owned by the command: its SIGINT handler cancels the
+command's task, so a stream is closed and its partial text printed before the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from ._config import BASE_URL_ENV, TOKEN_ENV
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    InfernetError,
+    JobFailedError,
+    ModelNotFoundError,
+    NodeDisconnectedError,
+    RateLimitError,
+    StreamError,
+)
+
+if TYPE_CHECKING:
+    from ._client import InfernetClient
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "add_connection_arguments",
+    "describe_error",
+    "notice",
+    "open_client",
+    "run",
+    "write_out",
+]
+
+PROG = "infernet-async"
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
+
+
+def notice(message: str) -> None:
+    """One line for the person at the terminal, on stderr (stdout stays the answer alone)."""
+    sys.stderr.write(f"{PROG}: {message}\n")
+    sys.stderr.flush()
+
+
+def write_out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        help=f"the API root (default ${BASE_URL_ENV}); the token is read from ${TOKEN_ENV}",
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_client(args: argparse.Namespace) -> AsyncIterator[InfernetClient]:
+    """An open ``InfernetClient`` for the configured control plane, or for an embedded one.
+
+    With neither a base URL nor a token configured there is nothing real to talk to, so the command
+    runs on an embedded ``DevServer`` (emulated nodes, generated text) and says so on stderr.
+    """
+    from ._client import InfernetClient
+
+    base_url = getattr(args, "base_url", None) or os.environ.get(BASE_URL_ENV) or None
+    token = os.environ.get(TOKEN_ENV) or None
+    async with contextlib.AsyncExitStack() as stack:
+        if base_url is None and token is None:
+            from .devserver import DevServer
+
+            dev = await stack.enter_async_context(DevServer())
+            base_url, token = dev.base_url, dev.token
+            notice(
+                f"no {BASE_URL_ENV} or {TOKEN_ENV} configured: using the embedded control plane at "
+                f"{dev.url} (emulated nodes; answers are generated text, not a model)"
+            )
+        client = InfernetClient(base_url, token)
+        yield await stack.enter_async_context(client)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def describe_error(exc: BaseException) -> str:
+    """What went wrong, in one line, with the next step when there is an obvious one."""
+    if isinstance(exc, AuthenticationError):
+        return f"{_one_line(exc.message)} (HTTP 401): check {TOKEN_ENV}"
+    if isinstance(exc, ModelNotFoundError):
+        return f"{_one_line(exc.message)} ('{PROG} models' lists the available models)"
+    if isinstance(exc, RateLimitError):
+        wait = f"; retry in {exc.retry_after:g} s" if exc.retry_after is not None else ""
+        return f"rate limited: {_one_line(exc.message)}{wait}"
+    if isinstance(exc, APIError):
+        return _one_line(str(exc))
+    if isinstance(exc, NodeDisconnectedError):
+        return (
+            f"the node went offline mid-answer ({exc.code or 'node_disconnected'}): "
+            f"{_one_line(exc.message)}; the partial answer is above and the job was re-queued"
+        )
+    if isinstance(exc, StreamError):
+        code = f" ({exc.code})" if exc.code else ""
+        return f"the answer stopped early{code}: {_one_line(exc.message)}"
+    if isinstance(exc, APITimeoutError):
+        phase = f" ({exc.phase})" if exc.phase else ""
+        return f"timed out{phase}: {_one_line(exc.message)}"
+    if isinstance(exc, APIConnectionError):
+        return f"cannot reach the control plane: {_one_line(str(exc))}"
+    if isinstance(exc, JobFailedError):
+        return f"job {exc.job_id} failed: {_one_line(exc.message)}"
+    if isinstance(exc, InfernetError | ValueError):
+        return _one_line(str(exc)) or type(exc).__name__
+    return f"unexpected {type(exc).__name__}: {_one_line(str(exc))}"
+
+
+def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a command's coroutine on a fresh loop and turn its outcome into an exit code."""
+    try:
+        with asyncio.Runner() as runner:
+            return runner.run(main())
+    except KeyboardInterrupt:
+        # The command printed what arrived while its task was being cancelled.
+        notice("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`); point stdout at /dev/null so the interpreter's final
+        # flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_ERROR
+    except (InfernetError, ValueError) as exc:
+        notice(f"error: {describe_error(exc)}")
+        return EXIT_ERROR
+    except Exception as exc:  # the CLI promises one line, never a traceback
+        notice(f"error: {describe_error(exc)}")
+        return EXIT_ERROR
