@@ -1,0 +1,337 @@
+"""The HTTP face of the devserver: ``aiohttp.web`` routes that speak ``infernet-api.md`` exactly.
+
+Every request passes one middleware, in this order: record it, answer an injected ``http_error``
+fault, check the bearer token (401), count it against the token's rate limits (429). Every error
+body is ``{"error": <code>, "error_message": ...}``; rate-limit headers go on every authenticated
+answer, streams included.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ._jobs import JOB_STATUSES, Job, iso, parse_iso
+from ._ratelimit import Decision
+from ._records import REDACTED, RequestRecord
+from ._streams import serve_stream
+
+if TYPE_CHECKING:
+    from ._server import DevServer
+
+__all__ = ["ApiError", "build_app"]
+
+SERVER_KEY = web.AppKey["DevServer"]("devserver")
+
+API = "/api/v1"
+ROLES = ("system", "user", "assistant", "tool")
+MAX_TOKENS_LIMIT = 32768
+MAX_LIST_LIMIT = 100
+
+
+@dataclass(slots=True)
+class RequestState:
+    """What the middleware learned about one request, for its handler."""
+
+    record: RequestRecord
+    token_index: int = -1
+    decision: Decision | None = None
+
+    def finish(self, response: web.StreamResponse) -> None:
+        """Add the rate-limit headers and note the status, just before the answer is sent."""
+        if self.decision is not None and not response.prepared:
+            response.headers.update(self.decision.headers())
+        self.record.status = response.status
+
+
+def request_state(request: web.Request) -> RequestState:
+    # Kept by the server, keyed by request identity: works on every aiohttp 3.x without the
+    # request-storage key API that newer versions want.
+    return request.app[SERVER_KEY]._inflight[id(request)]
+
+
+class ApiError(Exception):
+    """Raised by handlers; the middleware turns it into the API's error body."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"error": self.code, "error_message": self.message, **self.extra}
+        return web.json_response(body, status=self.status, headers=self.headers)
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "bad_request", message)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "bad_request"}
+
+
+@web.middleware
+async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    server = request.app[SERVER_KEY]
+    headers = {
+        k: (REDACTED if k.lower() == "authorization" else v) for k, v in request.headers.items()
+    }
+    record = RequestRecord(request.method, request.path, dict(request.query), headers)
+    server._recorder.requests.append(record)
+    state = RequestState(record)
+    server._inflight[id(request)] = state
+    try:
+        response = await _guarded(server, state, request, handler)
+        state.finish(response)
+        return response
+    finally:
+        del server._inflight[id(request)]
+
+
+async def _guarded(
+    server: DevServer, state: RequestState, request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    try:
+        fault = server._faults.take_request_fault(request.method, request.path)
+        if fault is not None:
+            return server._fault_response(fault)
+        token_index = server._authenticate(request.headers.get("Authorization"))
+        if token_index is None:
+            missing = "Authorization" not in request.headers
+            message = (
+                "Missing bearer token: send 'Authorization: Bearer <token>'"
+                if missing
+                else "Invalid bearer token"
+            )
+            raise ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+        state.record.token_index = state.token_index = token_index
+        decision = server._limiter.check(token_index)
+        state.decision = decision
+        if not decision.allowed:
+            retry_after = decision.retry_after(time.time())
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"Rate limit exceeded ({server._limiter.per_minute} requests/minute, "
+                f"{server._limiter.per_hour}/hour); retry after {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+                extra={"detail": {"resetAt": iso(decision.reset)}},
+            )
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = _HTTP_CODES.get(
+                exc.status, "internal_error" if exc.status >= 500 else "bad_request"
+            )
+            message = exc.reason
+            if exc.status == 404:
+                message = f"No such endpoint: {request.method} {request.path}"
+            elif exc.status == 413:
+                message = f"Request body is larger than the {server.max_body_bytes}-byte limit"
+            extra_headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+            raise ApiError(exc.status, code, message, headers=extra_headers) from None
+    except ApiError as exc:
+        return exc.response()
+
+
+def _owned_job(request: web.Request) -> Job:
+    server = request.app[SERVER_KEY]
+    job_id = request.match_info["job_id"]
+    job = server._store.get(job_id)
+    # Another token's job is indistinguishable from a missing one: ids must not leak across
+    # accounts.
+    if job is None or job.owner != request_state(request).token_index:
+        raise ApiError(404, "not_found", f"Job {job_id!r} not found")
+    return job
+
+
+def _number(body: Mapping[str, Any], name: str, default: float, low: float, high: float) -> float:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise _bad(f"{name} must be a number between {low} and {high}")
+    return float(value)
+
+
+def _content(value: Any, index: int) -> str:
+    if isinstance(value, str):
+        return value
+    # OpenAI-style content parts: [{"type": "text", "text": "..."}].
+    if isinstance(value, list) and all(
+        isinstance(p, dict) and isinstance(p.get("text"), str) for p in value
+    ):
+        return "".join(p["text"] for p in value)
+    raise _bad(f"messages[{index}].content must be a string")
+
+
+def _validate(server: DevServer, body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _bad("Request body must be a JSON object")
+    model = body.get("model")
+    if model is None:
+        raise _bad("model is required")
+    if not isinstance(model, str) or not model.strip():
+        raise _bad("model must be a non-empty string")
+    messages = body.get("messages")
+    if messages is None:
+        raise _bad("messages is required")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages must be a non-empty array of {role, content} objects")
+    clean: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _bad(f"messages[{index}] must be an object with role and content")
+        role = message.get("role")
+        if role not in ROLES:
+            raise _bad(f"messages[{index}].role must be one of {', '.join(ROLES)}")
+        if "content" not in message:
+            raise _bad(f"messages[{index}].content is required")
+        clean.append({"role": role, "content": _content(message["content"], index)})
+    max_tokens = body.get("max_tokens", 512)
+    if max_tokens is None:
+        max_tokens = 512
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
+    ):
+        raise _bad(f"max_tokens must be an integer between 1 and {MAX_TOKENS_LIMIT}")
+    temperature = _number(body, "temperature", 0.7, 0.0, 2.0)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _bad("stream must be a boolean")
+    node_id = body.get("node_id")
+    if node_id is not None and not isinstance(node_id, str):
+        raise _bad("node_id must be a string")
+    scheduler = server._scheduler
+    if model not in scheduler.registered_models():
+        raise ApiError(404, "model_not_found", f"Model {model!r} is not registered on any node")
+    if node_id is not None:
+        node = scheduler.nodes.get(node_id)
+        if node is None:
+            raise _bad(f"node_id {node_id!r} is not a known node")
+        if model not in node.spec.models:
+            raise _bad(f"node_id {node_id!r} does not serve model {model!r}")
+    return {
+        "model": model,
+        "messages": clean,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "stream": stream,
+        "node_id": node_id,
+    }
+
+
+async def create_job(request: web.Request) -> web.StreamResponse:
+    server = request.app[SERVER_KEY]
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _bad("Request body must be valid JSON") from None
+    request_state(request).record.json = body
+    params = _validate(server, body)
+    scheduler = server._scheduler
+    reason = scheduler.capacity_error(params["model"], params["node_id"])
+    if reason is not None:
+        raise ApiError(503, "no_capacity", reason)
+    job = Job(
+        id=server._store.new_id(),
+        owner=request_state(request).token_index,
+        model=params["model"],
+        messages=params["messages"],
+        max_tokens=params["max_tokens"],
+        temperature=params["temperature"],
+        top_p=params["top_p"],
+        node_pin=params["node_id"],
+    )
+    scheduler.submit(job)
+    if params["stream"]:
+        return await serve_stream(request, server, job)
+    return web.json_response(
+        job.to_json(), status=201, headers={"Location": f"{API}/jobs/{job.id}"}
+    )
+
+
+async def get_job(request: web.Request) -> web.StreamResponse:
+    return web.json_response(_owned_job(request).to_json())
+
+
+async def stream_job(request: web.Request) -> web.StreamResponse:
+    return await serve_stream(request, request.app[SERVER_KEY], _owned_job(request))
+
+
+async def list_jobs(request: web.Request) -> web.StreamResponse:
+    server = request.app[SERVER_KEY]
+    query = request.query
+    try:
+        limit = int(query.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise _bad(f"limit must be an integer between 1 and {MAX_LIST_LIMIT}")
+    status = query.get("status")
+    if status is not None and status not in JOB_STATUSES:
+        raise _bad(f"status must be one of {', '.join(JOB_STATUSES)}")
+    since: float | None = None
+    if "since" in query:
+        try:
+            since = parse_iso(query["since"])
+        except ValueError:
+            raise _bad("since must be an ISO-8601 timestamp, e.g. 2026-01-31T12:00:00Z") from None
+    owner = request_state(request).token_index
+    jobs: list[dict[str, Any]] = []
+    for job in server._store.newest_first():
+        if job.owner != owner or (status is not None and job.status != status):
+            continue
+        # Compare in whole milliseconds, the precision of the created_at values clients see.
+        if since is not None and int(job.created_at * 1000) < round(since * 1000):
+            continue
+        jobs.append(job.to_json())
+        if len(jobs) == limit:
+            break
+    return web.json_response({"jobs": jobs})
+
+
+async def list_models(request: web.Request) -> web.StreamResponse:
+    scheduler = request.app[SERVER_KEY]._scheduler
+    models = []
+    for model in sorted(scheduler.registered_models()):
+        nodes = scheduler.online_nodes(model)
+        if nodes:
+            speed = sum(scheduler.node_speed(n) for n in nodes) / len(nodes)
+            models.append({"id": model, "nodes": len(nodes), "avg_tokens_per_second": round(speed)})
+    return web.json_response({"models": models})
+
+
+def build_app(server: DevServer) -> web.Application:
+    app = web.Application(middlewares=[_api_middleware], client_max_size=server.max_body_bytes)
+    app[SERVER_KEY] = server
+    app.router.add_post(f"{API}/jobs", create_job)
+    app.router.add_get(f"{API}/jobs", list_jobs)
+    app.router.add_get(f"{API}/jobs/{{job_id}}", get_job)
+    app.router.add_get(f"{API}/jobs/{{job_id}}/stream", stream_job)
+    app.router.add_get(f"{API}/models", list_models)
+    return app

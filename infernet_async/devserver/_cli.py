@@ -1,0 +1,140 @@
+"""The ``serve`` subcommand: run the local control plane until Ctrl-C.
+
+Registered by ``infernet_async.cli``; imports ``aiohttp.web`` only when the command runs, so
+building the parser stays cheap. It prints the base URL and the token (and the ``export`` lines the
+SDK reads) to stdout, then serves until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve`` to the ``infernet-async`` command line."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help="run a local Infernet control plane (emulated nodes, no account or GPU needed)",
+        description=(
+            "Run a local Infernet control plane on loopback. Answers come from a deterministic "
+            "local emulation (no model) unless --upstream points at an OpenAI-compatible or "
+            "Ollama server."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free)")
+    parser.add_argument(
+        "--token",
+        action="append",
+        dest="tokens",
+        metavar="TOKEN",
+        help="accepted bearer token (repeatable; default dev-token)",
+    )
+    parser.add_argument(
+        "--dialect", choices=("data", "typed"), default="data", help="stream dialect"
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="seconds between ': ping' (0 = off)",
+    )
+    parser.add_argument(
+        "--job-timeout", type=float, default=300.0, metavar="S", help="server-side job time limit"
+    )
+    parser.add_argument(
+        "--upstream", metavar="URL", help="OpenAI-compatible (/v1) or Ollama server"
+    )
+    parser.add_argument(
+        "--upstream-kind", choices=("auto", "openai", "ollama"), default="auto", help="upstream API"
+    )
+    parser.add_argument(
+        "--upstream-model", metavar="NAME", help="model name to ask the upstream for"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for answers, ids and faults")
+    parser.add_argument("--tokens-per-second", type=float, metavar="N", help="override node speed")
+    parser.add_argument(
+        "--time-to-first-token", type=float, metavar="S", help="override node start delay"
+    )
+    parser.add_argument("--answer-tokens", type=int, metavar="N", help="fixed answer length")
+    parser.add_argument("--rate-limit-per-minute", type=int, default=60, metavar="N")
+    parser.add_argument("--rate-limit-per-hour", type=int, default=1000, metavar="N")
+    parser.add_argument(
+        "--node-drop-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="chance that a node drops mid-answer (chaos testing)",
+    )
+    parser.set_defaults(handler=_handle)
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from ._server import DevServer
+
+    server = DevServer(
+        host=args.host,
+        port=args.port,
+        tokens=args.tokens or ("dev-token",),
+        dialect=args.dialect,
+        heartbeat_interval=args.heartbeat or None,
+        job_timeout=args.job_timeout,
+        upstream=args.upstream,
+        upstream_kind=args.upstream_kind,
+        upstream_api_key=os.environ.get("INFERNET_UPSTREAM_API_KEY"),
+        upstream_model=args.upstream_model,
+        seed=args.seed,
+        tokens_per_second=args.tokens_per_second,
+        time_to_first_token=args.time_to_first_token,
+        answer_tokens=args.answer_tokens,
+        rate_limit_per_minute=args.rate_limit_per_minute,
+        rate_limit_per_hour=args.rate_limit_per_hour,
+        node_drop_probability=args.node_drop_probability,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    async with server:
+        engine = (
+            f"relaying to {args.upstream}"
+            if args.upstream
+            else "local emulation: answers are generated text, not a model"
+        )
+        models = sorted({m for node in server.nodes if node["online"] for m in node["models"]})
+        _write(f"Infernet local control plane ({engine})")
+        _write(f"  URL:    {server.base_url}")
+        _write(f"  Token:  {server.token}")
+        _write(f"  Models: {', '.join(models)}")
+        _write(f"  Stream dialect: {server.dialect}")
+        _write(f"export INFERNET_BASE_URL={server.base_url}")
+        _write(f"export INFERNET_BEARER_TOKEN={server.token}")
+        _write("Press Ctrl-C to stop.")
+        await stop.wait()
+    return 0
+
+
+def _handle(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_serve(args))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        sys.stderr.write(f"infernet-async serve: cannot listen on {args.host}:{args.port}: {exc}\n")
+        return 1
