@@ -1,5 +1,8 @@
 """infernet_async: the asyncio-native SDK for the Infernet Protocol inference API."""
 
+from ._client import InfernetClient
+from ._config import RetryPolicy, Timeouts
+from ._stream import TokenStream
 from ._version import __version__
 from .errors import (
     APIConnectionError,
@@ -22,6 +25,16 @@ from .errors import (
     StreamError,
 )
 from .events import Done, ErrorEvent, JobInfo, Meta, Restart, StreamEvent, Token
+from .models import (
+    ChatRequest,
+    Job,
+    JobList,
+    JobRequest,
+    JobResult,
+    Message,
+    ModelInfo,
+    Usage,
+)
 
 __all__ = [
     "APIConnectionError",
@@ -29,25 +42,37 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ChatRequest",
     "DecodeError",
     "Done",
     "ErrorEvent",
     "EventTooLargeError",
     "IncompleteStreamError",
+    "InfernetClient",
     "InfernetError",
     "InternalServerError",
+    "Job",
     "JobFailedError",
     "JobInfo",
+    "JobList",
+    "JobRequest",
+    "JobResult",
     "JobTimeoutError",
+    "Message",
     "Meta",
+    "ModelInfo",
     "ModelNotFoundError",
     "NoCapacityError",
     "NodeDisconnectedError",
     "NotFoundError",
     "RateLimitError",
     "Restart",
+    "RetryPolicy",
     "StreamError",
     "StreamEvent",
+    "Timeouts",
     "Token",
+    "TokenStream",
+    "Usage",
     "__version__",
 ]

@@ -185,7 +185,17 @@ class IncompleteStreamError(StreamError):
 
 
 class APIConnectionError(InfernetError):
-    """The request did not get an answer: DNS failure, refused or reset connection, no file descriptors."""
+    """The request did not get an answer: DNS failure, refused or reset connection, no descriptors.
+
+    ``request_sent`` is ``False`` when the failure happened before the request left this process
+    (so the server cannot have acted on it), ``True`` when it happened after, ``None`` when unknown.
+    A failed submission is retried only when it is ``False``.
+    """
+
+    def __init__(self, message: str, *, request_sent: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_sent = request_sent
 
 
 class APITimeoutError(APIConnectionError, TimeoutError):
@@ -201,9 +211,9 @@ class APITimeoutError(APIConnectionError, TimeoutError):
         partial_text: str = "",
         job_id: str | None = None,
         phase: str | None = None,
+        request_sent: bool | None = None,
     ) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, request_sent=request_sent)
         self.partial_text = partial_text
         self.job_id = job_id
         self.phase = phase

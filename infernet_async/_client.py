@@ -1,0 +1,422 @@
+"""``InfernetClient``: the lifecycle state machine and the jobs API (stream, submit, poll, list).
+
+Rules: the client is ``UNOPENED`` until ``__aenter__`` or its first request, ``OPENED`` until
+``aclose()``, then ``CLOSED`` for good. Nothing here touches the network before a running loop asks
+for it, so a client can be built at module level or in a notebook cell and used from any loop. Job
+ids are validated before they go into a URL. The token lives in a ``Secret``: no ``repr``, log line
+or exception of ours shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from ssl import SSLContext
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ._config import (
+    RetryPolicy,
+    Timeouts,
+    is_loopback_host,
+    resolve_base_url,
+    resolve_token,
+)
+from ._stream import NodeDisconnectPolicy, TokenStream
+from ._transport import Transport, job_path, validate_job_id
+from .errors import APITimeoutError, JobFailedError, JobTimeoutError
+from .models import (
+    JOB_ADAPTER,
+    JOB_LIST_ADAPTER,
+    MODEL_LIST_ADAPTER,
+    ChatRequest,
+    Job,
+    Message,
+    ModelInfo,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["InfernetClient"]
+
+logger = logging.getLogger("infernet_async")
+
+MessageLike = Message | Mapping[str, Any]
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+class InfernetClient:
+    """An asyncio client for the Infernet Protocol inference API.
+
+    Args:
+        base_url: the API root, default ``$INFERNET_BASE_URL`` or
+            ``https://infernetprotocol.com/api/v1``; a bare origin gets ``/api/v1``.
+        token: the bearer token, default ``$INFERNET_BEARER_TOKEN``.
+        session: an ``aiohttp.ClientSession`` of yours to send requests with; it is never closed by
+            the client.
+        timeouts: connect, idle read, first token, stall and total timeouts (see ``Timeouts``).
+        retry: retry counts and backoff (see ``RetryPolicy``).
+        ssl: an ``ssl.SSLContext`` for custom CAs or client certificates; ``False`` disables
+            verification and needs ``allow_insecure=True``.
+        allow_insecure: allow sending the token over plain ``http://`` to a non-loopback host (and
+            ``ssl=False``).
+        max_connections: the size of the connection pool of the session the client creates.
+        headers: extra headers for every request.
+
+    Raises:
+        ValueError: a malformed base URL, or a token that would travel unencrypted without
+            ``allow_insecure``.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        ssl: SSLContext | bool | None = None,
+        allow_insecure: bool = False,
+        max_connections: int = 100,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._state = _State.UNOPENED
+        self.base_url = resolve_base_url(base_url)
+        secret = resolve_token(token)
+        parts = urlsplit(self.base_url)
+        if (
+            secret is not None
+            and parts.scheme == "http"
+            and not is_loopback_host(parts.hostname)
+            and not allow_insecure
+        ):
+            raise ValueError(
+                f"refusing to send the bearer token over plain http:// to {parts.hostname}; "
+                "use https://, or pass allow_insecure=True if this network is trusted"
+            )
+        if ssl is False and not allow_insecure:
+            raise ValueError("ssl=False disables certificate checks; it needs allow_insecure=True")
+        if max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        if headers and any(k.lower() == "authorization" for k in headers):
+            raise ValueError("pass the token as token=, not as an Authorization header")
+        self._has_token = secret is not None
+        self.timeouts = timeouts if timeouts is not None else Timeouts()
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._transport = Transport(
+            base_url=self.base_url,
+            token=secret,
+            timeouts=self.timeouts,
+            retry=self.retry,
+            session=session,
+            ssl=ssl,
+            max_connections=max_connections,
+            headers=headers,
+        )
+        self._entered = False
+
+    def __repr__(self) -> str:
+        token = "set" if self._has_token else "none"
+        state = self._state.value
+        return f"InfernetClient(base_url={self.base_url!r}, token=<{token}>, state={state})"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._state is _State.CLOSED
+
+    def _ensure_open(self) -> None:
+        if self._state is _State.CLOSED:
+            raise RuntimeError("this InfernetClient is closed; create a new one")
+        self._state = _State.OPENED
+
+    async def __aenter__(self) -> InfernetClient:
+        if self._state is _State.CLOSED:
+            raise RuntimeError("cannot reopen a closed InfernetClient; create a new one")
+        if self._entered:
+            raise RuntimeError("this InfernetClient is already open in an 'async with' block")
+        self._entered = True
+        self._state = _State.OPENED
+        await self._transport.session()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client and the session it created (never a session you passed in);
+        idempotent.
+        """
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        await self._transport.aclose()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        # Only a warning: scheduling a close from __del__ would run in whatever loop is current, if
+        # any.
+        if getattr(self, "_state", None) is _State.OPENED and self._transport.owns_session:
+            _warn(
+                f"{self!r} was opened and never closed; use 'async with InfernetClient()' or "
+                "'await client.aclose()'",
+                ResourceWarning,
+                source=self,
+            )
+
+    # -- streaming ---------------------------------------------------------------------------------
+
+    def stream(
+        self,
+        *,
+        model: str,
+        messages: Sequence[MessageLike],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        node_id: str | None = None,
+        on_node_disconnect: NodeDisconnectPolicy = "raise",
+        reconnect: bool = False,
+        **extra: Any,
+    ) -> TokenStream:
+        """Submit a chat job with ``stream: true`` and return its ``TokenStream``.
+
+        The request is sent on ``async with`` or on the first iteration, not here. ``extra`` fields
+        go into the request body as they are (for parameters newer than this SDK).
+
+        Args:
+            on_node_disconnect: ``"raise"`` (``NodeDisconnectedError`` with the partial text once
+                tokens were delivered) or ``"restart"`` (follow the re-queued job; ``events()``
+                yields ``Restart``).
+            reconnect: after a dropped connection, replay the job's stream and skip what was
+                delivered, instead of raising ``IncompleteStreamError``. The job is never submitted
+                twice.
+
+        Raises:
+            ValueError: invalid parameters (checked here, before anything is sent).
+        """
+        self._ensure_open()
+        body = self._chat_body(
+            model, messages, max_tokens, temperature, top_p, node_id, stream=True, extra=extra
+        )
+        return TokenStream(
+            self._transport,
+            request=body,
+            on_node_disconnect=on_node_disconnect,
+            reconnect=reconnect,
+        )
+
+    def stream_job(
+        self,
+        job_id: str,
+        *,
+        on_node_disconnect: NodeDisconnectPolicy = "raise",
+        reconnect: bool = True,
+    ) -> TokenStream:
+        """Stream a submitted job's tokens (``GET /jobs/{id}/stream``).
+
+        After a dropped connection it reconnects (up to ``RetryPolicy.max_stream_restarts`` times),
+        sends ``Last-Event-ID``, and skips the events already delivered: by event id in the typed
+        dialect, by token count in the data-only one (the live control plane replays a job's stream
+        from its start).
+        """
+        self._ensure_open()
+        validate_job_id(job_id)
+        return TokenStream(
+            self._transport,
+            job_id=job_id,
+            on_node_disconnect=on_node_disconnect,
+            reconnect=reconnect,
+        )
+
+    async def complete(
+        self,
+        *,
+        model: str,
+        messages: Sequence[MessageLike],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        node_id: str | None = None,
+        **extra: Any,
+    ) -> str:
+        """Stream a chat job to its end and return the whole answer.
+
+        Nobody sees the tokens before the end, so a node disconnect always follows the re-queued
+        job.
+        """
+        stream = self.stream(
+            model=model,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            node_id=node_id,
+            on_node_disconnect="restart",
+            **extra,
+        )
+        async with stream:
+            return await stream.final_text()
+
+    # -- jobs API ----------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        *,
+        model: str,
+        messages: Sequence[MessageLike],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        node_id: str | None = None,
+        **extra: Any,
+    ) -> Job:
+        """Submit a chat job without streaming; returns the job (usually ``pending``).
+
+        A failed submission is retried only when the failure shows no job was created (429, 503
+        ``no_capacity``, a connection that failed before the request was sent): never a duplicate
+        billed job.
+        """
+        self._ensure_open()
+        body = self._chat_body(
+            model, messages, max_tokens, temperature, top_p, node_id, stream=False, extra=extra
+        )
+        data = await self._transport.request_json("POST", "/jobs", json_body=body)
+        return JOB_ADAPTER.validate_python(data)
+
+    async def get_job(self, job_id: str) -> Job:
+        """The job's current state and, once completed, its result."""
+        self._ensure_open()
+        data = await self._transport.request_json("GET", job_path(job_id))
+        return JOB_ADAPTER.validate_python(data)
+
+    async def wait_job(
+        self,
+        job_id: str,
+        *,
+        poll_interval: float = 0.5,
+        max_poll_interval: float = 5.0,
+        timeout: float | None = None,  # noqa: ASYNC109 - a polling deadline, not a cancel scope
+    ) -> Job:
+        """Poll a job until it completes, backing off from ``poll_interval`` to
+        ``max_poll_interval``.
+
+        Args:
+            timeout: give up after this many seconds (default ``Timeouts.total``).
+
+        Raises:
+            JobTimeoutError: the job failed with ``timeout`` (the server's job time limit).
+            JobFailedError: the job failed for another reason.
+            APITimeoutError: the job was still running after ``timeout`` seconds (phase ``"wait"``).
+        """
+        validate_job_id(job_id)
+        if poll_interval <= 0 or max_poll_interval < poll_interval:
+            raise ValueError("need 0 < poll_interval <= max_poll_interval")
+        limit = timeout if timeout is not None else self.timeouts.total
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit if limit is not None else None
+        interval = poll_interval
+        while True:
+            job = await self.get_job(job_id)
+            if job.status == "completed":
+                return job
+            if job.status == "failed":
+                cls = JobTimeoutError if job.error == "timeout" else JobFailedError
+                raise cls(
+                    job.error_message or f"job {job.id} failed: {job.error}",
+                    job_id=job.id,
+                    code=job.error,
+                    job=job,
+                )
+            if deadline is not None and loop.time() + interval > deadline:
+                raise APITimeoutError(
+                    f"job {job_id} still {job.status} after {limit} s", job_id=job_id, phase="wait"
+                )
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, max_poll_interval)
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Models with at least one online node."""
+        self._ensure_open()
+        data = await self._transport.request_json("GET", "/models")
+        return MODEL_LIST_ADAPTER.validate_python(data).models
+
+    async def list_jobs(
+        self,
+        *,
+        limit: int | None = None,
+        status: str | None = None,
+        since: datetime | str | None = None,
+    ) -> list[Job]:
+        """Your recent jobs, newest first (``limit`` at most 100); ``since`` is a datetime or
+        ISO-8601 text.
+        """
+        self._ensure_open()
+        params: dict[str, str] = {}
+        if limit is not None:
+            if not 1 <= limit <= 100:
+                raise ValueError("limit must be within 1..100")
+            params["limit"] = str(limit)
+        if status is not None:
+            params["status"] = status
+        if since is not None:
+            if isinstance(since, datetime):
+                if since.tzinfo is None:
+                    since = since.replace(tzinfo=UTC)
+                since = since.isoformat()
+            params["since"] = since
+        data = await self._transport.request_json("GET", "/jobs", params=params)
+        return JOB_LIST_ADAPTER.validate_python(data).jobs
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _chat_body(
+        model: str,
+        messages: Sequence[MessageLike],
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        node_id: str | None,
+        *,
+        stream: bool,
+        extra: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        if isinstance(messages, str | bytes):  # type: ignore[unreachable]
+            raise ValueError(
+                "messages must be a list of {'role', 'content'} messages, not a string"
+            )
+        request = ChatRequest.model_validate(
+            {
+                **extra,
+                "model": model,
+                "messages": [
+                    m if isinstance(m, Message) else Message.model_validate(m) for m in messages
+                ],
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "top_p": top_p,
+                "node_id": node_id,
+                "stream": stream,
+            }
+        )
+        if not request.messages:
+            raise ValueError("messages must not be empty")
+        return request.to_json()

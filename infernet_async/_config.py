@@ -1,0 +1,170 @@
+"""Client configuration: base URL and token resolution from the environment, timeouts, retry policy.
+
+Rules: ``base_url`` is the API root (``.../api/v1``), never an endpoint; a bare origin gets
+``/api/v1``. A token is refused over plain ``http://`` to anything but loopback unless the caller
+says ``allow_insecure=True``. The token is wrapped in ``Secret`` as soon as it is read, so no
+``repr`` of ours can show it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "RetryPolicy",
+    "Secret",
+    "Timeouts",
+    "is_loopback_host",
+    "resolve_base_url",
+    "resolve_token",
+]
+
+DEFAULT_BASE_URL = "https://infernetprotocol.com/api/v1"
+BASE_URL_ENV = "INFERNET_BASE_URL"
+TOKEN_ENV = "INFERNET_BEARER_TOKEN"
+_API_ROOT_PATH = "/api/v1"
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` (the bearer token)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        # Pickling would put the token into a byte string someone may log; refuse.
+        raise TypeError("Secret cannot be pickled")
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    """The API root: the argument, else ``$INFERNET_BASE_URL``, else the hosted control plane.
+
+    A bare origin (``http://127.0.0.1:8080``) gets ``/api/v1``; a trailing slash is dropped.
+
+    Raises:
+        ValueError: the URL is not ``http(s)://host...``, or carries a query, fragment or
+        credentials.
+    """
+    raw = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base_url must be an http(s) URL with a host, got {raw!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("base_url must not carry a query string or a fragment")
+    if parts.username is not None or parts.password is not None:
+        # Credentials in a URL end up in logs and exception messages; the token has its own
+        # parameter.
+        raise ValueError("base_url must not carry credentials; pass token= instead")
+    path = parts.path.rstrip("/")
+    if not path:
+        path = _API_ROOT_PATH
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def resolve_token(token: str | None) -> Secret | None:
+    """The token argument, else ``$INFERNET_BEARER_TOKEN``; an empty value means no token."""
+    value = token if token is not None else os.environ.get(TOKEN_ENV)
+    if not value:
+        return None
+    value = value.strip()
+    if any(ch in value for ch in "\r\n\x00"):
+        raise ValueError("the bearer token contains a line break or NUL")
+    return Secret(value)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Every timeout, in seconds; ``None`` disables one.
+
+    Attributes:
+        connect: establishing the TCP (and TLS) connection.
+        read: idle time between two reads of the socket. Heartbeats count as activity, so keep this
+            above the control plane's 15 s ``: ping`` interval.
+        first_token: from sending a stream request to its first token (a job may queue first);
+            ``None`` leaves only ``total`` to bound it.
+        stall: no token for this long while the connection stays alive (heartbeats do not reset it):
+            a stalled node. Raises ``APITimeoutError`` with the partial text.
+        total: one request end to end, including a whole stream. The control plane fails a job after
+            5 minutes, so the default is a little over that.
+    """
+
+    connect: float | None = 10.0
+    read: float | None = 60.0
+    first_token: float | None = None
+    stall: float | None = 60.0
+    total: float | None = 330.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "read", "first_token", "stall", "total"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"Timeouts.{name} must be positive or None, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How failed requests are retried.
+
+    Attributes:
+        max_retries: retries after the first attempt (0 disables retrying).
+        backoff_base: the first backoff, in seconds; attempt ``n`` waits ``min(base * 2**(n-1),
+            backoff_max)``, jittered down by up to half.
+        backoff_max: the backoff cap.
+        max_retry_after: the longest server-requested wait (``Retry-After`` and friends) we honour;
+            a longer one raises ``RateLimitError`` at once, with ``retry_after`` set, instead of
+            sleeping.
+        max_stream_restarts: how many times a stream follows a re-queued job after
+            ``node_disconnected``, and how many times ``stream_job`` reconnects after a dropped
+            connection.
+        sleep: the coroutine used to wait (tests inject a recorder); ``None`` means
+        ``asyncio.sleep``.
+    """
+
+    max_retries: int = 2
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    max_retry_after: float = 60.0
+    max_stream_restarts: int = 2
+    sleep: Callable[[float], Awaitable[None]] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.max_stream_restarts < 0:
+            raise ValueError("retry counts must be >= 0")
+        if self.backoff_base < 0 or self.backoff_max < 0 or self.max_retry_after < 0:
+            raise ValueError("retry delays must be >= 0")

@@ -1,0 +1,663 @@
+"""``TokenStream``: the single read loop from response bytes to tokens, with cancellation-aware
+accumulation.
+
+Shape: ``StreamResponse.read_chunk()`` (``iter_any()``) -> ``events.TokenDecoder.feed()`` ->
+interpret -> the ``Accumulator`` -> the caller. ``TokenStream`` is an explicit async iterator, not
+an async generator, so no cleanup hides in a generator ``finally``: on every terminal condition
+(done, error event, EOF, timeout, an exception, cancellation) ``_next_event`` itself closes the
+response *before* it raises, and records the state first, so ``text``/``partial_text`` are right
+whatever happens. ``resp.close()`` is synchronous: nothing to shield. A stream abandoned without
+``aclose()`` closes its response when garbage-collected, with a ``ResourceWarning``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from collections import deque
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._accumulator import Accumulator, TerminalReason
+from ._retry import backoff_delay
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    IncompleteStreamError,
+    NodeDisconnectedError,
+    StreamError,
+    stream_error_for_code,
+)
+from .events import Done, ErrorEvent, JobInfo, Restart, StreamEvent, Token, TokenDecoder
+
+if TYPE_CHECKING:
+    from ._transport import StreamResponse, Transport
+
+__all__ = ["NodeDisconnectPolicy", "TokenStream"]
+
+logger = logging.getLogger("infernet_async")
+
+NodeDisconnectPolicy = Literal["raise", "restart"]
+_JOB_ID_HEADER = "X-Infernet-Job-Id"
+_NEW, _OPENING, _OPEN, _ENDED, _CLOSED = range(5)
+
+
+class _Resume:
+    """What a reconnected stream must skip: the replay of what was already delivered.
+
+    The control plane replays a job's stream from its start. Events up to the last delivered id
+    are skipped by id (typed dialect); then, and in the data-only dialect, replayed token text is
+    matched against the delivered text, because a finished job replays as one event holding its
+    whole text: only the part beyond what was delivered is handed out.
+    """
+
+    __slots__ = ("delivered", "last_id", "matched", "seen_last")
+
+    def __init__(self, last_id: str | None, delivered: str) -> None:
+        self.last_id = last_id
+        self.delivered = delivered
+        self.matched = 0
+        self.seen_last = False
+
+    def id_replayed(self, event_id: str | None) -> bool:
+        """Whether an event with this id was delivered before (numeric ids compare as numbers)."""
+        if self.last_id is None or event_id is None or self.seen_last:
+            return False
+        try:
+            return int(event_id) <= int(self.last_id)
+        except ValueError:
+            if event_id == self.last_id:
+                self.seen_last = True
+            return True
+
+
+class TokenStream:
+    """The tokens of one answer, as they arrive.
+
+    Use it as ``async with client.stream(...) as stream: async for token in stream: ...``. The
+    request is sent on ``__aenter__`` or on the first iteration. ``text`` is everything received so
+    far (also after ``break``, a timeout, cancellation or an error, whose ``partial_text`` holds the
+    same); ``finished`` is true only after a clean ``[DONE]``.
+
+    Node disconnects: the control plane re-queues the job. If no token of the failed attempt reached
+    the caller, the stream follows the re-queued job transparently. Otherwise
+    ``on_node_disconnect="raise"`` (the default) raises ``NodeDisconnectedError`` with the partial
+    text, and ``"restart"`` follows the re-queued job: ``events()`` then yields a ``Restart`` event
+    and ``text`` holds only the new attempt::
+
+        async with client.stream(model=m, messages=msgs, on_node_disconnect="restart") as stream:
+            async for event in stream.events():
+                if isinstance(event, Restart):
+                    screen.clear()          # the answer starts over
+                elif isinstance(event, Token):
+                    screen.write(event.text)
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        request: Mapping[str, Any] | None = None,
+        job_id: str | None = None,
+        on_node_disconnect: NodeDisconnectPolicy = "raise",
+        reconnect: bool = False,
+    ) -> None:
+        if on_node_disconnect not in ("raise", "restart"):
+            raise ValueError("on_node_disconnect must be 'raise' or 'restart'")
+        if request is None and job_id is None:
+            raise ValueError("a stream needs a request to submit or a job id")
+        self._transport = transport
+        self._request = dict(request) if request is not None else None
+        self._policy: NodeDisconnectPolicy = on_node_disconnect
+        self._reconnect = reconnect
+        self._acc = Accumulator()
+        self._acc.set_job_id(job_id)
+        self._resp: StreamResponse | None = None
+        self._decoder = TokenDecoder()
+        self._pending: deque[StreamEvent] = deque()
+        self._state = _NEW
+        self._error: BaseException | None = None
+        self._busy = False
+        self._resume: _Resume | None = None
+        self._last_id: str | None = None
+        self._last_token_id: str | None = None
+        self._ids_usable = True
+        self._restarts = 0
+        self._reconnects = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started_at: float | None = None
+        self._total_deadline: float | None = None
+        self._attempt_started_at: float | None = None
+        self._first_token_at: float | None = None
+        self._last_token_at: float | None = None
+        self._events_received = 0
+
+    # -- public state ------------------------------------------------------------------------------
+
+    @property
+    def text(self) -> str:
+        """Everything received so far (of the current attempt, after a restart)."""
+        return self._acc.text
+
+    @property
+    def job_id(self) -> str | None:
+        """The job's id, from ``X-Infernet-Job-Id`` or the typed dialect's ``job`` event."""
+        return self._acc.job_id
+
+    @property
+    def finished(self) -> bool:
+        """True only after the stream ended cleanly with ``[DONE]``."""
+        return self._acc.finished
+
+    @property
+    def closed(self) -> bool:
+        return self._state in (_ENDED, _CLOSED)
+
+    @property
+    def terminal_reason(self) -> str | None:
+        """How the stream ended: done, error, node_disconnected, incomplete, timeout, cancelled,
+        closed...
+        """
+        return self._acc.reason
+
+    @property
+    def restarts(self) -> int:
+        """How many times the stream followed the re-queued job after ``node_disconnected``."""
+        return self._restarts
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the stream reconnected after the connection dropped."""
+        return self._reconnects
+
+    @property
+    def token_count(self) -> int:
+        """Tokens in ``text``."""
+        return self._acc.token_count
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        """Seconds from sending the request to the first token, or ``None`` before it."""
+        if self._first_token_at is None or self._started_at is None:
+            return None
+        return self._first_token_at - self._started_at
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """The generation rate after the first token: ``(tokens - 1) / (last - first)``; ``None``
+        below 2.
+        """
+        if self._first_token_at is None or self._last_token_at is None or self.token_count < 2:
+            return None
+        span = self._last_token_at - self._first_token_at
+        return (self.token_count - 1) / span if span > 0 else None
+
+    def __repr__(self) -> str:
+        state = ("new", "opening", "open", "ended", "closed")[self._state]
+        return (
+            f"<TokenStream job_id={self.job_id!r} state={state} tokens={self.token_count} "
+            f"finished={self.finished}>"
+        )
+
+    # -- iteration ---------------------------------------------------------------------------------
+
+    def __aiter__(self) -> TokenStream:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            event = await self._next_event()
+            if type(event) is Token:
+                return event.text
+
+    def events(self) -> _EventIterator:
+        """The typed events (``Token``, ``JobInfo``, ``Meta``, ``Restart``, ``Done``), sharing this
+        stream's cursor.
+
+        An in-stream error is raised as a ``StreamError``, like token iteration does, not yielded.
+        """
+        return _EventIterator(self)
+
+    async def final_text(self) -> str:
+        """Read the rest of the stream and return the whole answer.
+
+        Raises:
+            StreamError: the stream failed (the same error iteration raised), or was closed before
+            ``[DONE]``.
+        """
+        async for _ in self:
+            pass
+        if self._acc.finished:
+            return self._acc.text
+        if self._error is not None:
+            raise self._error
+        raise StreamError(
+            "the stream was closed before [DONE]", partial_text=self.text, job_id=self.job_id
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> TokenStream:
+        if self._state == _NEW:
+            self._busy = True
+            try:
+                await self._start()
+            finally:
+                self._busy = False
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the stream and release its connection at once; idempotent, and safe while
+        cancelled.
+        """
+        if self._state == _CLOSED:
+            return
+        self._acc.fail("closed")
+        self._state = _CLOSED
+        self._close_response()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        resp = getattr(self, "_resp", None)
+        if resp is None or resp.closed:
+            return
+        self._resp = None
+        # Close before warning: under ``-W error`` the warning raises, and the connection must be
+        # freed anyway.
+        try:
+            resp.close()
+        finally:
+            _warn(
+                f"TokenStream (job {self._acc.job_id}) was garbage-collected while its response "
+                "was open; use 'async with client.stream(...)' or 'await stream.aclose()'",
+                ResourceWarning,
+                source=self,
+            )
+
+    # -- the read loop -----------------------------------------------------------------------------
+
+    async def _next_event(self) -> StreamEvent:
+        if self._busy:
+            raise RuntimeError("another task is already reading this TokenStream")
+        self._busy = True
+        try:
+            return await self._next_event_unlocked()
+        finally:
+            self._busy = False
+
+    async def _next_event_unlocked(self) -> StreamEvent:
+        if self._state == _NEW:
+            await self._start()
+        if self._state != _OPEN:
+            if self._state == _CLOSED and not self._acc.finished and self._error is None:
+                raise StreamError(
+                    "the stream is closed", partial_text=self.text, job_id=self.job_id
+                )
+            raise StopAsyncIteration
+        try:
+            while True:
+                while self._pending:
+                    out = await self._handle(self._pending.popleft())
+                    if out is not None:
+                        return out
+                try:
+                    chunk = await self._read_chunk()
+                except APITimeoutError:
+                    raise
+                except APIConnectionError as exc:
+                    await self._connection_lost(exc)
+                    continue
+                if chunk:
+                    self._pending.extend(self._decoder.feed(chunk))
+                else:
+                    self._pending.extend(self._decoder.close())
+                    if not self._pending:
+                        await self._connection_lost(None)
+        except BaseException as exc:
+            self._terminate(exc)
+            raise
+
+    def _terminate(self, exc: BaseException) -> None:
+        """Record how the stream ended and free the connection; the caller re-raises ``exc``
+        itself.
+        """
+        if isinstance(exc, APITimeoutError):
+            exc.partial_text = exc.partial_text or self.text
+            exc.job_id = exc.job_id or self.job_id
+            self._acc.fail("timeout", message=exc.message)
+        elif isinstance(exc, StreamError):
+            pass  # already recorded where it was raised
+        elif isinstance(exc, asyncio.CancelledError):
+            self._acc.fail("cancelled")
+        elif isinstance(exc, APIError | APIConnectionError):
+            self._acc.fail("error", message=str(exc))
+        else:
+            self._acc.fail("exception", message=repr(exc))
+        self._error = exc
+        if self._state != _CLOSED:
+            self._state = _ENDED
+        self._close_response()
+
+    def _close_response(self) -> None:
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.close()
+
+    async def _start(self) -> None:
+        self._state = _OPENING
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._started_at = loop.time()
+        total = self._transport.timeouts.total
+        self._total_deadline = self._started_at + total if total is not None else None
+        try:
+            if self._request is not None:
+                await self._open("POST", "/jobs", json_body=self._request)
+            else:
+                await self._open_job_stream()
+        except BaseException as exc:
+            self._terminate(exc)
+            raise
+        self._state = _OPEN
+
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        assert self._loop is not None
+        self._attempt_started_at = self._loop.time()
+        deadline, phase = self._deadline()
+        timeout = asyncio.timeout_at(deadline)
+        try:
+            async with timeout:
+                resp = await self._transport.open_stream(
+                    method, path, json_body=json_body, headers=headers
+                )
+                if resp.content_type == "application/json":
+                    # The server answered with a job object instead of a stream: follow that job's
+                    # stream.
+                    resp = await self._follow_job_object(resp)
+        except TimeoutError as exc:
+            if timeout.expired() and not isinstance(exc, APITimeoutError):
+                raise self._timeout_error(phase) from exc
+            raise
+        self._attach(resp)
+
+    async def _follow_job_object(self, resp: StreamResponse) -> StreamResponse:
+        import json
+
+        from ._transport import job_path
+
+        try:
+            body = json.loads(await resp.read_all())
+        except ValueError:
+            body = None
+        finally:
+            resp.close()
+        job_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(job_id, str):
+            raise APIError(
+                "expected an event stream, got a JSON body without a job id", status=resp.status
+            )
+        self._acc.set_job_id(job_id)
+        return await self._transport.open_stream("GET", job_path(job_id, "/stream"))
+
+    async def _open_job_stream(self, headers: Mapping[str, str] | None = None) -> None:
+        from ._transport import job_path
+
+        job_id = self._acc.job_id
+        assert job_id is not None
+        await self._open("GET", job_path(job_id, "/stream"), headers=headers)
+
+    def _attach(self, resp: StreamResponse) -> None:
+        self._resp = resp
+        self._decoder = TokenDecoder()
+        self._pending.clear()
+        header_id = resp.headers.get(_JOB_ID_HEADER)
+        if header_id:
+            self._set_job_id(header_id)
+
+    def _set_job_id(self, job_id: str | None) -> None:
+        from ._transport import validate_job_id
+
+        if not job_id or self._acc.job_id is not None:
+            return
+        try:
+            self._acc.set_job_id(validate_job_id(job_id))
+        except ValueError:
+            logger.warning("ignoring a malformed job id from the server: %r", job_id[:80])
+
+    def _deadline(self) -> tuple[float | None, str]:
+        """The earliest deadline now in force, and its phase name for the error message."""
+        timeouts = self._transport.timeouts
+        candidates: list[tuple[float, str]] = []
+        if self._total_deadline is not None:
+            candidates.append((self._total_deadline, "total"))
+        if self._acc.token_count == 0 or self._last_token_at is None:
+            if timeouts.first_token is not None and self._attempt_started_at is not None:
+                candidates.append((self._attempt_started_at + timeouts.first_token, "first_token"))
+        elif timeouts.stall is not None:
+            candidates.append((self._last_token_at + timeouts.stall, "stall"))
+        if not candidates:
+            return None, ""
+        deadline, phase = min(candidates)
+        return deadline, phase
+
+    def _timeout_error(self, phase: str) -> APITimeoutError:
+        timeouts = self._transport.timeouts
+        what = {
+            "total": f"the stream exceeded its total timeout ({timeouts.total} s)",
+            "first_token": f"no first token within {timeouts.first_token} s",
+            "stall": f"no token for {timeouts.stall} s (the node stalled; heartbeats do not count)",
+        }.get(phase, "timed out")
+        self._acc.fail("timeout", message=what)
+        return APITimeoutError(what, partial_text=self.text, job_id=self.job_id, phase=phase)
+
+    async def _read_chunk(self) -> bytes:
+        resp = self._resp
+        if resp is None:
+            raise APIConnectionError("the stream's connection was closed", request_sent=True)
+        deadline, phase = self._deadline()
+        if deadline is None:
+            return await resp.read_chunk()
+        timeout = asyncio.timeout_at(deadline)
+        try:
+            async with timeout:
+                return await resp.read_chunk()
+        except TimeoutError as exc:
+            if timeout.expired() and not isinstance(exc, APITimeoutError):
+                raise self._timeout_error(phase) from exc
+            raise
+
+    async def _handle(self, event: StreamEvent) -> StreamEvent | None:
+        """Apply one decoded event; returns the event to hand out, or ``None`` to read on."""
+        if self._resume is not None:
+            filtered = self._resume_filter(event)
+            if filtered is None:
+                return None
+            event = filtered
+        kind = type(event)
+        if kind is Token:
+            assert isinstance(event, Token)
+            # Append before handing out: ``text`` covers every token the caller may have seen.
+            self._acc.add_token(event.text)
+            assert self._loop is not None
+            now = self._loop.time()
+            if self._first_token_at is None:
+                self._first_token_at = now
+            self._last_token_at = now
+            if event.id is not None:
+                # WHATWG ids persist across events: a server that sent one ``id:`` line tags every
+                # later token with it. Resuming by id needs one id per token; otherwise count
+                # tokens.
+                if event.id == self._last_token_id:
+                    self._ids_usable = False
+                self._last_token_id = event.id
+                self._last_id = event.id
+            return event
+        if kind is Done:
+            assert isinstance(event, Done)
+            self._acc.finish(done_text=event.text)
+            self._state = _ENDED
+            resp, self._resp = self._resp, None
+            if resp is not None:
+                resp.finish()
+            return event
+        if kind is ErrorEvent:
+            assert isinstance(event, ErrorEvent)
+            return await self._error_event(event)
+        if kind is JobInfo:
+            assert isinstance(event, JobInfo)
+            self._set_job_id(event.job_id)
+        if getattr(event, "id", None) is not None:
+            self._last_id = getattr(event, "id", None)
+        return event
+
+    def _resume_filter(self, event: StreamEvent) -> StreamEvent | None:
+        """Skip what a reconnected stream replays: ``None`` to skip, else the (trimmed) event."""
+        resume = self._resume
+        assert resume is not None
+        if isinstance(event, Done | ErrorEvent):
+            self._resume = None
+            return event
+        if type(event) is not Token:
+            # The replay's job/meta events: delivered already.
+            return None
+        assert isinstance(event, Token)
+        if resume.id_replayed(event.id):
+            resume.matched += len(event.text)
+            return None
+        remaining = resume.delivered[resume.matched :]
+        if not remaining:
+            self._resume = None
+            return event
+        if remaining.startswith(event.text):
+            resume.matched += len(event.text)
+            return None
+        if event.text.startswith(remaining):
+            self._resume = None
+            fresh = event.text[len(remaining) :]
+            return Token(fresh, event.id) if fresh else None
+        # The replay is not the text we delivered: the job restarted on another node meanwhile.
+        self._acc.fail("incomplete")
+        raise IncompleteStreamError(
+            "the connection dropped and the job's replayed stream differs from what was delivered "
+            "(the job restarted on another node)",
+            partial_text=self.text,
+            job_id=self.job_id,
+        )
+
+    async def _error_event(self, event: ErrorEvent) -> StreamEvent:
+        if (
+            event.code == "node_disconnected"
+            and self._acc.job_id is not None
+            and self._restarts < self._transport.retry.max_stream_restarts
+            and (self._acc.token_count == 0 or self._policy == "restart")
+        ):
+            self._restarts += 1
+            self._close_response()
+            logger.info(
+                "job %s: node disconnected after %d tokens; following the re-queued job (%d)",
+                self._acc.job_id,
+                self._acc.token_count,
+                self._restarts,
+            )
+            try:
+                await self._open_job_stream()
+            except (APIError, APIConnectionError) as exc:
+                if isinstance(exc, APITimeoutError) and exc.phase in ("total", "first_token"):
+                    raise
+                # The abandoned attempt's text is still what the caller saw: keep it in the error.
+                self._acc.fail("node_disconnected", code=event.code, message=event.message)
+                raise NodeDisconnectedError(
+                    f"{event.message or 'node disconnected'}; "
+                    f"following the re-queued job failed: {exc}",
+                    partial_text=self.text,
+                    job_id=self.job_id,
+                    code=event.code,
+                ) from exc
+            # Only now that the new attempt is open does the old text go.
+            discarded = self._acc.restart()
+            self._resume = None
+            self._last_id = self._last_token_id = None
+            return Restart(attempt=self._acc.attempt, discarded_text=discarded)
+        reason: TerminalReason = (
+            "node_disconnected" if event.code == "node_disconnected" else "error"
+        )
+        self._acc.fail(reason, code=event.code, message=event.message)
+        raise stream_error_for_code(
+            event.code,
+            event.message or "the stream reported an error",
+            partial_text=self.text,
+            job_id=self.job_id,
+        )
+
+    async def _connection_lost(self, cause: APIConnectionError | None) -> None:
+        """EOF or a dropped connection before ``[DONE]``: reconnect (``stream_job``) or raise."""
+        if (
+            self._reconnect
+            and self._state == _OPEN
+            and self._acc.job_id is not None
+            and self._reconnects < self._transport.retry.max_stream_restarts
+        ):
+            self._reconnects += 1
+            last_id = self._last_id or self._decoder.last_event_id
+            self._close_response()
+            self._resume = _Resume(last_id if self._ids_usable else None, self._acc.text)
+            retry = self._transport.retry
+            delay = backoff_delay(self._reconnects, base=retry.backoff_base, cap=retry.backoff_max)
+            logger.info(
+                "job %s: stream connection lost after %d tokens; reconnecting in %.2f s",
+                self._acc.job_id,
+                self._acc.token_count,
+                delay,
+            )
+            await (retry.sleep or asyncio.sleep)(delay)
+            # The live control plane ignores Last-Event-ID and replays from the start;
+            # ``_resume_filter`` skips what was delivered.
+            try:
+                await self._open_job_stream({"Last-Event-ID": last_id} if last_id else None)
+            except (APIError, APIConnectionError) as exc:
+                if isinstance(exc, APITimeoutError) and exc.phase in ("total", "first_token"):
+                    raise
+                self._acc.fail("incomplete")
+                raise IncompleteStreamError(
+                    f"the connection ended before [DONE] and reconnecting failed: {exc}",
+                    partial_text=self.text,
+                    job_id=self.job_id,
+                ) from exc
+            return
+        self._acc.fail("incomplete")
+        message = "the connection ended before [DONE]"
+        if cause is not None:
+            message = f"{message}: {cause.message}"
+        raise IncompleteStreamError(message, partial_text=self.text, job_id=self.job_id) from cause
+
+
+class _EventIterator:
+    """``TokenStream.events()``: the same read loop, handing out every typed event."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: TokenStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> _EventIterator:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        return await self._stream._next_event()

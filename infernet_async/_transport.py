@@ -1,0 +1,538 @@
+"""HTTP over aiohttp: the session, one request with timeouts and redirects, retries, and error
+mapping.
+
+Rules: this is the only module outside the devserver that imports aiohttp, and no aiohttp exception
+leaves it (``map_transport_errors``). The session we own is created inside the running loop and
+rebuilt when that loop is gone; a session the caller passed in is used as is and never closed by us.
+Every request carries its own ``ClientTimeout``. ``Authorization`` goes only to the base URL's
+origin, also across redirects, which we follow ourselves. Error bodies are parsed by a function that
+never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import re
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from ssl import SSLContext
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from ._config import RetryPolicy, Secret, Timeouts
+from ._retry import decide_retry, server_retry_after
+from ._version import __version__
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    InfernetError,
+    RateLimitError,
+    error_for_response,
+)
+
+__all__ = [
+    "StreamResponse",
+    "Transport",
+    "job_path",
+    "map_transport_errors",
+    "parse_error_response",
+    "validate_job_id",
+]
+
+logger = logging.getLogger("infernet_async")
+
+USER_AGENT = f"infernet-async/{__version__}"
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
+# An error body is for a message; a proxy's 10 MB page is not read whole.
+_ERROR_BODY_LIMIT = 64 * 1024
+_FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+# Job ids are opaque to us but go into URL paths: letters, digits and ``_-.:``, no leading dot,
+# bounded length. Anything else ("../", "?", "#", "%2F", "/") is refused, so an id can never reach
+# another path.
+_JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
+
+
+def validate_job_id(job_id: object) -> str:
+    """Return ``job_id`` if it is a well-formed job id; raises ``ValueError`` otherwise."""
+    if not isinstance(job_id, str) or _JOB_ID_RE.fullmatch(job_id) is None or ".." in job_id:
+        raise ValueError(f"not a valid job id: {job_id!r}")
+    return job_id
+
+
+def job_path(job_id: str, suffix: str = "") -> str:
+    """The path of a job (``/jobs/{id}``, plus ``suffix`` such as ``/stream``), id validated and
+    quoted.
+    """
+    return f"/jobs/{quote(validate_job_id(job_id), safe='')}{suffix}"
+
+
+def _fd_exhaustion_message(exc: OSError) -> str | None:
+    if exc.errno in _FD_ERRNOS or "too many open files" in str(exc).lower():
+        which = errno.errorcode.get(exc.errno or errno.EMFILE, "EMFILE")
+        return (
+            f"too many open files ({which}): the process has no file descriptor left for a new "
+            "connection; close streams you no longer read, share one client, or raise the limit "
+            "(ulimit -n)"
+        )
+    return None
+
+
+def _os_error_of(exc: BaseException) -> OSError | None:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return exc.os_error
+    if isinstance(exc, OSError):
+        return exc
+    return None
+
+
+@contextmanager
+def map_transport_errors(*, phase: str = "request") -> Iterator[None]:
+    """Turn aiohttp and socket errors raised inside the block into
+    ``APIConnectionError``/``APITimeoutError``.
+
+    ``phase`` ("request" or "read") says whether the request had certainly been sent already, which
+    decides whether a failed POST may be retried (see ``_retry``).
+    """
+    read_phase = phase == "read"
+    try:
+        yield
+    except InfernetError:
+        raise
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise APITimeoutError(
+            f"timed out connecting: {exc}", phase="connect", request_sent=False
+        ) from exc
+    except aiohttp.SocketTimeoutError as exc:
+        raise APITimeoutError(
+            "timed out waiting for data from the server (read timeout)",
+            phase="read",
+            request_sent=True,
+        ) from exc
+    except aiohttp.ServerTimeoutError as exc:
+        raise APITimeoutError(f"timed out: {exc}", phase="read", request_sent=None) from exc
+    except aiohttp.ClientConnectorError as exc:
+        # Raised while establishing the connection: nothing of the request left this process.
+        message = _fd_exhaustion_message(exc.os_error) or f"connection failed: {exc}"
+        raise APIConnectionError(message, request_sent=False) from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise APIConnectionError(
+            "the server closed the connection before answering"
+            if not read_phase
+            else "the server closed the connection mid-response",
+            request_sent=True if read_phase else None,
+        ) from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise APIConnectionError(
+            f"the response body was cut off: {exc}", request_sent=True
+        ) from exc
+    except aiohttp.ClientError as exc:
+        os_error = _os_error_of(exc)
+        message = (_fd_exhaustion_message(os_error) if os_error is not None else None) or (
+            f"connection error: {type(exc).__name__}: {exc}"
+        )
+        raise APIConnectionError(message, request_sent=True if read_phase else None) from exc
+    except TimeoutError as exc:
+        # aiohttp's ClientTimeout(total=...) raises a bare asyncio.TimeoutError.
+        raise APITimeoutError(
+            "the request exceeded its total timeout", phase="total", request_sent=None
+        ) from exc
+    except OSError as exc:
+        message = _fd_exhaustion_message(exc) or f"connection error: {exc}"
+        raise APIConnectionError(message, request_sent=True if read_phase else None) from exc
+
+
+def parse_error_response(
+    status: int, raw: bytes, headers: Mapping[str, str], *, now: float | None = None
+) -> APIError:
+    """Build the ``APIError`` for an error response from its raw body; never raises.
+
+    A JSON body with an ``error`` code decides the class; a non-JSON body (a proxy's HTML page)
+    gives the status's class with a short excerpt of the text. For 429 the wait is ``Retry-After``,
+    else ``X-RateLimit-Reset``, else the body's ``detail.resetAt``.
+    """
+    try:
+        text = raw.decode("utf-8", errors="replace")
+    except Exception:  # pragma: no cover - decode with "replace" does not raise; belt and braces
+        text = ""
+    body: Any = None
+    try:
+        body = json.loads(text) if text.strip() else None
+    except ValueError:
+        body = None
+    retry_after: float | None = None
+    if status in (429, 503):
+        try:
+            retry_after = server_retry_after(headers, body, now=time.time() if now is None else now)
+        except Exception:  # a hostile header must not hide the error itself
+            retry_after = None
+    try:
+        return error_for_response(status, body, text=text, headers=headers, retry_after=retry_after)
+    except Exception:  # pragma: no cover - error_for_response is written not to raise
+        return APIError(f"HTTP {status}", status=status)
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme.lower(), (url.host or "").lower(), url.port)
+
+
+class StreamResponse:
+    """An open streaming response: raw chunks via ``iter_any()``, and a synchronous ``close()``.
+
+    ``close()`` closes the connection (not a keep-alive release: the body was not read to its end),
+    so the server sees the disconnect at once and the pool slot is free immediately. It is safe
+    after the loop has closed.
+    """
+
+    __slots__ = ("_chunks", "_resp", "headers", "status", "url")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self._chunks = resp.content.iter_any()
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+        self.url = str(resp.url)
+
+    @property
+    def content_type(self) -> str:
+        return self._resp.content_type
+
+    @property
+    def closed(self) -> bool:
+        return self._resp.closed
+
+    async def read_chunk(self) -> bytes:
+        """The next chunk of body bytes as it arrives; ``b""`` at the end of the body."""
+        with map_transport_errors(phase="read"):
+            try:
+                return await self._chunks.__anext__()
+            except StopAsyncIteration:
+                return b""
+
+    async def read_all(self, limit: int = _ERROR_BODY_LIMIT) -> bytes:
+        with map_transport_errors(phase="read"):
+            return await self._resp.content.read(limit)
+
+    def close(self) -> None:
+        self._resp.close()
+
+    def finish(self) -> None:
+        """The stream ended cleanly: give the connection back to the pool if the body is fully
+        read.
+        """
+        if self._resp.content.at_eof():
+            self._resp.release()
+        else:
+            self._resp.close()
+
+
+async def _loop_sentinel(session: aiohttp.ClientSession) -> AsyncIterator[None]:
+    # An async generator parked at its yield is closed by the loop's shutdown_asyncgens(), which
+    # asyncio.run() and asyncio.Runner (so pytest-asyncio) call before closing the loop: the one
+    # hook we get to close the session inside its own loop when the caller never called aclose(). No
+    # __del__ scheduling needed.
+    try:
+        yield
+    finally:
+        if not session.closed:
+            await session.close()
+
+
+@dataclass
+class _Binding:
+    loop: asyncio.AbstractEventLoop
+    session: aiohttp.ClientSession
+    sentinel: AsyncIterator[None] = field(repr=False)
+
+
+class Transport:
+    """Sends requests to one API root with retries; streams open here and are read by
+    ``TokenStream``.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        token: Secret | None,
+        timeouts: Timeouts,
+        retry: RetryPolicy,
+        session: aiohttp.ClientSession | None = None,
+        ssl: SSLContext | bool | None = None,
+        max_connections: int = 100,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self._base = URL(base_url)
+        self._token = token
+        self.timeouts = timeouts
+        self.retry = retry
+        self._ssl = ssl
+        self._max_connections = max_connections
+        self._extra_headers = dict(headers or {})
+        self._caller_session = session
+        self._binding: _Binding | None = None
+        # Bindings of other loops that are still open: closed by their own loop's shutdown.
+        self._stale: list[_Binding] = []
+        if session is not None and session.timeout.total is not None:
+            warnings.warn(
+                f"the aiohttp session passed to InfernetClient has ClientTimeout(total="
+                f"{session.timeout.total}); infernet_async ignores it and sets its own timeouts "
+                "per request (Timeouts.total, default 330 s), but the same total will cut your "
+                "other long streams on that session: use ClientTimeout(total=None, sock_read=...)",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    # -- session -----------------------------------------------------------------------------------
+
+    @property
+    def owns_session(self) -> bool:
+        return self._caller_session is None
+
+    @property
+    def has_session(self) -> bool:
+        return self._caller_session is not None or self._binding is not None
+
+    async def session(self) -> aiohttp.ClientSession:
+        """The session to use in the running loop, created (or rebuilt for a new loop) on demand."""
+        if self._caller_session is not None:
+            return self._caller_session
+        loop = asyncio.get_running_loop()
+        binding = self._binding
+        if binding is not None and binding.loop is loop and not binding.session.closed:
+            return binding.session
+        if binding is not None and binding.loop is not loop and not binding.loop.is_closed():
+            # That loop still runs (another thread, or a loop not closed yet): its shutdown closes
+            # the session.
+            self._stale.append(binding)
+        self._stale = [b for b in self._stale if not b.loop.is_closed()]
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            ssl=self._ssl if self._ssl is not None else True,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        sentinel = _loop_sentinel(session)
+        self._binding = _Binding(loop, session, sentinel)
+        await anext(sentinel)
+        logger.debug("created an aiohttp session for loop %#x", id(loop))
+        return session
+
+    async def aclose(self) -> None:
+        """Close the session we own in this loop; a caller's session is left alone. Idempotent."""
+        binding, self._binding = self._binding, None
+        if binding is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - aclose is a coroutine, so a loop runs
+            running = None
+        if binding.loop is running:
+            try:
+                await binding.session.close()
+            finally:
+                # Finishing the sentinel here keeps it out of the loop's shutdown list.
+                await asyncio.shield(_close_sentinel(binding.sentinel))
+        elif not binding.loop.is_closed():
+            self._stale.append(binding)
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def url(self, path: str) -> URL:
+        # Paths are built by the client from validated, quoted parts; ``encoded=True`` keeps
+        # %-escapes as sent.
+        return URL(self.base_url + path, encoded=True)
+
+    def _headers(self, url: URL, extra: Mapping[str, str] | None) -> dict[str, str]:
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        headers.update(self._extra_headers)
+        if extra:
+            headers.update(extra)
+        if self._token is not None and _origin(url) == _origin(self._base):
+            headers["Authorization"] = f"Bearer {self._token.get()}"
+        return headers
+
+    def _client_timeout(self, *, stream: bool) -> aiohttp.ClientTimeout:
+        t = self.timeouts
+        # Streams: no aiohttp total (our own deadline covers the whole stream, and aiohttp's default
+        # 300 s equals the server's job limit); sock_read is the idle timeout, which heartbeats
+        # reset.
+        return aiohttp.ClientTimeout(
+            total=None if stream else t.total,
+            sock_connect=t.connect,
+            sock_read=t.read,
+        )
+
+    async def _send_once(
+        self,
+        method: str,
+        url: URL,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        stream: bool,
+    ) -> aiohttp.ClientResponse:
+        """One request, redirects followed by hand; an error status becomes an ``APIError`` (body
+        read).
+        """
+        session = await self.session()
+        timeout = self._client_timeout(stream=stream)
+        for _ in range(_MAX_REDIRECTS + 1):
+            kwargs: dict[str, Any] = {
+                "headers": self._headers(url, headers),
+                "timeout": timeout,
+                "allow_redirects": False,
+            }
+            if json_body is not None:
+                kwargs["json"] = json_body
+            if params:
+                kwargs["params"] = params
+            if self._ssl is not None:
+                kwargs["ssl"] = self._ssl
+            started = time.monotonic()
+            with map_transport_errors(phase="request"):
+                resp = await session.request(method, url, **kwargs)
+            logger.debug(
+                "%s %s -> %s in %.0f ms",
+                method,
+                url.path,
+                resp.status,
+                (time.monotonic() - started) * 1000,
+            )
+            if resp.status in _REDIRECT_STATUSES and "Location" in resp.headers:
+                target = url.join(URL(resp.headers["Location"]))
+                resp.close()
+                if resp.status == 303 or (resp.status in (301, 302) and method != "GET"):
+                    method, json_body = "GET", None
+                if _origin(target) != _origin(self._base):
+                    logger.debug("redirect to another origin; Authorization is not sent there")
+                url = target
+                params = None
+                continue
+            if resp.status >= 400:
+                await self._raise_for_status(resp)
+            return resp
+        raise APIError(f"more than {_MAX_REDIRECTS} redirects", status=310)
+
+    async def _raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
+        try:
+            with map_transport_errors(phase="read"):
+                raw = await resp.content.read(_ERROR_BODY_LIMIT)
+        except APIConnectionError:
+            raw = b""
+        finally:
+            resp.close()
+        raise parse_error_response(resp.status, raw, resp.headers)
+
+    async def _with_retries(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        stream: bool,
+    ) -> aiohttp.ClientResponse:
+        url = self.url(path)
+        attempt = 0
+        while True:
+            try:
+                return await self._send_once(
+                    method, url, json_body=json_body, params=params, headers=headers, stream=stream
+                )
+            except (APIError, APIConnectionError) as exc:
+                attempt += 1
+                hint: float | None = None
+                if isinstance(exc, RateLimitError):
+                    hint = exc.retry_after
+                elif isinstance(exc, APIError) and exc.status == 503:
+                    hint = server_retry_after(exc.headers, exc.body, now=time.time())
+                decision = decide_retry(
+                    method, exc, attempt=attempt, policy=self.retry, retry_after=hint
+                )
+                if not decision.retry:
+                    raise
+                logger.info(
+                    "%s %s failed (%s); retry %d/%d in %.2f s (%s)",
+                    method,
+                    path,
+                    _describe(exc),
+                    attempt,
+                    self.retry.max_retries,
+                    decision.delay,
+                    decision.reason,
+                )
+                await (self.retry.sleep or asyncio.sleep)(decision.delay)
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Send a request (with retries) and return its decoded JSON body."""
+        resp = await self._with_retries(
+            method, path, json_body=json_body, params=params, stream=False
+        )
+        try:
+            with map_transport_errors(phase="read"):
+                raw = await resp.read()
+        finally:
+            resp.release()
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            excerpt = raw[:200].decode("utf-8", errors="replace")
+            raise APIError(
+                f"the server answered {resp.status} with a body that is not JSON: {excerpt!r}",
+                status=resp.status,
+            ) from exc
+
+    async def open_stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> StreamResponse:
+        """Open an event stream (with retries for the opening only); the caller must ``close()``
+        it.
+        """
+        stream_headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
+        if headers:
+            stream_headers.update(headers)
+        resp = await self._with_retries(
+            method, path, json_body=json_body, headers=stream_headers, stream=True
+        )
+        return StreamResponse(resp)
+
+
+async def _close_sentinel(sentinel: AsyncIterator[None]) -> None:
+    aclose = getattr(sentinel, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, APIError):
+        return f"{exc.status} {exc.code or ''}".strip()
+    return type(exc).__name__
