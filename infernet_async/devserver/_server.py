@@ -90,7 +90,7 @@ class DevServer:
         max_body_bytes: int = 1024 * 1024,
         history_limit: int = 1000,
         node_drop_probability: float = 0.0,
-        node_reconnect_delay: float = 0.5,
+        node_reconnect_delay: float = 0.1,
         max_pending: int = 10_000,
         newline: str = "\n",
         upstream: str | None = None,
