@@ -20,10 +20,17 @@ stream is resumed on a re-queued job (see ``InfernetClient.stream(on_node_discon
 
 from __future__ import annotations
 
+import json
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
 from types import MappingProxyType
 from typing import Any
+
+from ._textfast import TEXT_EVENTS, scanstring, text_of, unescape
+from .errors import EventTooLargeError
+from .sse import DEFAULT_MAX_EVENT_SIZE, ServerSentEvent, SSEDecoder
 
 __all__ = [
     "Done",
@@ -33,6 +40,7 @@ __all__ = [
     "Restart",
     "StreamEvent",
     "Token",
+    "TokenDecoder",
 ]
 
 # dataclasses refuse a mutable (unhashable) default, so the empty default comes from a factory that
@@ -110,3 +118,276 @@ class Restart:
 
 
 StreamEvent = Token | Done | ErrorEvent | JobInfo | Meta | Restart
+
+
+# Tokens the decoder builds itself fill their slots directly instead of running the frozen dataclass
+# __init__ (one object.__setattr__ per field): half the cost of the most frequent allocation.
+_new = object.__new__
+_token_slots: Any = Token.__dict__
+_set_text = _token_slots["text"].__set__
+_set_token_id = _token_slots["id"].__set__
+
+
+def _token(text: str, event_id: str | None) -> Token:
+    token: Token = _new(Token)
+    _set_text(token, text)
+    _set_token_id(token, event_id)
+    return token
+
+
+def _tokens(texts: list[str], event_id: str | None) -> list[StreamEvent]:
+    """One ``Token`` per text, built by C-level ``map`` calls (no Python frame per token)."""
+    count = len(texts)
+    tokens: list[StreamEvent] = list(map(_new, repeat(Token, count)))
+    deque(map(_set_text, tokens, texts), 0)
+    deque(map(_set_token_id, tokens, repeat(event_id, count)), 0)
+    return tokens
+
+
+# Above this many characters the fast path finds all events with one regex call (C loop) instead of
+# walking them one by one in Python, which is cheaper for the one to three events of a live chunk.
+_WALK_LIMIT = 256
+
+
+def _walk_text_events(text: str, event_id: str | None) -> list[StreamEvent] | None:
+    """Tokens for ``text`` if it is nothing but data: {"text": ...} events, else ``None``.
+
+    Each JSON string is read by json's own scanner (strict: no raw control characters), and what
+    follows it must be exactly the end of the object and the blank line.
+    """
+    tokens: list[StreamEvent] = []
+    append = tokens.append
+    position = 0
+    size = len(text)
+    while position < size:
+        if not text.startswith('data: {"text": "', position):
+            return _text_events(text, event_id)  # other spacing: let the regex decide
+        try:
+            body, position = scanstring(text, position + 16)
+        except ValueError:
+            return None
+        if not text.startswith("}\n\n", position):
+            return None
+        position += 3
+        token = _new(Token)
+        _set_text(token, body)
+        _set_token_id(token, event_id)
+        append(token)
+    return tokens
+
+
+def _text_events(text: str, event_id: str | None) -> list[StreamEvent] | None:
+    """Tokens for ``text`` if it is nothing but data: {"text": ...} events, else ``None``."""
+    bodies = TEXT_EVENTS(text)
+    if not bodies or text.count("\n") != 2 * len(bodies):
+        return None
+    if "\\" in text:
+        bodies = [unescape(body) if "\\" in body else body for body in bodies]
+    return _tokens(bodies, event_id)
+
+
+def _first_str(obj: Mapping[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        value = obj.get(key)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _error_event(obj: Mapping[str, Any], event_id: str | None) -> ErrorEvent:
+    error = obj.get("error")
+    if isinstance(error, Mapping):  # the OpenAI-style {"error": {"message": ..., "code": ...}}
+        code = _first_str(error, "code")
+        message = _first_str(error, "message")
+    else:
+        code = error if isinstance(error, str) else _first_str(obj, "code")
+        message = _first_str(obj, "message", "error_message")
+    if not message:
+        message = code or "the stream reported an error"
+    return ErrorEvent(code or None, message, event_id)
+
+
+class TokenDecoder:
+    """Bytes of an Infernet token stream in, typed stream events out (sans-IO, both dialects).
+
+    Wraps an ``SSEDecoder``, so any valid SSE framing is accepted, and maps its events:
+
+    - data-only dialect (event type "message"): data exactly ``[DONE]`` -> ``Done``; a JSON object
+      with an ``error`` (a code string, or an object with ``message``/``code``) -> ``ErrorEvent``;
+      with a string ``text`` -> ``Token``;
+    - typed dialect: ``token`` -> ``Token``; ``done`` -> ``Done`` whatever its data holds (its
+      ``text`` and ``reason`` when it is a JSON object); ``error`` -> ``ErrorEvent`` (its raw data
+      as the message when that is not JSON); ``job`` -> ``JobInfo``; ``meta`` -> ``Meta``.
+
+    Skipped without a trace: comments and heartbeats (``: ping``), events with empty or blank
+    data, token objects without a string ``text`` (``encrypted_text``, say), and unknown event
+    types, which a newer control plane may add. Skipped and counted in ``malformed``: data that is
+    not JSON, or JSON that is not an object, in a message/token/job/meta event, or a ``text`` that
+    is not a string.
+    ``feed()`` never raises but for the SSE layer's ``EventTooLargeError`` (and ``RuntimeError``
+    after ``close()``).
+
+    Every event carries ``id``: the SSE last-event-ID at its dispatch.
+
+    Args:
+        max_event_size: passed to the ``SSEDecoder``.
+    """
+
+    __slots__ = ("_limit", "_sse", "malformed")
+
+    def __init__(self, *, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
+        self._sse = SSEDecoder(max_event_size=max_event_size)
+        self._limit = max_event_size
+        self.malformed = 0
+        """How many malformed events were skipped."""
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The stream's last-event-ID (``None`` until an ``id`` field arrives)."""
+        return self._sse.last_event_id
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[StreamEvent]:
+        """Decode the next chunk of the body; returns the stream events it completed, in order.
+
+        Raises:
+            EventTooLargeError: see ``SSEDecoder.feed``.
+            RuntimeError: ``feed()`` after ``close()``.
+        """
+        sse = self._sse
+        # Fast path, taken when the decoder sits at an event boundary (nothing pending but maybe the
+        # start of a line in its buffer): the complete part of the chunk, up to its last blank line,
+        # is decoded at once and, if it consists only of data: {"text": "..."} events, turned into
+        # tokens without the per-line SSE loop and without json.loads (see _textfast for why that is
+        # exact). Otherwise nothing was consumed and the general path sees the whole chunk.
+        if sse._boundary and type(chunk) is bytes:
+            buf = sse._buf
+            stop = chunk.rfind(b"\n\n") + 2
+            if stop > 1:
+                region = (buf + chunk[:stop]) if buf else chunk[:stop]
+                if region.startswith(b"data:") and len(region) <= self._limit:
+                    try:
+                        text = region.decode()
+                    except UnicodeDecodeError:
+                        text = region.decode("utf-8", "replace")
+                    if len(text) > _WALK_LIMIT:
+                        tokens = _text_events(text, sse._last_id)
+                    else:
+                        tokens = _walk_text_events(text, sse._last_id)
+                    if tokens is not None:
+                        if buf:
+                            buf.clear()
+                        if stop < len(chunk):
+                            tokens += self._rest(chunk[stop:])
+                        return tokens
+            elif b"\n" not in chunk and b"\r" not in chunk and len(buf) + len(chunk) <= self._limit:
+                # The middle of a line: only buffer it, as SSEDecoder.feed would.
+                buf += chunk
+                return []
+        return self._interpret(sse.feed(chunk))
+
+    def _rest(self, rest: bytes) -> list[StreamEvent]:
+        """What follows the fast path's events: buffered, or decoded by the general path."""
+        sse = self._sse
+        if b"\n" in rest or b"\r" in rest or len(rest) > self._limit:
+            try:
+                return self._interpret(sse.feed(rest))
+            except EventTooLargeError as error:
+                # The caller already holds tokens from this chunk: return them and let the next
+                # call raise, as SSEDecoder does within one chunk.
+                sse._error = error
+                return []
+        sse._buf += rest
+        return []
+
+    def close(self) -> list[StreamEvent]:
+        """Signal the end of the body; idempotent. An unfinished event is discarded (WHATWG)."""
+        return self._interpret(self._sse.close())
+
+    def _object(self, data: str) -> dict[str, Any] | None:
+        """The JSON object in ``data``; ``None`` (counted as malformed unless blank) otherwise."""
+        try:
+            obj = json.loads(data)
+        except (ValueError, RecursionError):
+            if data.strip():
+                self.malformed += 1
+            return None
+        if isinstance(obj, dict):
+            return obj
+        self.malformed += 1
+        return None
+
+    def _interpret(self, events: list[ServerSentEvent]) -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        for sse in events:
+            kind = sse.event
+            data = sse.data
+            event_id = sse.id
+            if kind == "message" or kind == "token":
+                text = text_of(data)
+                if text is not None:
+                    out.append(_token(text, event_id))
+                    continue
+                # [DONE] is a literal, compared exactly after the SSE layer (the guide's JS trims
+                # it, but the SSE layer already dropped the one space the field syntax allows).
+                if data == "[DONE]" and kind == "message":
+                    out.append(Done(id=event_id))
+                    continue
+                obj = self._object(data)
+                if obj is None:
+                    continue
+                error = obj.get("error")
+                if error is not None and error is not False:
+                    out.append(_error_event(obj, event_id))
+                    continue
+                value = obj.get("text")
+                if isinstance(value, str):
+                    out.append(_token(value, event_id))
+                elif value is not None:
+                    self.malformed += 1
+            elif kind == "done":
+                # "event: done ends the stream cleanly whatever its data holds".
+                try:
+                    parsed = json.loads(data)
+                except (ValueError, RecursionError):
+                    parsed = None
+                if isinstance(parsed, dict):
+                    reason = _first_str(parsed, "reason")
+                    out.append(Done(_first_str(parsed, "text"), reason, event_id))
+                else:
+                    out.append(Done(id=event_id))
+            elif kind == "error":
+                try:
+                    parsed = json.loads(data)
+                except (ValueError, RecursionError):
+                    parsed = None
+                if isinstance(parsed, dict):
+                    out.append(_error_event(parsed, event_id))
+                else:
+                    message = data.strip() or "the stream reported an error"
+                    out.append(ErrorEvent(None, message, event_id))
+            elif kind == "job":
+                obj = self._object(data)
+                if obj is not None:
+                    out.append(
+                        JobInfo(
+                            _first_str(obj, "id", "job_id"),
+                            _first_str(obj, "status"),
+                            _first_str(obj, "model", "model_name"),
+                            obj,
+                            event_id,
+                        )
+                    )
+            elif kind == "meta":
+                obj = self._object(data)
+                if obj is not None:
+                    out.append(
+                        Meta(
+                            _first_str(obj, "provider_node_id", "node_id"),
+                            _first_str(obj, "provider_name", "node_name"),
+                            _first_str(obj, "model", "model_name"),
+                            _first_str(obj, "engine"),
+                            obj,
+                            event_id,
+                        )
+                    )
+        return out
