@@ -24,7 +24,7 @@ from .errors import (
     RateLimitError,
     StreamError,
 )
-from .events import Done, ErrorEvent, JobInfo, Meta, Restart, StreamEvent, Token
+from .events import Done, ErrorEvent, JobInfo, Meta, Restart, StreamEvent, Token, TokenDecoder
 from .models import (
     ChatRequest,
     Job,
@@ -35,6 +35,7 @@ from .models import (
     ModelInfo,
     Usage,
 )
+from .sse import ServerSentEvent, SSEDecoder
 
 __all__ = [
     "APIConnectionError",
@@ -68,10 +69,13 @@ __all__ = [
     "RateLimitError",
     "Restart",
     "RetryPolicy",
+    "SSEDecoder",
+    "ServerSentEvent",
     "StreamError",
     "StreamEvent",
     "Timeouts",
     "Token",
+    "TokenDecoder",
     "TokenStream",
     "Usage",
     "__version__",
