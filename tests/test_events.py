@@ -395,3 +395,36 @@ def test_fast_path_is_taken_for_token_runs(monkeypatch: pytest.MonkeyPatch) -> N
     assert calls == [b":\n"]
     assert decoder.feed(b"data: [DONE]\n\n") == [Done()]  # not a token: the general path
     assert len(calls) == 2
+
+
+NEAR_MISSES = [
+    b'data: {"text": "a"]\n\n',  # wrong closer
+    b'data: {"text": "a"1\n\n',
+    b'data: {"text": "a"} \n\n',  # trailing space: still valid JSON
+    b'data: {"text": "a"}}\n\n',
+    b'data: {"text": "a\tb"}\n\n',  # raw control character: invalid JSON
+    b'data: {"text": "a\\x"}\n\n',  # invalid escape
+    b'data: {"text": "\\u12"}\n\n',  # truncated escape
+    b'data: {"text": "\\ud800"}\n\n',  # lone surrogate escape: valid
+    b'data: {"text": "a"}\r\n\n',
+    b'data: {"text": "a"}\n\r\n',
+    b'data: {"text": "a", "b": 1}\n\n',
+    b'data: {"text": "a"}\ndata: {"text": "b"}\n\n',  # two data lines: one event, not JSON
+    b'data: {"text": "a"}\n\n\n',
+    b'id: 1\ndata: {"text": "a"}\n\n',
+    b'data:{"text": "a"}\n\ndata: {"text":"b"}\n\n',
+    b'data: {"text":  "a"}\n\n',
+]
+
+
+@pytest.mark.parametrize("body", NEAR_MISSES)
+def test_fast_path_near_misses_match_the_general_path(body: bytes) -> None:
+    for repeat in (1, 3, 40):  # 40: past the size where the fast path switches to one regex call
+        run = body * repeat
+        fast = TokenDecoder()
+        fast.feed(b":\n")
+        fast_events = fast.feed(run)
+        general = TokenDecoder()  # byte at a time: never the fast path
+        general_events = [e for i in range(len(run)) for e in general.feed(run[i : i + 1])]
+        assert fast_events == general_events
+        assert fast.malformed == general.malformed
