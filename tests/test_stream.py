@@ -1,0 +1,430 @@
+"""TokenStream against the embedded control plane, in both dialects: tokens, text, job id,
+events, timing, node disconnects (transparent retry, raise, restart), reconnects, stalls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from infernet_async import (
+    APITimeoutError,
+    Done,
+    IncompleteStreamError,
+    InfernetClient,
+    JobInfo,
+    Meta,
+    NodeDisconnectedError,
+    Restart,
+    StreamError,
+    Timeouts,
+    Token,
+    TokenStream,
+)
+from infernet_async.devserver import DevServer, Fault
+
+from .client_support import MODEL, MSG, client_for, data_events, fast_retry, raw_server, sse_handler
+
+ANSWER = "Paris is the capital of France. Each"  # the emulation's 8-token answer to MSG
+
+
+@pytest.fixture(params=["data", "typed"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[DevServer]:
+    async with DevServer(
+        tokens_per_second=2000, time_to_first_token=0, answer_tokens=8, dialect=request.param
+    ) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def client(server: DevServer) -> AsyncIterator[InfernetClient]:
+    async with client_for(server.base_url, server.token) as c:
+        yield c
+
+
+def _posts(server: DevServer) -> int:
+    return sum(1 for r in server.requests if r.method == "POST")
+
+
+async def test_tokens_text_job_id_and_finished(server: DevServer, client: InfernetClient) -> None:
+    stream = client.stream(model=MODEL, messages=MSG)
+    assert isinstance(stream, TokenStream) and server.requests == []  # nothing sent yet
+    async with stream:
+        tokens = [token async for token in stream]
+    assert all(isinstance(t, str) for t in tokens) and len(tokens) == 8
+    assert "".join(tokens) == stream.text == ANSWER
+    assert stream.finished and stream.terminal_reason == "done"
+    assert stream.job_id is not None and stream.job_id.startswith("job_")
+    assert server.job(stream.job_id) is not None
+    body = server.requests[0].json
+    assert body["stream"] is True and body["model"] == MODEL and "temperature" not in body
+
+
+async def test_parameters_reach_the_request_body(server: DevServer, client: InfernetClient) -> None:
+    stream = client.stream(
+        model=MODEL, messages=MSG, max_tokens=3, temperature=0.2, top_p=0.9, node_id="node_4090a1"
+    )
+    async with stream:
+        await stream.final_text()
+    body = server.requests[0].json
+    assert (body["max_tokens"], body["temperature"], body["top_p"]) == (3, 0.2, 0.9)
+    assert body["node_id"] == "node_4090a1"
+    assert stream.token_count == 3
+
+
+async def test_iterating_without_async_with_sends_on_first_iteration(
+    client: InfernetClient,
+) -> None:
+    stream = client.stream(model=MODEL, messages=MSG)
+    assert [t async for t in stream] != [] and stream.finished
+    assert [t async for t in stream] == []  # exhausted, not restarted
+    await stream.aclose()
+
+
+async def test_final_text_and_timing(client: InfernetClient) -> None:
+    async with client.stream(model=MODEL, messages=MSG) as stream:
+        assert stream.time_to_first_token is None and stream.tokens_per_second is None
+        assert await stream.final_text() == ANSWER
+        assert await stream.final_text() == ANSWER  # idempotent once finished
+    assert stream.token_count == 8
+    assert stream.time_to_first_token is not None and stream.time_to_first_token >= 0
+    assert stream.tokens_per_second is None or stream.tokens_per_second > 0
+
+
+async def test_events_are_typed(server: DevServer, client: InfernetClient) -> None:
+    async with client.stream(model=MODEL, messages=MSG) as stream:
+        events = [event async for event in stream.events()]
+    kinds = [type(e) for e in events]
+    assert kinds.count(Token) == 8 and kinds[-1] is Done
+    if server.dialect == "typed":
+        assert kinds[:2] == [JobInfo, Meta]
+        done = events[-1]
+        assert isinstance(done, Done) and done.text == ANSWER
+    else:
+        assert kinds == [Token] * 8 + [Done]
+
+
+async def test_complete_returns_the_answer(client: InfernetClient) -> None:
+    assert await client.complete(model=MODEL, messages=MSG) == ANSWER
+
+
+async def test_stream_job_of_a_submitted_job(server: DevServer, client: InfernetClient) -> None:
+    job = await client.submit(model=MODEL, messages=MSG)
+    async with client.stream_job(job.id) as stream:
+        text = await stream.final_text()
+    assert text == ANSWER and stream.job_id == job.id and stream.finished
+    assert _posts(server) == 1
+
+
+async def test_malformed_event_is_skipped(server: DevServer, client: InfernetClient) -> None:
+    server.inject(Fault.malformed_event(after_tokens=2))
+    assert await client.complete(model=MODEL, messages=MSG) == ANSWER
+
+
+async def test_slow_drip_one_byte_at_a_time(server: DevServer, client: InfernetClient) -> None:
+    server.inject(Fault.slow_drip(byte_delay=0, chunk_size=1))
+    async with client.stream(model=MODEL, messages=MSG) as stream:
+        tokens = [t async for t in stream]
+    assert "".join(tokens) == ANSWER and stream.finished
+
+
+async def test_two_tasks_cannot_read_one_stream(client: InfernetClient) -> None:
+    async with client.stream(model=MODEL, messages=MSG) as stream:
+        stream._busy = True  # as if another task were inside __anext__
+        with pytest.raises(RuntimeError, match="another task"):
+            await stream.__anext__()
+        stream._busy = False
+
+
+# -- node_disconnected -----------------------------------------------------------------------------
+
+
+async def test_node_drop_before_any_token_is_retried_transparently(
+    server: DevServer, client: InfernetClient
+) -> None:
+    server.inject(Fault.drop_node(after_tokens=0))
+    async with client.stream(model=MODEL, messages=MSG) as stream:
+        tokens = [t async for t in stream]
+    assert "".join(tokens) == ANSWER and stream.finished and stream.restarts == 1
+    assert _posts(server) == 1  # followed the re-queued job, never resubmitted
+    assert server.streams[-1].path.endswith(f"/jobs/{stream.job_id}/stream")
+
+
+async def test_node_drop_after_tokens_raises_with_partial_text(
+    server: DevServer, client: InfernetClient
+) -> None:
+    server.inject(Fault.drop_node(after_tokens=3))
+    seen: list[str] = []
+    with pytest.raises(NodeDisconnectedError) as info:
+        async with client.stream(model=MODEL, messages=MSG) as stream:
+            async for token in stream:
+                seen.append(token)  # noqa: PERF401 - the list must survive the exception
+    assert len(seen) == 3
+    assert info.value.partial_text == "".join(seen) == stream.text == "Paris is the"
+    assert info.value.job_id == stream.job_id is not None
+    assert not stream.finished
+    record = await server.wait_for_stream_close(stream.job_id)
+    assert record.error == "node_disconnected"
+
+
+async def test_restart_policy_follows_the_requeued_job_and_says_so(
+    server: DevServer, client: InfernetClient
+) -> None:
+    server.inject(Fault.drop_node(after_tokens=3))
+    stream = client.stream(model=MODEL, messages=MSG, on_node_disconnect="restart")
+    shown = ""
+    restarts: list[Restart] = []
+    async with stream:
+        async for event in stream.events():
+            if isinstance(event, Restart):
+                restarts.append(event)
+                shown = ""  # the answer starts over
+            elif isinstance(event, Token):
+                shown += event.text
+    assert [r.discarded_text for r in restarts] == ["Paris is the"]
+    assert restarts[0].attempt == 2 and restarts[0].reason == "node_disconnected"
+    assert shown == stream.text == ANSWER and stream.finished
+    assert _posts(server) == 1
+
+
+async def test_restarts_are_bounded() -> None:
+    seen: list[str] = []
+
+    async def always_drops(request):  # type: ignore[no-untyped-def]
+        seen.append(f"{request.method} {request.path}")
+        event = b'data: {"error": "node_disconnected", "message": "gone"}\n\n'
+        handler = sse_handler([event], headers={"X-Infernet-Job-Id": "job_x"})
+        return await handler(request)
+
+    async with raw_server(always_drops) as url:
+        client = client_for(url, retry=fast_retry(max_stream_restarts=2))
+        async with client:
+            with pytest.raises(NodeDisconnectedError) as info:
+                async with client.stream(model=MODEL, messages=MSG) as stream:
+                    async for _ in stream:
+                        pass
+    assert stream.restarts == 2 and info.value.job_id == "job_x"
+    assert seen == ["POST /api/v1/jobs"] + ["GET /api/v1/jobs/job_x/stream"] * 2
+
+
+async def test_no_restart_budget_raises_at_the_first_drop(server: DevServer) -> None:
+    server.inject(Fault.drop_node(after_tokens=0))
+    client = client_for(server.base_url, server.token, retry=fast_retry(max_stream_restarts=0))
+    async with client:
+        with pytest.raises(NodeDisconnectedError) as info:
+            async with client.stream(model=MODEL, messages=MSG) as stream:
+                async for _ in stream:
+                    pass
+    assert stream.restarts == 0 and info.value.partial_text == ""
+
+
+async def test_complete_survives_a_node_drop_mid_answer(
+    server: DevServer, client: InfernetClient
+) -> None:
+    server.inject(Fault.drop_node(after_tokens=4))
+    assert await client.complete(model=MODEL, messages=MSG) == ANSWER
+
+
+# -- dropped connections ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("abort", [False, True], ids=["eof", "cut"])
+async def test_dropped_connection_raises_incomplete_with_partial_text(
+    server: DevServer, client: InfernetClient, abort: bool
+) -> None:
+    server.inject(Fault.disconnect(after_tokens=3, abort=abort))
+    with pytest.raises(IncompleteStreamError) as info:
+        async with client.stream(model=MODEL, messages=MSG) as stream:
+            async for _ in stream:
+                pass
+    assert info.value.partial_text == stream.text == "Paris is the"
+    assert info.value.job_id == stream.job_id
+    assert stream.terminal_reason == "incomplete" and not stream.finished
+
+
+@pytest.mark.parametrize("abort", [False, True], ids=["eof", "cut"])
+async def test_stream_job_reconnects_and_skips_what_was_delivered(
+    server: DevServer, client: InfernetClient, abort: bool
+) -> None:
+    server.configure(tokens_per_second=200)  # the job is still running when we reconnect
+    job = await client.submit(model=MODEL, messages=MSG)
+    server.inject(Fault.disconnect(after_tokens=3, abort=abort))
+    async with client.stream_job(job.id) as stream:
+        tokens = [t async for t in stream]
+    assert "".join(tokens) == stream.text == ANSWER  # nothing twice, nothing missing
+    assert stream.reconnects == 1 and stream.finished
+    assert _posts(server) == 1  # never re-POSTed
+    gets = [r for r in server.requests if r.path.endswith("/stream")]
+    assert len(gets) == 2
+    if server.dialect == "typed":
+        assert gets[1].headers.get("Last-Event-ID") is not None
+
+
+async def test_reconnect_to_a_finished_job_hands_out_only_the_rest() -> None:
+    # A finished job replays as one event holding its whole text: only the rest may be handed out.
+    calls: list[str | None] = []
+
+    async def handler(request):  # type: ignore[no-untyped-def]
+        calls.append(request.headers.get("Last-Event-ID"))
+        if len(calls) == 1:
+            return await sse_handler(data_events("Paris", " is", " the", done=False))(request)
+        return await sse_handler(data_events(ANSWER))(request)
+
+    async with raw_server(handler) as url:
+        client = client_for(url)
+        async with client, client.stream_job("job_x") as stream:
+            tokens = [t async for t in stream]
+    assert tokens == ["Paris", " is", " the", " capital of France. Each"]
+    assert stream.text == ANSWER and stream.finished and len(calls) == 2
+
+
+async def test_reconnect_to_a_different_attempt_is_not_spliced() -> None:
+    calls: list[int] = []
+
+    async def handler(request):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            return await sse_handler(data_events("Paris", " is", done=False))(request)
+        return await sse_handler(data_events("Lyon", " is"))(request)
+
+    async with raw_server(handler) as url:
+        client = client_for(url)
+        async with client, client.stream_job("job_x") as stream:
+            with pytest.raises(IncompleteStreamError, match="differs") as info:
+                async for _ in stream:
+                    pass
+    assert info.value.partial_text == "Paris is"
+
+
+async def test_stream_job_gives_up_after_the_reconnect_budget(server: DevServer) -> None:
+    server.configure(tokens_per_second=100)
+    client = client_for(server.base_url, server.token, retry=fast_retry(max_stream_restarts=1))
+    async with client:
+        job = await client.submit(model=MODEL, messages=MSG)
+        server.inject(Fault.disconnect(after_tokens=1), times=2)
+        with pytest.raises(IncompleteStreamError) as info:
+            async with client.stream_job(job.id) as stream:
+                async for _ in stream:
+                    pass
+    assert stream.reconnects == 1
+    assert info.value.partial_text == stream.text == "Paris"
+
+
+async def test_stream_with_reconnect_opt_in_resumes_via_the_job_stream(
+    server: DevServer, client: InfernetClient
+) -> None:
+    server.configure(tokens_per_second=200)
+    server.inject(Fault.disconnect(after_tokens=2, abort=True))
+    async with client.stream(model=MODEL, messages=MSG, reconnect=True) as stream:
+        assert await stream.final_text() == ANSWER
+    assert stream.reconnects == 1 and _posts(server) == 1
+
+
+async def test_typed_resume_skips_by_event_id() -> None:
+    """Ids decide in the typed dialect: the replay's first events are skipped by id alone."""
+    first = [
+        b'event: job\ndata: {"id": "job_x", "status": "processing"}\n\n',
+        b'id: 1\nevent: meta\ndata: {"provider_node_id": "n"}\n\n',
+        b'id: 2\nevent: token\ndata: {"text": "A"}\n\n',
+        b'id: 3\nevent: token\ndata: {"text": "A"}\n\n',
+    ]
+    rest = [
+        b'id: 4\nevent: token\ndata: {"text": "B"}\n\n',
+        b'id: 5\nevent: done\ndata: {"text": "AAB", "reason": "stop"}\n\n',
+    ]
+    calls: list[str | None] = []
+
+    async def handler(request):  # type: ignore[no-untyped-def]
+        calls.append(request.headers.get("Last-Event-ID"))
+        chunks = first if len(calls) == 1 else first + rest
+        return await sse_handler(chunks)(request)
+
+    async with raw_server(handler) as url:
+        client = client_for(url)
+        async with client, client.stream_job("job_x") as stream:
+            tokens = [t async for t in stream]
+    assert tokens == ["A", "A", "B"] and calls == [None, "3"]
+
+
+# -- stalls and deadlines --------------------------------------------------------------------------
+
+
+async def test_stall_timeout_raises_with_partial_text_though_pings_keep_coming() -> None:
+    pings = [b": ping\n\n", 0.02] * 40
+    handler = sse_handler(data_events("Hel", "lo", done=False) + pings)
+    async with raw_server(handler) as url:
+        client = client_for(url, timeouts=Timeouts(read=0.5, stall=0.15))
+        async with client, client.stream(model=MODEL, messages=MSG) as stream:
+            with pytest.raises(APITimeoutError) as info:
+                async for _ in stream:
+                    pass
+    assert info.value.phase == "stall"
+    assert info.value.partial_text == stream.text == "Hello"
+    assert stream.terminal_reason == "timeout"
+
+
+async def test_devserver_stall_fault_hits_the_stall_timeout(server: DevServer) -> None:
+    server.inject(Fault.stall(after_tokens=2, seconds=5))
+    client = client_for(server.base_url, server.token, timeouts=Timeouts(stall=0.1))
+    async with client, client.stream(model=MODEL, messages=MSG) as stream:
+        with pytest.raises(APITimeoutError) as info:
+            await stream.final_text()
+    assert info.value.partial_text == "Paris is" and info.value.phase == "stall"
+    record = await server.wait_for_stream_close(stream.job_id)
+    assert record.closed_by_client
+
+
+async def test_first_token_timeout(server: DevServer) -> None:
+    server.configure(time_to_first_token=2.0)
+    client = client_for(server.base_url, server.token, timeouts=Timeouts(first_token=0.1))
+    async with client, client.stream(model=MODEL, messages=MSG) as stream:
+        with pytest.raises(APITimeoutError) as info:
+            await stream.final_text()
+    assert info.value.phase == "first_token" and info.value.partial_text == ""
+
+
+async def test_total_timeout_covers_the_whole_stream(server: DevServer) -> None:
+    server.configure(tokens_per_second=20)
+    client = client_for(server.base_url, server.token, timeouts=Timeouts(total=0.12))
+    async with client, client.stream(model=MODEL, messages=MSG) as stream:
+        with pytest.raises(APITimeoutError) as info:
+            await stream.final_text()
+    assert info.value.phase == "total" and isinstance(info.value, TimeoutError)
+    assert 0 < len(info.value.partial_text) < len(ANSWER)
+
+
+# -- after the end ---------------------------------------------------------------------------------
+
+
+async def test_final_text_after_a_failure_raises_the_same_error(
+    server: DevServer, client: InfernetClient
+) -> None:
+    server.inject(Fault.drop_node(after_tokens=2))
+    stream = client.stream(model=MODEL, messages=MSG)
+    with pytest.raises(NodeDisconnectedError) as first:
+        await stream.final_text()
+    with pytest.raises(NodeDisconnectedError) as second:
+        await stream.final_text()
+    assert first.value is second.value
+    await stream.aclose()
+
+
+async def test_final_text_after_aclose_mid_stream_is_a_stream_error(
+    server: DevServer, client: InfernetClient
+) -> None:
+    server.configure(tokens_per_second=100)
+    async with client.stream(model=MODEL, messages=MSG) as stream:
+        await stream.__anext__()
+    with pytest.raises(StreamError, match="closed") as info:
+        await stream.final_text()
+    assert info.value.partial_text == "Paris" and stream.terminal_reason == "closed"
+
+
+async def test_repr_shows_state_not_secrets(client: InfernetClient) -> None:
+    stream = client.stream(model=MODEL, messages=MSG)
+    assert "state=new" in repr(stream)
+    async with stream:
+        await stream.final_text()
+    assert "finished=True" in repr(stream) and "tokens=8" in repr(stream)
+    await asyncio.sleep(0)
