@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from infernet_async.devserver import DevServer
-from infernet_async.devserver._generator import resolve_upstream
+from infernet_async.devserver._upstream import resolve_upstream
 
 from .devserver_helpers import Api, texts
 

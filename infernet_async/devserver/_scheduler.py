@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._faults import FaultBook, drop_point
-from ._generator import Generation, UpstreamError
+from ._generator import Generation
 from ._jobs import Job, JobStore
+from ._upstream import UpstreamError
 
 __all__ = ["DEFAULT_NODES", "Backend", "NodeSpec", "Scheduler"]
 

@@ -10,6 +10,7 @@ server cannot be started again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import time
 from collections.abc import Sequence
@@ -19,12 +20,13 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from aiohttp import web
 
 from ._faults import Fault, FaultBook
-from ._generator import LocalGenerator, UpstreamBackend, UpstreamKind
+from ._generator import LocalGenerator
 from ._jobs import JobStore, iso
 from ._ratelimit import RateLimiter
 from ._records import Recorder, RequestRecord, StreamRecord
 from ._scheduler import DEFAULT_NODES, NodeSpec, Scheduler
 from ._sse_writer import NEWLINES, Dialect
+from ._upstream import UpstreamBackend, UpstreamKind
 
 if TYPE_CHECKING:
     import aiohttp
@@ -119,7 +121,8 @@ class DevServer:
         self.host = host
         self.port = port
         self.tokens: tuple[str, ...] = tuple(token_list)
-        self._token_bytes = [t.encode() for t in token_list]
+        # Digests, so every comparison is between equal-length values and leaks no token length.
+        self._token_digests = [hashlib.sha256(t.encode()).digest() for t in token_list]
         self.dialect: Dialect = dialect
         self.heartbeat_interval = heartbeat_interval
         self.newline = newline
@@ -344,10 +347,10 @@ class DevServer:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer":
             return None
-        presented = value.strip().encode()
+        presented = hashlib.sha256(value.strip().encode()).digest()
         found: int | None = None
-        for index, token in enumerate(self._token_bytes):
-            if hmac.compare_digest(presented, token) and found is None:
+        for index, digest in enumerate(self._token_digests):
+            if hmac.compare_digest(presented, digest) and found is None:
                 found = index
         return found
 
