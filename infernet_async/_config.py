@@ -87,10 +87,11 @@ def resolve_token(token: str | None) -> Secret | None:
     value = token if token is not None else os.environ.get(TOKEN_ENV)
     if not value:
         return None
-    value = value.strip()
+    # Checked before stripping: a token read with its trailing newline is a mistake worth hearing
+    # about, and a CR/LF inside one would inject headers into every request.
     if any(ch in value for ch in "\r\n\x00"):
         raise ValueError("the bearer token contains a line break or NUL")
-    return Secret(value)
+    return Secret(value.strip())
 
 
 def is_loopback_host(host: str | None) -> bool:
