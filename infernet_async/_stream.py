@@ -13,6 +13,7 @@ whatever happens. ``resp.close()`` is synchronous: nothing to shield. A stream a
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import warnings
 from collections import deque
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._accumulator import Accumulator, TerminalReason
 from ._retry import backoff_delay
+from ._transport import job_path, validate_job_id
 from .errors import (
     APIConnectionError,
     APIError,
@@ -398,10 +400,6 @@ class TokenStream:
         self._attach(resp)
 
     async def _follow_job_object(self, resp: StreamResponse) -> StreamResponse:
-        import json
-
-        from ._transport import job_path
-
         try:
             body = json.loads(await resp.read_all())
         except ValueError:
@@ -413,12 +411,18 @@ class TokenStream:
             raise APIError(
                 "expected an event stream, got a JSON body without a job id", status=resp.status
             )
+        try:
+            validate_job_id(job_id)
+        except ValueError:
+            # The id comes from the server: a hostile one is the server's error, not a bad argument.
+            raise APIError(
+                f"expected an event stream, got a JSON body with a bad job id: {job_id[:80]!r}",
+                status=resp.status,
+            ) from None
         self._acc.set_job_id(job_id)
         return await self._transport.open_stream("GET", job_path(job_id, "/stream"))
 
     async def _open_job_stream(self, headers: Mapping[str, str] | None = None) -> None:
-        from ._transport import job_path
-
         job_id = self._acc.job_id
         assert job_id is not None
         await self._open("GET", job_path(job_id, "/stream"), headers=headers)
@@ -432,8 +436,6 @@ class TokenStream:
             self._set_job_id(header_id)
 
     def _set_job_id(self, job_id: str | None) -> None:
-        from ._transport import validate_job_id
-
         if not job_id or self._acc.job_id is not None:
             return
         try:
