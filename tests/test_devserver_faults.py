@@ -240,3 +240,38 @@ def test_fault_constructors_validate_their_arguments() -> None:
         Fault.slow_drip(chunk_size=0)
     assert Fault.drop_node().after_tokens == 0
     assert Fault.http_error(429).code == "rate_limited"
+
+
+async def test_http_error_live_plane_shape_has_no_headers(server: DevServer, api: Api) -> None:
+    server.inject(Fault.http_error(429, live_plane=True))
+    status, body, headers = await api.request("GET", "/models")
+    assert status == 429
+    assert set(body) == {"error", "detail"} and body["detail"]["resetAt"].endswith("Z")
+    assert "Retry-After" not in headers and "X-RateLimit-Remaining" not in headers
+
+
+async def test_faults_can_target_one_job(server: DevServer, api: Api) -> None:
+    server.configure(answer_tokens=5)
+    first = await api.wait_job((await api.submit())["id"])
+    second = await api.wait_job((await api.submit("Tell me about Paris."))["id"])
+    server.inject(Fault.disconnect(after_tokens=0), job_id=second["id"])
+    server.inject(Fault.http_error(500), job_id=second["id"])
+    assert (await api.request("GET", f"/jobs/{first['id']}"))[0] == 200
+    assert (await api.request("GET", f"/jobs/{second['id']}"))[0] == 500
+    _, events, _ = await api.read_stream(first["id"])
+    assert events[-1].data == "[DONE]"
+    _, events, _ = await api.read_stream(second["id"])
+    assert events == []
+    assert server.pending_faults == []
+
+
+async def test_drop_node_can_target_a_job_by_id(server: DevServer, api: Api) -> None:
+    server.configure(tokens_per_second=100.0, answer_tokens=20)
+    job = await api.submit()
+    # The fault waits for that job's next attempt: a drop of its node re-queues it and the
+    # fault then strikes the new attempt at its first token.
+    server.inject(Fault.drop_node(after_tokens=0), job_id=job["id"])
+    server.drop_node((await api.request("GET", f"/jobs/{job['id']}"))[1]["node_id"])
+    done = await api.wait_job(job["id"])
+    assert done["status"] == "completed"
+    assert server.job(job["id"])["attempts"] == 3  # type: ignore[index]

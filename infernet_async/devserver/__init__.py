@@ -38,7 +38,11 @@ Faults (``server.inject(fault, times=1)``; each applies to the next ``times`` th
 - ``Fault.stall(after_tokens=0, seconds=30)``: silence (no heartbeats either) for ``seconds``;
 - ``Fault.slow_drip(byte_delay=0.001, chunk_size=1)``: the next stream written a byte at a time.
 
-Job and stream faults take ``model=`` to match only one model's jobs.
+``Fault.http_error(429, live_plane=True)`` answers in the hosted plane's current shape (no
+``error_message``, no headers) to test a client's fallbacks.
+
+Job and stream faults take ``model=`` to match only one model's jobs, and
+``server.inject(fault, job_id=...)`` scripts a fault for one job.
 ``DevServer(node_drop_probability=p)`` drops nodes at random (seeded) on every attempt;
 ``server.drop_node(id)`` / ``restore_node(id)`` do it by hand; ``server.configure(...)`` changes
 speed, answer length, dialect and heartbeats mid-test.

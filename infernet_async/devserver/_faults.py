@@ -63,6 +63,7 @@ class Fault:
     model: str | None = None
     path: str | None = None
     method: str | None = None
+    live_plane: bool = False
 
     @classmethod
     def drop_node(
@@ -136,14 +137,16 @@ class Fault:
         message: str | None = None,
         path: str | None = None,
         method: str | None = None,
+        live_plane: bool = False,
     ) -> Fault:
         """Answer the next matching request with ``status`` and the API's error body.
 
         The code defaults to the API's code for the status (429 ``rate_limited``, 500
         ``internal_error``, 503 ``no_capacity``...). ``retry_after`` adds a ``Retry-After`` header
-        (429 always gets one).
-        ``path`` matches a request path prefix such as ``"/api/v1/jobs"``; ``method`` an HTTP
-        method.
+        (429 always gets one). ``path`` matches a request path prefix such as ``"/api/v1/jobs"``;
+        ``method`` an HTTP method. ``live_plane=True`` answers the way the hosted control plane
+        does today instead: ``{"error": "<message>"}`` (plus ``"detail": {"resetAt": ...}`` on 429)
+        and no ``Retry-After`` or ``X-RateLimit-*`` headers, for testing a client's fallbacks.
         """
         if not 400 <= status <= 599:
             raise ValueError("status must be a 4xx or 5xx code")
@@ -156,6 +159,7 @@ class Fault:
             message=message,
             path=path,
             method=method.upper() if method else None,
+            live_plane=live_plane,
         )
 
     def describe(self) -> str:
@@ -178,6 +182,14 @@ def _check_count(after_tokens: int) -> None:
 class _Entry:
     fault: Fault
     remaining: int
+    job_id: str | None = None
+
+    def matches(self, kinds: frozenset[str], model: str, job_id: str) -> bool:
+        return (
+            self.fault.kind in kinds
+            and self.fault.model in (None, model)
+            and self.job_id in (None, job_id)
+        )
 
 
 class FaultBook:
@@ -186,10 +198,10 @@ class FaultBook:
     def __init__(self) -> None:
         self._entries: list[_Entry] = []
 
-    def inject(self, fault: Fault, times: int) -> None:
+    def inject(self, fault: Fault, times: int, job_id: str | None = None) -> None:
         if times < 1:
             raise ValueError("times must be >= 1")
-        self._entries.append(_Entry(fault, times))
+        self._entries.append(_Entry(fault, times, job_id))
 
     def clear(self) -> None:
         self._entries.clear()
@@ -213,27 +225,26 @@ class FaultBook:
                 continue
             if fault.method is not None and fault.method != method:
                 continue
+            # A request "belongs" to a job when the job id is in its path (GET /jobs/{id}...).
+            if entry.job_id is not None and f"/{entry.job_id}" not in path:
+                continue
             return self._take(entry)
         return None
 
-    def take_job_fault(self, model: str) -> Fault | None:
+    def take_job_fault(self, model: str, job_id: str) -> Fault | None:
         for entry in self._entries:
-            if entry.fault.kind in JOB_FAULTS and entry.fault.model in (None, model):
+            if entry.matches(JOB_FAULTS, model, job_id):
                 return self._take(entry)
         return None
 
-    def take_stream_faults(self, model: str) -> list[Fault]:
+    def take_stream_faults(self, model: str, job_id: str) -> list[Fault]:
         """At most one fault of each stream kind, so a drip and a disconnect can shape one
         stream."""
         taken: list[Fault] = []
         kinds: set[str] = set()
         for entry in list(self._entries):
             fault = entry.fault
-            if (
-                fault.kind in STREAM_FAULTS
-                and fault.kind not in kinds
-                and fault.model in (None, model)
-            ):
+            if fault.kind not in kinds and entry.matches(STREAM_FAULTS, model, job_id):
                 kinds.add(fault.kind)
                 taken.append(self._take(entry))
         return taken

@@ -194,7 +194,7 @@ class Scheduler:
     async def _run(self, job: Job, node: NodeState) -> None:
         attempt = job.attempt
         assert attempt is not None
-        fault = self.faults.take_job_fault(job.model)
+        fault = self.faults.take_job_fault(job.model, job.id)
         rng = random.Random(f"{self.seed}:{job.id}:{attempt.number}")
         generation: Generation | None = None
         try:

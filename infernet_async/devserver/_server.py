@@ -280,9 +280,13 @@ class DevServer:
 
     # -- faults -----------------------------------------------------------------------------------
 
-    def inject(self, fault: Fault, *, times: int = 1) -> None:
-        """Queue ``fault`` for the next ``times`` requests, job attempts or streams it matches."""
-        self._faults.inject(fault, times)
+    def inject(self, fault: Fault, *, times: int = 1, job_id: str | None = None) -> None:
+        """Queue ``fault`` for the next ``times`` requests, job attempts or streams it matches.
+
+        With ``job_id``, the fault strikes only that job: its next attempts (``drop_node``), its
+        next streams (``GET /jobs/{id}/stream``), or requests whose path names it (``http_error``).
+        """
+        self._faults.inject(fault, times, job_id)
 
     def clear_faults(self) -> None:
         self._faults.clear()
@@ -320,6 +324,11 @@ class DevServer:
             scheduler.node_drop_probability = node_drop_probability
 
     def _fault_response(self, fault: Fault) -> web.Response:
+        if fault.live_plane:
+            live: dict[str, Any] = {"error": fault.message or "Rate limit exceeded"}
+            if fault.status == 429:
+                live["detail"] = {"resetAt": iso(time.time() + (fault.retry_after or 60))}
+            return web.json_response(live, status=fault.status)
         body: dict[str, Any] = {
             "error": fault.code,
             "error_message": fault.message or f"Injected fault: HTTP {fault.status} {fault.code}",
@@ -347,7 +356,9 @@ class DevServer:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer":
             return None
-        presented = hashlib.sha256(value.strip().encode()).digest()
+        # aiohttp decodes header bytes with surrogateescape: encode them back the same way, or a
+        # token that is not UTF-8 raises here and the request gets a 500 instead of a 401.
+        presented = hashlib.sha256(value.strip().encode("utf-8", "surrogateescape")).digest()
         found: int | None = None
         for index, digest in enumerate(self._token_digests):
             if hmac.compare_digest(presented, digest) and found is None:

@@ -160,7 +160,7 @@ async def _pump(job: Job, out: _Output) -> None:
 
 async def serve_stream(request: web.Request, server: DevServer, job: Job) -> web.StreamResponse:
     """Answer ``request`` with the event stream of ``job`` in the server's dialect."""
-    faults = server._faults.take_stream_faults(job.model)
+    faults = server._faults.take_stream_faults(job.model, job.id)
     writer = EventWriter(server.dialect, server.newline)
     record = StreamRecord(
         job.id,
