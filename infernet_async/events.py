@@ -149,33 +149,6 @@ def _tokens(texts: list[str], event_id: str | None) -> list[StreamEvent]:
 _WALK_LIMIT = 256
 
 
-def _walk_text_events(text: str, event_id: str | None) -> list[StreamEvent] | None:
-    """Tokens for ``text`` if it is nothing but data: {"text": ...} events, else ``None``.
-
-    Each JSON string is read by json's own scanner (strict: no raw control characters), and what
-    follows it must be exactly the end of the object and the blank line.
-    """
-    tokens: list[StreamEvent] = []
-    append = tokens.append
-    position = 0
-    size = len(text)
-    while position < size:
-        if not text.startswith('data: {"text": "', position):
-            return _text_events(text, event_id)  # other spacing: let the regex decide
-        try:
-            body, position = scanstring(text, position + 16)
-        except ValueError:
-            return None
-        if not text.startswith("}\n\n", position):
-            return None
-        position += 3
-        token = _new(Token)
-        _set_text(token, body)
-        _set_token_id(token, event_id)
-        append(token)
-    return tokens
-
-
 def _text_events(text: str, event_id: str | None) -> list[StreamEvent] | None:
     """Tokens for ``text`` if it is nothing but data: {"text": ...} events, else ``None``."""
     bodies = TEXT_EVENTS(text)
@@ -233,17 +206,25 @@ class TokenDecoder:
         max_event_size: passed to the ``SSEDecoder``.
     """
 
-    __slots__ = ("_limit", "_sse", "malformed")
+    __slots__ = ("_limit", "_pending", "_sse", "malformed")
 
     def __init__(self, *, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
         self._sse = SSEDecoder(max_event_size=max_event_size)
         self._limit = max_event_size
+        # Fast-path state: bytes received since the last event boundary, not yet given to the SSE
+        # decoder. Never holds a blank line ("\n\n") or a CR, so never a complete event; at most
+        # max_event_size bytes.
+        self._pending = bytearray()
         self.malformed = 0
         """How many malformed events were skipped."""
 
     @property
     def last_event_id(self) -> str | None:
-        """The stream's last-event-ID (``None`` until an ``id`` field arrives)."""
+        """The stream's last-event-ID (``None`` until an ``id`` field arrives).
+
+        An ``id`` line of an event that is still incomplete may be counted only once the event
+        completes (or at ``close()``); the id of every completed event is always counted.
+        """
         return self._sse.last_event_id
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[StreamEvent]:
@@ -254,54 +235,101 @@ class TokenDecoder:
             RuntimeError: ``feed()`` after ``close()``.
         """
         sse = self._sse
-        # Fast path, taken when the decoder sits at an event boundary (nothing pending but maybe the
-        # start of a line in its buffer): the complete part of the chunk, up to its last blank line,
-        # is decoded at once and, if it consists only of data: {"text": "..."} events, turned into
-        # tokens without the per-line SSE loop and without json.loads (see _textfast for why that is
-        # exact). Otherwise nothing was consumed and the general path sees the whole chunk.
+        # Fast path, taken while the SSE decoder sits at an event boundary with nothing pending:
+        # the bytes since that boundary, up to the last blank line, are decoded at once and, if they
+        # are nothing but data: {"text": "..."} events, turned into tokens without the per-line SSE
+        # loop and without json.loads (see _textfast for why that is exact). Anything else goes to
+        # the SSE decoder, with the pending bytes in front, exactly as if it had seen every byte.
         if sse._boundary and type(chunk) is bytes:
-            buf = sse._buf
-            stop = chunk.rfind(b"\n\n") + 2
+            pending = self._pending
+            if sse._buf:  # a partial line the SSE decoder holds is the start of the next event
+                pending += sse._buf
+                sse._buf.clear()
+            data: bytes | bytearray
+            if pending:
+                start = len(pending) - 1  # a blank line may straddle the two
+                pending += chunk
+                data = pending
+                stop = pending.rfind(b"\n\n", start) + 2
+            else:
+                data = chunk
+                stop = chunk.rfind(b"\n\n") + 2
             if stop > 1:
-                region = (buf + chunk[:stop]) if buf else chunk[:stop]
-                if region.startswith(b"data:") and len(region) <= self._limit:
+                if stop <= self._limit and data.startswith(b"data:"):
+                    region = data if stop == len(data) else data[:stop]
                     try:
                         text = region.decode()
                     except UnicodeDecodeError:
                         text = region.decode("utf-8", "replace")
-                    if len(text) > _WALK_LIMIT:
-                        tokens = _text_events(text, sse._last_id)
+                    event_id = sse._last_id
+                    tokens: list[StreamEvent] | None
+                    if stop > _WALK_LIMIT:
+                        tokens = _text_events(text, event_id)
                     else:
-                        tokens = _walk_text_events(text, sse._last_id)
+                        # The one to three events of a live chunk: each JSON string is read by
+                        # json's own scanner (strict: no raw control characters), and what follows
+                        # it must be exactly the end of the object and the blank line.
+                        walked: list[StreamEvent] = []
+                        append = walked.append
+                        position = 0
+                        size = len(text)
+                        while position < size:
+                            if not text.startswith('data: {"text": "', position):
+                                break
+                            try:
+                                body, position = scanstring(text, position + 16)
+                            except ValueError:
+                                position = -1
+                                break
+                            if not text.startswith("}\n\n", position):
+                                position = -1
+                                break
+                            position += 3
+                            token = _new(Token)
+                            _set_text(token, body)
+                            _set_token_id(token, event_id)
+                            append(token)
+                        # Other spacing ({"text":"..."}) or a near miss: the regex decides.
+                        tokens = walked if position == size else _text_events(text, event_id)
                     if tokens is not None:
-                        if buf:
-                            buf.clear()
-                        if stop < len(chunk):
-                            tokens += self._rest(chunk[stop:])
+                        if data is pending:
+                            del pending[:stop]  # O(1): CPython moves a bytearray's start
+                        elif stop < len(chunk):
+                            pending += memoryview(chunk)[stop:]
+                        if pending and (b"\r" in pending or len(pending) > self._limit):
+                            tokens += self._flush()
                         return tokens
-            elif b"\n" not in chunk and b"\r" not in chunk and len(buf) + len(chunk) <= self._limit:
-                # The middle of a line: only buffer it, as SSEDecoder.feed would.
-                buf += chunk
+            elif len(data) <= self._limit and b"\r" not in chunk:
+                # No blank line yet: keep the bytes. A CR could end an event without any "\n\n",
+                # so a chunk with one goes to the SSE decoder at once.
+                if data is chunk:
+                    pending += chunk
                 return []
+            if data is pending:
+                return self._flush()
         return self._interpret(sse.feed(chunk))
 
-    def _rest(self, rest: bytes) -> list[StreamEvent]:
-        """What follows the fast path's events: buffered, or decoded by the general path."""
-        sse = self._sse
-        if b"\n" in rest or b"\r" in rest or len(rest) > self._limit:
-            try:
-                return self._interpret(sse.feed(rest))
-            except EventTooLargeError as error:
-                # The caller already holds tokens from this chunk: return them and let the next
-                # call raise, as SSEDecoder does within one chunk.
-                sse._error = error
-                return []
-        sse._buf += rest
-        return []
+    def _flush(self) -> list[StreamEvent]:
+        """Hand the pending bytes to the SSE decoder (the general path)."""
+        raw = bytes(self._pending)
+        self._pending.clear()
+        try:
+            return self._interpret(self._sse.feed(raw))
+        except EventTooLargeError as error:
+            # The caller may already hold tokens from this chunk: they are returned and the next
+            # call raises, as SSEDecoder does within one chunk.
+            self._sse._error = error
+            return []
 
     def close(self) -> list[StreamEvent]:
-        """Signal the end of the body; idempotent. An unfinished event is discarded (WHATWG)."""
-        return self._interpret(self._sse.close())
+        """Signal the end of the body; idempotent. An unfinished event is discarded (WHATWG).
+
+        Raises:
+            EventTooLargeError: a size error the last ``feed()`` detected but did not raise yet.
+        """
+        # The pending bytes hold no complete event, but their lines (an id, say) still count.
+        events = self._flush() if self._pending else []
+        return events + self._interpret(self._sse.close())
 
     def _object(self, data: str) -> dict[str, Any] | None:
         """The JSON object in ``data``; ``None`` (counted as malformed unless blank) otherwise."""
