@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ._jobs import JOB_STATUSES, Job, iso, parse_iso
-from ._ratelimit import Decision
 from ._records import REDACTED, RequestRecord
+from ._state import SERVER_KEY, RequestState, request_state
 from ._streams import serve_stream
 
 if TYPE_CHECKING:
@@ -27,33 +26,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ApiError", "build_app"]
 
-SERVER_KEY = web.AppKey["DevServer"]("devserver")
 
 API = "/api/v1"
 ROLES = ("system", "user", "assistant", "tool")
 MAX_TOKENS_LIMIT = 32768
 MAX_LIST_LIMIT = 100
-
-
-@dataclass(slots=True)
-class RequestState:
-    """What the middleware learned about one request, for its handler."""
-
-    record: RequestRecord
-    token_index: int = -1
-    decision: Decision | None = None
-
-    def finish(self, response: web.StreamResponse) -> None:
-        """Add the rate-limit headers and note the status, just before the answer is sent."""
-        if self.decision is not None and not response.prepared:
-            response.headers.update(self.decision.headers())
-        self.record.status = response.status
-
-
-def request_state(request: web.Request) -> RequestState:
-    # Kept by the server, keyed by request identity: works on every aiohttp 3.x without the
-    # request-storage key API that newer versions want.
-    return request.app[SERVER_KEY]._inflight[id(request)]
 
 
 class ApiError(Exception):

@@ -31,7 +31,7 @@ from ._upstream import UpstreamBackend, UpstreamKind
 if TYPE_CHECKING:
     import aiohttp
 
-    from ._app import RequestState
+    from ._state import RequestState
 
 __all__ = ["DevServer"]
 

@@ -21,20 +21,11 @@ from aiohttp import web
 from ._faults import Fault
 from ._jobs import Attempt, Job, iso
 from ._records import StreamRecord
-
-if TYPE_CHECKING:
-    from ._app import RequestState
 from ._sse_writer import EventWriter
+from ._state import request_state
 
 if TYPE_CHECKING:
     from ._server import DevServer
-
-
-def request_state(request: web.Request) -> RequestState:
-    from ._app import request_state
-
-    return request_state(request)
-
 
 __all__ = ["serve_stream"]
 
