@@ -110,6 +110,19 @@ async def test_drop_node_in_typed_dialect_is_an_error_event(server: DevServer, a
     assert events[-1].json()["message"]
 
 
+async def test_typed_ids_keep_growing_across_attempts(server: DevServer, api: Api) -> None:
+    server.configure(dialect="typed")
+    server.inject(Fault.drop_node(after_tokens=2))
+    response, dropped, _ = await api.read_stream()
+    job_id = response.headers["X-Infernet-Job-Id"]
+    assert [e.id for e in dropped] == [None, "1", "2", "3", "4"]  # job, meta, 2 tokens, error
+    await api.wait_job(job_id)
+    _, replay, _ = await api.read_stream(job_id)
+    assert [e.event for e in replay] == ["job", "meta", "token", "done"]
+    assert int(replay[1].id or 0) == 5  # the second attempt's meta follows the first's error
+    assert int(replay[-1].id or 0) == 5 + 10 + 1
+
+
 async def test_drop_node_probability_is_deterministic_under_the_seed() -> None:
     async def drop_points(seed: int) -> list[int]:
         points = []
