@@ -394,3 +394,41 @@ async def test_starlette_disconnect_listener_cancels_the_upstream(tokens_first: 
             sock.close()
         await asyncio.wait_for(source.closed.wait(), DISCONNECT_DEADLINE)
     assert source.cancelled
+
+
+# --- with the real client: the control plane sees the job stream closed --------------------------
+
+
+@pytest.mark.parametrize("after_tokens", [0, 3])
+async def test_aiohttp_relay_closes_the_real_job_stream_when_the_client_leaves(
+    after_tokens: int,
+) -> None:
+    from infernet_async import InfernetClient
+    from infernet_async.devserver import DevServer, Fault
+
+    async with (
+        DevServer(tokens_per_second=2000, time_to_first_token=0) as dev,
+        InfernetClient(dev.base_url, dev.token) as client,
+    ):
+        dev.inject(Fault.stall(after_tokens=after_tokens, seconds=30))
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            messages = [{"role": "user", "content": "What is the capital of France?"}]
+            return await relay_to_aiohttp(
+                request, client.stream(model="qwen2.5:14b", messages=messages)
+            )
+
+        async with aiohttp_server(handler) as url:
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            sock = raw_post(port)
+            try:
+                marker = b'data: {"text": " the"}' if after_tokens else b"\r\n\r\n"
+                await read_until(sock, marker)
+                async with asyncio.timeout(DISCONNECT_DEADLINE):
+                    while not dev.open_streams:  # the job stream is open upstream
+                        await asyncio.sleep(0.01)
+            finally:
+                sock.close()
+            record = await dev.wait_for_stream_close(timeout=DISCONNECT_DEADLINE)
+    assert record.closed_by_client and not record.completed
+    assert record.tokens_sent == after_tokens
