@@ -19,7 +19,7 @@ __all__ = ["LOCAL_ENGINE", "Generation", "LocalGenerator", "tokenize"]
 LOCAL_ENGINE = "local-emulation"
 
 _TOKEN_RE = re.compile(r"\s*(?:\w+|[^\w\s])")
-_WORD_RE = re.compile(r"[A-Za-z][A-Za-z'-]{3,}")
+_WORD_RE = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 _ARITHMETIC_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/x×])\s*(-?\d+(?:\.\d+)?)")
 _CAPITALS = {
     "france": "Paris",
@@ -43,7 +43,8 @@ doing down during each explain from further have having here into itself just mo
 only other over same should some such tell than that their them then there these they this those
 through under until very want what when where which while with would your please sentences three
 simple describe write give short long how why learn learns work works make makes happen happens
-mean means help helps need know used using
+mean means help helps need know used using the and are you for can but not was its any all who
+did has had get got use may one two our out new now way see say its tell me
 """,
     )
 )
@@ -55,11 +56,11 @@ _OPENERS = (
 )
 _BODY = (
     "The first idea is {a}: it sets the frame for everything else.",
-    "{A} matters because it connects directly to {b}.",
+    "The role of {a} matters because it connects directly to {b}.",
     "A useful way to picture {a} is as a process that repeats and improves.",
     "Most explanations of {topic} start with {a} and then turn to {b}.",
     "In practice, {a} and {b} are adjusted together rather than one at a time.",
-    "People often overlook {b}, yet it explains why {a} behaves the way it does.",
+    "People often overlook {b}, yet it explains a lot about {a}.",
     "Small changes in {a} can have a large effect on {b}.",
     "Measuring {b} carefully is how you check that {a} is working.",
     "The details vary, but the pattern of {a} leading to {b} holds in most cases.",
