@@ -383,7 +383,6 @@ class DevServer:
     async def wait_for_stream_close(
         self,
         job_id: str | None = None,
-        *,
         timeout: float = 5.0,  # noqa: ASYNC109 (tests expect a timeout argument, as documented)
     ) -> StreamRecord:
         """Wait until a stream (of ``job_id``, or any) is closed and return its record.
