@@ -282,3 +282,12 @@ async def test_the_devserver_fixture_is_fast_and_authenticated(
     _, events, _ = await api.read_stream()
     assert events[-1].data == "[DONE]"
     assert devserver.requests[-1].path == "/api/v1/jobs"
+
+
+async def test_the_devserver_env_fixture_points_the_environment_at_it(
+    devserver_env: DevServer,
+) -> None:
+    import os
+
+    assert os.environ["INFERNET_BASE_URL"] == devserver_env.base_url
+    assert os.environ["INFERNET_BEARER_TOKEN"] == devserver_env.token

@@ -53,8 +53,9 @@ opened_at, closed_at, tokens_sent, closed_by_client, completed, error, fault),
 ``server.open_streams`` and ``await server.wait_for_stream_close(job_id=None, timeout=5)``.
 
 pytest: add ``pytest_plugins = ["infernet_async.devserver.pytest_plugin"]`` to a ``conftest.py`` for
-the ``devserver`` fixture (a fast server per test) and ``devserver_factory``
-(``await factory(**options)``).
+the ``devserver`` fixture (a fast server per test), ``devserver_env`` (the same, with
+``INFERNET_BASE_URL``/``INFERNET_BEARER_TOKEN`` set to it; ``server.env`` holds both) and
+``devserver_factory`` (``await factory(**options)``).
 
 Importing this package does not import ``aiohttp.web``; ``DevServer`` loads it on first use.
 """

@@ -278,6 +278,11 @@ class DevServer:
         """The first accepted bearer token."""
         return self.tokens[0]
 
+    @property
+    def env(self) -> dict[str, str]:
+        """``INFERNET_BASE_URL`` and ``INFERNET_BEARER_TOKEN`` pointing at this server."""
+        return {"INFERNET_BASE_URL": self.base_url, "INFERNET_BEARER_TOKEN": self.token}
+
     # -- faults -----------------------------------------------------------------------------------
 
     def inject(self, fault: Fault, *, times: int = 1, job_id: str | None = None) -> None:

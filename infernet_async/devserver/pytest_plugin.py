@@ -5,7 +5,9 @@ The fixtures are async: they need pytest-asyncio (or another plugin that runs as
 
 - ``devserver``: a started ``DevServer`` tuned for tests (fast tokens, no time to first token);
 - ``devserver_factory``: ``await devserver_factory(**options)`` for servers with other options;
-  every server it made is closed when the test ends.
+  every server it made is closed when the test ends;
+- ``devserver_env``: the ``devserver``, with ``INFERNET_BASE_URL`` and ``INFERNET_BEARER_TOKEN``
+  pointing at it for the test, for code that configures itself from the environment.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 
 from ._server import DevServer
 
-__all__ = ["FAST", "devserver", "devserver_factory"]
+__all__ = ["FAST", "devserver", "devserver_env", "devserver_factory"]
 
 FAST: dict[str, Any] = {"tokens_per_second": 2000.0, "time_to_first_token": 0.0}
 """Near-instant generation: ``devserver`` uses these options, the factory starts from them."""
@@ -33,6 +35,14 @@ async def devserver() -> AsyncIterator[DevServer]:
     """A running ``DevServer`` with near-instant generation; closed after the test."""
     async with DevServer(**FAST) as server:
         yield server
+
+
+@pytest.fixture
+def devserver_env(devserver: DevServer, monkeypatch: pytest.MonkeyPatch) -> DevServer:
+    """The ``devserver``, with the ``INFERNET_*`` variables pointing at it."""
+    for name, value in devserver.env.items():
+        monkeypatch.setenv(name, value)
+    return devserver
 
 
 @_async_fixture
