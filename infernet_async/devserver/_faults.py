@@ -78,7 +78,8 @@ class Fault:
         With ``after_tokens=n`` it drops after sending ``n`` tokens. With ``probability=p`` it drops
         with probability ``p`` at a seeded random token (it may also not drop at all). The stream in
         flight gets ``{"error": "node_disconnected", ...}`` and the job is re-queued on another
-        node.
+        node. The whole node goes offline, so other attempts running on it drop too; it comes back
+        after the server's ``node_reconnect_delay``. An answer shorter than ``n`` just finishes.
         """
         if after_tokens is None and probability is None:
             after_tokens = 0
