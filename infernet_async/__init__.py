@@ -2,6 +2,8 @@
 
 from ._client import InfernetClient
 from ._config import RetryPolicy, Timeouts
+from ._fanout import BatchOutcome, BatchRequest, FanOut, OutcomeError
+from ._ratelimit import RateLimiter, RateLimitState
 from ._stream import TokenStream
 from ._version import __version__
 from .errors import (
@@ -43,11 +45,14 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchOutcome",
+    "BatchRequest",
     "ChatRequest",
     "DecodeError",
     "Done",
     "ErrorEvent",
     "EventTooLargeError",
+    "FanOut",
     "IncompleteStreamError",
     "InfernetClient",
     "InfernetError",
@@ -66,7 +71,10 @@ __all__ = [
     "NoCapacityError",
     "NodeDisconnectedError",
     "NotFoundError",
+    "OutcomeError",
     "RateLimitError",
+    "RateLimitState",
+    "RateLimiter",
     "Restart",
     "RetryPolicy",
     "SSEDecoder",

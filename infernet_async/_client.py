@@ -27,6 +27,8 @@ from ._config import (
     resolve_base_url,
     resolve_token,
 )
+from ._fanout import BatchOutcome, FanOut, OutcomeCallback, Requests, gather, stream_job_runner
+from ._ratelimit import RateLimiter
 from ._stream import NodeDisconnectPolicy, TokenStream
 from ._transport import Transport, job_path, validate_job_id
 from .errors import APITimeoutError, JobFailedError, JobTimeoutError
@@ -126,6 +128,8 @@ class InfernetClient:
             headers=headers,
         )
         self._entered = False
+        # Shared by every worker of every fan-out of this client: one 429 pauses them all.
+        self.rate_limiter = RateLimiter()
 
     def __repr__(self) -> str:
         token = "set" if self._has_token else "none"
@@ -384,6 +388,60 @@ class InfernetClient:
             params["since"] = since
         data = await self._transport.request_json("GET", "/jobs", params=params)
         return JOB_LIST_ADAPTER.validate_python(data).jobs
+
+    # -- fan-out -----------------------------------------------------------------------------------
+
+    def map(
+        self,
+        requests: Requests,
+        *,
+        concurrency: int = 8,
+        max_attempts: int = 3,
+        on_outcome: OutcomeCallback | None = None,
+        **stream_options: Any,
+    ) -> FanOut:
+        """Stream many ``BatchRequest``s, at most ``concurrency`` at once; outcomes as they end.
+
+        ``async with client.map(requests, concurrency=32) as outcomes:`` then ``async for outcome
+        in outcomes``. Requests (an iterable or async iterable of any length) are pulled only when
+        a slot is free; every job's requests go through ``rate_limiter``; the connection pool
+        grows to ``concurrency``. A failed job is an outcome; leaving the block cancels the rest
+        (their partial texts are then in ``FanOut.cancelled``). ``stream_options`` go to
+        ``stream()`` (default: follow a re-queued job, replay a dropped connection). See
+        ``FanOut`` and ``stream_job_runner``.
+        """
+        self._ensure_open()
+        return FanOut(
+            stream_job_runner(self, max_attempts=max_attempts, stream_options=stream_options),
+            requests,
+            concurrency=concurrency,
+            on_outcome=on_outcome,
+            rate_limiter=self.rate_limiter,
+            connection_limit=self._transport.ensure_connection_limit,
+        )
+
+    async def gather(
+        self,
+        requests: Requests,
+        *,
+        concurrency: int = 8,
+        max_attempts: int = 3,
+        on_outcome: OutcomeCallback | None = None,
+        **stream_options: Any,
+    ) -> list[BatchOutcome]:
+        """Like ``map()``, to the end: the outcomes in input order. Failed jobs do not raise.
+
+        If the call is cancelled, every running job is cancelled at once and ``on_outcome``
+        receives each one's ``cancelled`` outcome with its partial text.
+        """
+        fan_out = self.map(
+            requests,
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+            on_outcome=on_outcome,
+            **stream_options,
+        )
+        return await gather(fan_out)
 
     # -- helpers -----------------------------------------------------------------------------------
 

@@ -12,8 +12,10 @@ Rules (the control plane allows 60 requests a minute per token by default):
    model and the others follow once it succeeds, so a model coming back is not stampeded.
 
 ``RateLimitState`` is the decision logic: pure, with injected clocks. ``RateLimiter`` adds the thin
-waiting part on anyio. The transport calls ``acquire()`` before each request, then ``observe()``
-with the response (or ``release()`` when no response came back).
+waiting part on anyio. The limiter governs the requests made in a context where ``limited_by()``
+installed it (each fan-out worker does): the transport then calls ``acquire()`` before each of
+them, and ``observe()`` with the response (or ``release()`` when no response came back). Requests
+made outside a fan-out are not delayed.
 """
 
 from __future__ import annotations
@@ -21,14 +23,23 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ["RateLimitState", "RateLimiter", "default_backoff", "parse_reset_delay"]
+__all__ = [
+    "RateLimitState",
+    "RateLimiter",
+    "active_limiter",
+    "default_backoff",
+    "limited_by",
+    "parse_reset_delay",
+]
 
 # X-RateLimit-Reset is documented as unix seconds; a value this small can only be a delay in
 # seconds, which some gateways send instead.
@@ -167,17 +178,18 @@ class RateLimitState:
         """When ``model`` may be asked again (monotonic), or ``None`` when it is not backing off."""
         return self._model_paused_until.get(model)
 
-    def reserve(self, model: str | None = None) -> float:
+    def reserve(self, model: str | None = None, *, retry: bool = False) -> float:
         """Claim the right to send one request now, or say how long to wait before asking again.
 
         Returns ``0.0`` when the request may go (the grant is recorded: call ``observe()`` or
         ``release()`` for it), a positive number of seconds to wait, or ``math.inf`` to wait until
-        the state changes (another request's answer).
+        the state changes (another request's answer). A ``retry`` has already waited what its own
+        failure asked for (the client's retry policy), so pauses do not hold it; the budget does.
         """
         now = self._clock()
-        if now < self.paused_until:
+        if now < self.paused_until and not retry:
             return self.paused_until - now
-        if model is not None and model in self._model_failures:
+        if model is not None and model in self._model_failures and not retry:
             until = self._model_paused_until.get(model, -math.inf)
             if now < until:
                 return until - now
@@ -302,14 +314,15 @@ class RateLimiter:
         self._changed: anyio.Event | None = None
         self._waiters = 0
 
-    async def acquire(self, model: str | None = None) -> None:
+    async def acquire(self, model: str | None = None, *, retry: bool = False) -> None:
         """Wait until a request for ``model`` may go, and claim it.
 
-        A cancelled wait leaves no claim behind.
+        ``retry`` says the request is a retry that already slept its backoff. A cancelled wait
+        leaves no claim behind.
         """
         await anyio.lowlevel.checkpoint()
         while True:
-            delay = self.state.reserve(model)
+            delay = self.state.reserve(model, retry=retry)
             if delay <= 0.0:
                 return  # no await after the grant: a cancellation here would leak the claim
             if self._changed is None:
@@ -347,3 +360,21 @@ class RateLimiter:
         changed, self._changed = self._changed, None
         if changed is not None:
             changed.set()
+
+
+_ACTIVE: ContextVar[RateLimiter | None] = ContextVar("infernet_async_rate_limiter", default=None)
+
+
+def active_limiter() -> RateLimiter | None:
+    """The limiter that governs requests made in the current context, if any."""
+    return _ACTIVE.get()
+
+
+@contextmanager
+def limited_by(limiter: RateLimiter | None) -> Iterator[None]:
+    """Make ``limiter`` govern every request made in this context (and in tasks started from it)."""
+    token = _ACTIVE.set(limiter)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)

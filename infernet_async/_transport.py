@@ -29,6 +29,7 @@ import aiohttp
 from yarl import URL
 
 from ._config import RetryPolicy, Secret, Timeouts
+from ._ratelimit import active_limiter
 from ._retry import decide_retry, server_retry_after
 from ._version import __version__
 from .errors import (
@@ -439,6 +440,62 @@ class Transport:
             resp.close()
         raise parse_error_response(resp.status, raw, resp.headers)
 
+    async def _send_limited(
+        self,
+        method: str,
+        url: URL,
+        *,
+        json_body: Any,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        stream: bool,
+        retry: bool,
+    ) -> aiohttp.ClientResponse:
+        """``_send_once`` under the rate limiter of the current fan-out worker, if there is one.
+
+        The limiter waits before the request (pacing, a 429 pause, a model's no_capacity backoff)
+        and learns from every answer, errors included (see ``_ratelimit``).
+        """
+        limiter = active_limiter()
+        if limiter is None:
+            return await self._send_once(
+                method, url, json_body=json_body, params=params, headers=headers, stream=stream
+            )
+        model = json_body.get("model") if isinstance(json_body, Mapping) else None
+        model = model if isinstance(model, str) else None
+        await limiter.acquire(model, retry=retry)
+        try:
+            resp = await self._send_once(
+                method, url, json_body=json_body, params=params, headers=headers, stream=stream
+            )
+        except APIError as exc:
+            limiter.observe(exc.status, exc.headers, exc.body, model=model)
+            raise
+        except BaseException:
+            limiter.release(model)
+            raise
+        limiter.observe(resp.status, resp.headers, model=model)
+        return resp
+
+    def ensure_connection_limit(self, limit: int) -> int:
+        """Let the pool hold at least ``limit`` connections; returns the pool's limit now.
+
+        A fan-out of ``concurrency`` N calls this so the pool never caps it below N (its own
+        capacity limiter bounds the sockets). A caller's session is left as it is.
+        """
+        if self._caller_session is not None:
+            connector = self._caller_session.connector
+            return connector.limit if connector is not None else limit
+        self._max_connections = max(self._max_connections, limit)
+        binding = self._binding
+        if binding is not None and not binding.session.closed:
+            connector = binding.session.connector
+            if connector is not None and 0 < connector.limit < self._max_connections:
+                # aiohttp has no public setter for a live pool's limit; the session stays, with its
+                # keep-alive connections, instead of being rebuilt.
+                connector._limit = self._max_connections
+        return self._max_connections
+
     async def _with_retries(
         self,
         method: str,
@@ -448,14 +505,30 @@ class Transport:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         stream: bool,
-    ) -> aiohttp.ClientResponse:
+        read_body: bool = False,
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        """Send with retries; with ``read_body`` the body is read inside the retried block too, so
+        a GET whose body is cut off is retried like one that failed earlier."""
         url = self.url(path)
         attempt = 0
         while True:
             try:
-                return await self._send_once(
-                    method, url, json_body=json_body, params=params, headers=headers, stream=stream
+                resp = await self._send_limited(
+                    method,
+                    url,
+                    json_body=json_body,
+                    params=params,
+                    headers=headers,
+                    stream=stream,
+                    retry=attempt > 0,
                 )
+                if not read_body:
+                    return resp, b""
+                try:
+                    with map_transport_errors(phase="read"):
+                        return resp, await resp.read()
+                finally:
+                    resp.release()
             except (APIError, APIConnectionError) as exc:
                 attempt += 1
                 hint: float | None = None
@@ -489,14 +562,9 @@ class Transport:
         params: Mapping[str, str] | None = None,
     ) -> Any:
         """Send a request (with retries) and return its decoded JSON body."""
-        resp = await self._with_retries(
-            method, path, json_body=json_body, params=params, stream=False
+        resp, raw = await self._with_retries(
+            method, path, json_body=json_body, params=params, stream=False, read_body=True
         )
-        try:
-            with map_transport_errors(phase="read"):
-                raw = await resp.read()
-        finally:
-            resp.release()
         try:
             return json.loads(raw)
         except ValueError as exc:
@@ -520,7 +588,7 @@ class Transport:
         stream_headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
         if headers:
             stream_headers.update(headers)
-        resp = await self._with_retries(
+        resp, _ = await self._with_retries(
             method, path, json_body=json_body, headers=stream_headers, stream=True
         )
         return StreamResponse(resp)

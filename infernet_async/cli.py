@@ -20,6 +20,7 @@ __all__ = ["main"]
 _COMMAND_MODULES: tuple[str, ...] = (
     "infernet_async._cli_chat",
     "infernet_async._cli_models_jobs",
+    "infernet_async._cli_batch",
     "infernet_async.devserver._cli",
 )
 

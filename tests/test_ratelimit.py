@@ -373,3 +373,35 @@ def test_the_limiter_works_across_event_loops():
 
     anyio.run(probe_then_wait)
     anyio.run(probe_then_wait)
+
+
+def test_a_retry_that_slept_its_own_backoff_is_not_held_by_the_pause():
+    clock = FakeClock()
+    state = make_state(clock, probe_first=False)
+    grant(state, "m")
+    state.observe(429, {"Retry-After": "30"}, model="m")
+    assert state.reserve("m") == pytest.approx(30.0)
+    assert state.reserve("m", retry=True) == 0.0  # the client's retry policy did the waiting
+    state.observe(200, {}, model="m")
+    assert state.reserve("x") > 0.0  # fresh requests still wait for the pause
+    clock.advance(30.0)
+    grant(state, "x")
+    state.observe(503, {}, {"error": "no_capacity"}, model="x")
+    assert state.reserve("x", retry=True) == 0.0
+
+
+async def test_limited_by_installs_the_limiter_for_the_context_and_its_tasks():
+    from infernet_async._ratelimit import active_limiter, limited_by
+
+    limiter = RateLimiter()
+    seen: list[RateLimiter | None] = []
+
+    async def child() -> None:
+        seen.append(active_limiter())
+
+    assert active_limiter() is None
+    with limited_by(limiter):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(child)
+    assert active_limiter() is None
+    assert seen == [limiter]

@@ -1,0 +1,459 @@
+"""Fan-out: many jobs, bounded concurrency; outcomes in input order (gather) or as they end (map).
+
+Rules: the task group belongs to the ``FanOut`` context manager, whose block runs inside it, never
+to an async generator (STYLE 12, PEP 789). Requests are pulled lazily, one per free slot, and
+outcomes flow through a memory object stream no bigger than the concurrency, so memory stays flat in
+the number of requests. A failed job becomes an outcome and never cancels its siblings; leaving the
+block early, or cancelling it, cancels every running job at once, and each leaves a ``cancelled``
+outcome with its partial text in ``FanOut.cancelled`` (and in ``on_outcome``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ._ratelimit import RateLimiter, limited_by
+from ._retry import is_retryable
+from .errors import APIError, StreamError
+from .models import Message
+
+__all__ = [
+    "BatchOutcome",
+    "BatchRequest",
+    "FanOut",
+    "OutcomeError",
+    "StreamingClient",
+    "gather",
+    "stream_job_runner",
+]
+
+Requests = Iterable["BatchRequest"] | AsyncIterable["BatchRequest"]
+OutcomeCallback = Callable[["BatchOutcome"], None]
+Status = Literal["ok", "error", "cancelled"]
+
+
+class BatchRequest(BaseModel):
+    """One job of a fan-out: the model, ``messages`` or a ``prompt``, the parameters, your own id.
+
+    ``prompt`` is shorthand for one user message. ``metadata`` travels to the outcome untouched.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str | None = None
+    model: str = Field(min_length=1)
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    node_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: object) -> object:
+        # JSONL files often number their requests: 17 and "17" name the same one.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_input(self) -> Self:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of messages or prompt")
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages must not be empty")
+        return self
+
+    def chat_messages(self) -> list[Message]:
+        """The messages to send: ``messages``, or ``prompt`` as one user message."""
+        if self.messages is not None:
+            return self.messages
+        return [Message(role="user", content=self.prompt or "")]
+
+    def stream_arguments(self) -> dict[str, Any]:
+        """Keyword arguments for ``InfernetClient.stream``; unset ones keep the server's default."""
+        arguments: dict[str, Any] = {"model": self.model, "messages": self.chat_messages()}
+        for name in ("max_tokens", "temperature", "top_p", "node_id"):
+            value = getattr(self, name)
+            if value is not None:
+                arguments[name] = value
+        return arguments
+
+
+class OutcomeError(BaseModel):
+    """Why a job did not finish: the exception's class, its message, the API code and status."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    message: str
+    code: str | None = None
+    status: int | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> OutcomeError:
+        code = getattr(exc, "code", None)
+        message = getattr(exc, "message", None)
+        return cls(
+            type=type(exc).__name__,
+            message=message if isinstance(message, str) else str(exc),
+            code=code if isinstance(code, str) else None,
+            status=exc.status if isinstance(exc, APIError) else None,
+        )
+
+
+class BatchOutcome(BaseModel):
+    """What became of one request.
+
+    ``text`` is the answer, or everything received before the error or the cancellation.
+    ``latency`` runs from the job's start (a free slot) to its end, retries included;
+    ``time_to_first_token`` from the start of the attempt that produced text. Both in seconds.
+    ``exception`` (not serialized) is the error itself, for ``isinstance`` checks.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    index: int
+    request: BatchRequest
+    status: Status
+    text: str = ""
+    error: OutcomeError | None = None
+    job_id: str | None = None
+    attempts: int = 0
+    tokens: int = 0
+    latency: float = 0.0
+    time_to_first_token: float | None = None
+    exception: BaseException | None = Field(default=None, exclude=True, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the job finished cleanly (``[DONE]``)."""
+        return self.status == "ok"
+
+    @property
+    def id(self) -> str | None:
+        """The request's own id."""
+        return self.request.id
+
+
+class _TokenStreamLike(Protocol):
+    @property
+    def text(self) -> str: ...
+    @property
+    def job_id(self) -> str | None: ...
+    async def __aenter__(self) -> Any: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any: ...
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+
+class StreamingClient(Protocol):
+    """What the fan-out needs of a client: ``stream(**BatchRequest.stream_arguments())``."""
+
+    @property
+    def stream(self) -> Callable[..., _TokenStreamLike]: ...
+
+
+RunJob = Callable[[int, BatchRequest, OutcomeCallback], Awaitable[BatchOutcome]]
+"""Runs one request to its outcome; if cancelled, reports a ``cancelled`` outcome, re-raises."""
+
+
+class _JobClock:
+    """The figures of one job across its attempts."""
+
+    __slots__ = ("attempt_started", "attempts", "clock", "first_token_at", "started", "tokens")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.attempts = 0
+        self.attempt_started = self.started
+        self.tokens = 0
+        self.first_token_at: float | None = None
+
+    def new_attempt(self) -> None:
+        self.attempts += 1
+        self.attempt_started = self.clock()
+        self.tokens = 0
+        self.first_token_at = None
+
+    def outcome(
+        self,
+        index: int,
+        request: BatchRequest,
+        status: Status,
+        stream: _TokenStreamLike,
+        exc: BaseException | None = None,
+    ) -> BatchOutcome:
+        text = stream.text
+        job_id = stream.job_id
+        if isinstance(exc, StreamError):
+            if len(exc.partial_text) > len(text):
+                text = exc.partial_text
+            job_id = job_id or exc.job_id
+        first = self.first_token_at
+        return BatchOutcome(
+            index=index,
+            request=request,
+            status=status,
+            text=text,
+            error=OutcomeError.from_exception(exc) if exc is not None else None,
+            job_id=job_id,
+            attempts=self.attempts,
+            tokens=self.tokens,
+            latency=self.clock() - self.started,
+            time_to_first_token=first - self.attempt_started if first is not None else None,
+            exception=exc,
+        )
+
+
+# A batch wants whole answers: follow a re-queued job after node_disconnected, and replay a
+# dropped connection; neither ever submits the job twice.
+DEFAULT_STREAM_OPTIONS: dict[str, Any] = {"on_node_disconnect": "restart", "reconnect": True}
+
+
+def stream_job_runner(
+    client: StreamingClient,
+    *,
+    max_attempts: int = 3,
+    backoff: Callable[[int], float] | None = None,
+    stream_options: dict[str, Any] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> RunJob:
+    """A ``RunJob`` that streams each request through ``client.stream``.
+
+    A job whose failure proves no job was created (rate limited, no capacity, connection refused,
+    see ``_retry``) and that delivered no token is submitted again, up to ``max_attempts`` in all,
+    after ``backoff(attempt)`` seconds. The client's own retries come first, and the fan-out's
+    shared rate limiter holds every worker while the control plane asks for a pause. Anything
+    else, or any failure after a token, is final: a resubmission would bill a second job.
+    ``stream_options`` go to ``client.stream`` (default: ``DEFAULT_STREAM_OPTIONS``).
+    """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    options = {**DEFAULT_STREAM_OPTIONS, **(stream_options or {})}
+
+    async def run(index: int, request: BatchRequest, on_cancel: OutcomeCallback) -> BatchOutcome:
+        arguments = {**options, **request.stream_arguments()}
+        figures = _JobClock(clock)
+        while True:
+            figures.new_attempt()
+            stream = client.stream(**arguments)
+            try:
+                async with stream:
+                    async for _ in stream:
+                        if figures.first_token_at is None:
+                            figures.first_token_at = clock()
+                        figures.tokens += 1
+            except anyio.get_cancelled_exc_class():
+                on_cancel(figures.outcome(index, request, "cancelled", stream))
+                raise
+            except Exception as exc:
+                retry = not figures.tokens and is_retryable("POST", exc)
+                if retry and figures.attempts < max_attempts:
+                    if backoff is not None:
+                        await anyio.sleep(backoff(figures.attempts))
+                    continue
+                return figures.outcome(index, request, "error", stream, exc)
+            return figures.outcome(index, request, "ok", stream)
+
+    return run
+
+
+class FanOut:
+    """Runs jobs, at most ``concurrency`` at once, and yields their outcomes as they end.
+
+    Use it as ``async with client.map(requests, concurrency=8) as outcomes:`` then ``async for
+    outcome in outcomes``. The block is the fan-out's lifetime: leaving it (``break``, an error, a
+    cancellation) cancels the jobs still running and returns once every one has released its
+    connection; their partial texts are then in ``cancelled``. A failing request source, or an
+    error in the block, is raised as itself once the jobs are cancelled.
+
+    Args:
+        run_job: runs one request to its outcome (``stream_job_runner(client)``).
+        requests: ``BatchRequest``s from an iterable or an async iterable of any length, pulled
+            only when a slot is free.
+        concurrency: the most jobs (so open streams) at once.
+        on_outcome: called with every outcome the moment its job ends, cancelled ones included.
+        rate_limiter: governs every request the jobs make (``InfernetClient.rate_limiter``).
+        connection_limit: called with ``concurrency`` on entry, so the connection pool can grow
+            to it.
+    """
+
+    def __init__(
+        self,
+        run_job: RunJob,
+        requests: Requests,
+        *,
+        concurrency: int,
+        on_outcome: OutcomeCallback | None = None,
+        rate_limiter: RateLimiter | None = None,
+        connection_limit: Callable[[int], object] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._run_job = run_job
+        self._requests = requests
+        self.concurrency = concurrency
+        self._on_outcome = on_outcome
+        self._rate_limiter = rate_limiter
+        self._connection_limit = connection_limit
+        self.cancelled: list[BatchOutcome] = []
+        self.started = 0
+        self.finished = 0
+        self.running = 0
+        self.peak_running = 0
+        self._task_group: TaskGroup | None = None
+        self._receive: MemoryObjectReceiveStream[BatchOutcome] | None = None
+        self._entered = False
+
+    async def __aenter__(self) -> Self:
+        if self._entered:
+            raise RuntimeError("a FanOut runs once; build a new one")
+        self._entered = True
+        if self._connection_limit is not None:
+            self._connection_limit(self.concurrency)
+        send, receive = anyio.create_memory_object_stream[BatchOutcome](self.concurrency)
+        self._receive = receive
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        task_group.start_soon(self._feed, send, task_group)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        task_group, receive = self._task_group, self._receive
+        assert task_group is not None and receive is not None
+        # Whatever the reason for leaving (done, break, error, cancellation), the jobs still running
+        # are not wanted any more; cancelling a finished group is a no-op.
+        task_group.cancel_scope.cancel()
+        single: BaseException | None = None
+        try:
+            return await task_group.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # One error (the block's own, or the request source's) is raised as itself: the task
+            # group is how this works, not part of the API.
+            if len(group.exceptions) != 1 or isinstance(group.exceptions[0], BaseExceptionGroup):
+                raise
+            single = group.exceptions[0]
+        finally:
+            receive.close()
+        raise single
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> BatchOutcome:
+        if self._receive is None:
+            raise RuntimeError("iterate a FanOut inside `async with`")
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def _feed(
+        self, send: MemoryObjectSendStream[BatchOutcome], task_group: TaskGroup
+    ) -> None:
+        slots = anyio.CapacityLimiter(self.concurrency)
+        pull = _puller(self._requests)
+        # Each job holds a clone of the send side: the consumer sees the end once the feeder and
+        # every job have closed theirs.
+        with send:
+            while True:
+                borrower = object()
+                await slots.acquire_on_behalf_of(borrower)
+                try:
+                    request = await pull()
+                except StopAsyncIteration:
+                    slots.release_on_behalf_of(borrower)
+                    return
+                except BaseException:  # the request source failed, or we are cancelled
+                    slots.release_on_behalf_of(borrower)
+                    raise
+                task_group.start_soon(
+                    self._job, self.started, request, send.clone(), slots, borrower
+                )
+                self.started += 1
+
+    async def _job(
+        self,
+        index: int,
+        request: BatchRequest,
+        send: MemoryObjectSendStream[BatchOutcome],
+        slots: anyio.CapacityLimiter,
+        borrower: object,
+    ) -> None:
+        with send:
+            try:
+                self.running += 1
+                self.peak_running = max(self.peak_running, self.running)
+                try:
+                    with limited_by(self._rate_limiter):
+                        outcome = await self._run_job(index, request, self._cancelled)
+                finally:
+                    self.running -= 1
+                self.finished += 1
+                if self._on_outcome is not None:
+                    self._on_outcome(outcome)
+                # The slot is held until the consumer has room: a slow consumer slows the
+                # fan-out instead of letting finished outcomes pile up.
+                await send.send(outcome)
+            finally:
+                slots.release_on_behalf_of(borrower)
+
+    def _cancelled(self, outcome: BatchOutcome) -> None:
+        self.cancelled.append(outcome)
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
+
+
+def _puller(requests: Requests) -> Callable[[], Awaitable[BatchRequest]]:
+    """The next request on each call; ``StopAsyncIteration`` at the end.
+
+    Not an async generator: the caller's iterator is driven directly, so nothing of ours is left
+    suspended (for the garbage collector to finalize) when the fan-out is cancelled.
+    """
+    if isinstance(requests, AsyncIterable):
+        return aiter(requests).__anext__
+    iterator = iter(requests)
+
+    async def next_request() -> BatchRequest:
+        try:
+            return next(iterator)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    return next_request
+
+
+async def gather(fan_out: FanOut) -> list[BatchOutcome]:
+    """Run a fan-out to its end and return the outcomes in input order.
+
+    Failed jobs are outcomes too; nothing is raised for them. When the call is cancelled, the jobs
+    still running are cancelled at once, and their partial texts are in ``fan_out.cancelled`` and
+    go to its ``on_outcome``.
+    """
+    by_index: dict[int, BatchOutcome] = {}
+    async with fan_out as outcomes:
+        async for outcome in outcomes:
+            by_index[outcome.index] = outcome
+    return [by_index[index] for index in range(len(by_index))]
