@@ -433,3 +433,27 @@ async def test_read_timeout_on_get_is_retried_as_api_timeout(
             await client.list_models()
     assert isinstance(info.value, TimeoutError)
     assert len(sleeps.delays) == 1
+
+
+async def test_get_whose_body_is_cut_off_is_retried(
+    raw: Callable[[Handler], Awaitable[str]], sleeps: SleepRecorder
+) -> None:
+    seen: list[str] = []
+    whole = json.dumps({"models": [{"id": "m"}]}).encode()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.method)
+        if len(seen) > 1:
+            return web.json_response({"models": [{"id": "m"}]})
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(whole)
+        await resp.prepare(request)
+        await resp.write(whole[:10])
+        assert request.transport is not None
+        request.transport.close()  # the body stops short of its Content-Length
+        return resp
+
+    url = await raw(handler)
+    async with _client(url, "t", sleeps) as client:
+        assert [m.id for m in await client.list_models()] == ["m"]
+    assert len(seen) == 2 and len(sleeps.delays) == 1
