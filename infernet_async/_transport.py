@@ -29,6 +29,7 @@ import aiohttp
 from yarl import URL
 
 from ._config import RetryPolicy, Secret, Timeouts
+from ._ratelimit import active_limiter
 from ._retry import decide_retry, server_retry_after
 from ._version import __version__
 from .errors import (
@@ -439,6 +440,62 @@ class Transport:
             resp.close()
         raise parse_error_response(resp.status, raw, resp.headers)
 
+    async def _send_limited(
+        self,
+        method: str,
+        url: URL,
+        *,
+        json_body: Any,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        stream: bool,
+        retry: bool,
+    ) -> aiohttp.ClientResponse:
+        """``_send_once`` under the rate limiter of the current fan-out worker, if there is one.
+
+        The limiter waits before the request (pacing, a 429 pause, a model's no_capacity backoff)
+        and learns from every answer, errors included (see ``_ratelimit``).
+        """
+        limiter = active_limiter()
+        if limiter is None:
+            return await self._send_once(
+                method, url, json_body=json_body, params=params, headers=headers, stream=stream
+            )
+        model = json_body.get("model") if isinstance(json_body, Mapping) else None
+        model = model if isinstance(model, str) else None
+        await limiter.acquire(model, retry=retry)
+        try:
+            resp = await self._send_once(
+                method, url, json_body=json_body, params=params, headers=headers, stream=stream
+            )
+        except APIError as exc:
+            limiter.observe(exc.status, exc.headers, exc.body, model=model)
+            raise
+        except BaseException:
+            limiter.release(model)
+            raise
+        limiter.observe(resp.status, resp.headers, model=model)
+        return resp
+
+    def ensure_connection_limit(self, limit: int) -> int:
+        """Let the pool hold at least ``limit`` connections; returns the pool's limit now.
+
+        A fan-out of ``concurrency`` N calls this so the pool never caps it below N (its own
+        capacity limiter bounds the sockets). A caller's session is left as it is.
+        """
+        if self._caller_session is not None:
+            connector = self._caller_session.connector
+            return connector.limit if connector is not None else limit
+        self._max_connections = max(self._max_connections, limit)
+        binding = self._binding
+        if binding is not None and not binding.session.closed:
+            connector = binding.session.connector
+            if connector is not None and 0 < connector.limit < self._max_connections:
+                # aiohttp has no public setter for a live pool's limit; the session stays, with its
+                # keep-alive connections, instead of being rebuilt.
+                connector._limit = self._max_connections
+        return self._max_connections
+
     async def _with_retries(
         self,
         method: str,
@@ -456,8 +513,14 @@ class Transport:
         attempt = 0
         while True:
             try:
-                resp = await self._send_once(
-                    method, url, json_body=json_body, params=params, headers=headers, stream=stream
+                resp = await self._send_limited(
+                    method,
+                    url,
+                    json_body=json_body,
+                    params=params,
+                    headers=headers,
+                    stream=stream,
+                    retry=attempt > 0,
                 )
                 if not read_body:
                     return resp, b""
