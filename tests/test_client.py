@@ -119,9 +119,26 @@ def _serve_in_thread() -> Iterator[DevServer]:
         thread.join(10)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def threaded_server() -> Iterator[DevServer]:
     yield from _serve_in_thread()
+
+
+@pytest.fixture(scope="module")
+def shared_client(threaded_server: DevServer) -> Iterator[InfernetClient]:
+    """One client for several tests, as a module-level client in a notebook or an app would be."""
+    client = client_for(threaded_server.base_url, threaded_server.token)
+    yield client
+    asyncio.run(client.aclose())
+
+
+@pytest.mark.parametrize("round_", [1, 2, 3])
+async def test_one_client_across_pytest_asyncios_per_test_loops(
+    shared_client: InfernetClient, round_: int
+) -> None:
+    # Each test runs in a fresh loop; the session of the previous loop was closed at its shutdown.
+    async with shared_client.stream(model=MODEL, messages=MSG) as stream:
+        assert await stream.final_text() == ANSWER
 
 
 def test_one_client_across_two_asyncio_runs(threaded_server: DevServer) -> None:

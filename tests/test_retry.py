@@ -7,6 +7,7 @@ with a recording sleep instead of real waiting, so Retry-After of seconds costs 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -457,3 +458,36 @@ async def test_get_whose_body_is_cut_off_is_retried(
     async with _client(url, "t", sleeps) as client:
         assert [m.id for m in await client.list_models()] == ["m"]
     assert len(seen) == 2 and len(sleeps.delays) == 1
+
+
+async def test_connect_timeout_is_an_api_timeout_and_a_post_may_retry_it(
+    sleeps: SleepRecorder,
+) -> None:
+    import socket
+
+    # A listener whose accept backlog is full: the kernel drops further SYNs, so connect() hangs.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+            await asyncio.sleep(0.02)
+            client = InfernetClient(
+                f"http://127.0.0.1:{port}",
+                token="t",
+                timeouts=Timeouts(connect=0.05),
+                retry=RetryPolicy(sleep=sleeps, max_retries=2),
+            )
+            async with client:
+                with pytest.raises(APITimeoutError) as info:
+                    await client.submit(model=MODEL, messages=MSG)
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert info.value.phase == "connect" and info.value.request_sent is False
+    assert len(sleeps.delays) == 2  # nothing was sent: a submission may be retried
