@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._accumulator import Accumulator, TerminalReason
+from ._accumulator import Accumulator, ReplayDiverged, ReplayFilter, TerminalReason
 from ._retry import backoff_delay
 from ._transport import job_path, validate_job_id
 from .errors import (
@@ -45,35 +45,6 @@ logger = logging.getLogger("infernet_async")
 NodeDisconnectPolicy = Literal["raise", "restart"]
 _JOB_ID_HEADER = "X-Infernet-Job-Id"
 _NEW, _OPENING, _OPEN, _ENDED, _CLOSED = range(5)
-
-
-class _Resume:
-    """What a reconnected stream must skip: the replay of what was already delivered.
-
-    The control plane replays a job's stream from its start. Events up to the last delivered id
-    are skipped by id (typed dialect); then, and in the data-only dialect, replayed token text is
-    matched against the delivered text, because a finished job replays as one event holding its
-    whole text: only the part beyond what was delivered is handed out.
-    """
-
-    __slots__ = ("delivered", "last_id", "matched", "seen_last")
-
-    def __init__(self, last_id: str | None, delivered: str) -> None:
-        self.last_id = last_id
-        self.delivered = delivered
-        self.matched = 0
-        self.seen_last = False
-
-    def id_replayed(self, event_id: str | None) -> bool:
-        """Whether an event with this id was delivered before (numeric ids compare as numbers)."""
-        if self.last_id is None or event_id is None or self.seen_last:
-            return False
-        try:
-            return int(event_id) <= int(self.last_id)
-        except ValueError:
-            if event_id == self.last_id:
-                self.seen_last = True
-            return True
 
 
 class TokenStream:
@@ -123,7 +94,7 @@ class TokenStream:
         self._state = _NEW
         self._error: BaseException | None = None
         self._busy = False
-        self._resume: _Resume | None = None
+        self._resume: ReplayFilter | None = None
         self._last_id: str | None = None
         self._last_token_id: str | None = None
         self._ids_usable = True
@@ -135,7 +106,6 @@ class TokenStream:
         self._attempt_started_at: float | None = None
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
-        self._events_received = 0
 
     # -- public state ------------------------------------------------------------------------------
 
@@ -488,7 +458,18 @@ class TokenStream:
     async def _handle(self, event: StreamEvent) -> StreamEvent | None:
         """Apply one decoded event; returns the event to hand out, or ``None`` to read on."""
         if self._resume is not None:
-            filtered = self._resume_filter(event)
+            try:
+                filtered = self._resume.feed(event)
+            except ReplayDiverged as exc:
+                self._acc.fail("incomplete")
+                raise IncompleteStreamError(
+                    "the connection dropped and the job's replayed stream differs from what was "
+                    "delivered (the job restarted on another node)",
+                    partial_text=self.text,
+                    job_id=self.job_id,
+                ) from exc
+            if self._resume.done:
+                self._resume = None
             if filtered is None:
                 return None
             event = filtered
@@ -528,40 +509,6 @@ class TokenStream:
         if getattr(event, "id", None) is not None:
             self._last_id = getattr(event, "id", None)
         return event
-
-    def _resume_filter(self, event: StreamEvent) -> StreamEvent | None:
-        """Skip what a reconnected stream replays: ``None`` to skip, else the (trimmed) event."""
-        resume = self._resume
-        assert resume is not None
-        if isinstance(event, Done | ErrorEvent):
-            self._resume = None
-            return event
-        if type(event) is not Token:
-            # The replay's job/meta events: delivered already.
-            return None
-        assert isinstance(event, Token)
-        if resume.id_replayed(event.id):
-            resume.matched += len(event.text)
-            return None
-        remaining = resume.delivered[resume.matched :]
-        if not remaining:
-            self._resume = None
-            return event
-        if remaining.startswith(event.text):
-            resume.matched += len(event.text)
-            return None
-        if event.text.startswith(remaining):
-            self._resume = None
-            fresh = event.text[len(remaining) :]
-            return Token(fresh, event.id) if fresh else None
-        # The replay is not the text we delivered: the job restarted on another node meanwhile.
-        self._acc.fail("incomplete")
-        raise IncompleteStreamError(
-            "the connection dropped and the job's replayed stream differs from what was delivered "
-            "(the job restarted on another node)",
-            partial_text=self.text,
-            job_id=self.job_id,
-        )
 
     async def _error_event(self, event: ErrorEvent) -> StreamEvent:
         if (
@@ -619,7 +566,7 @@ class TokenStream:
             self._reconnects += 1
             last_id = self._last_id or self._decoder.last_event_id
             self._close_response()
-            self._resume = _Resume(last_id if self._ids_usable else None, self._acc.text)
+            self._resume = ReplayFilter(self._acc.text, last_id if self._ids_usable else None)
             retry = self._transport.retry
             delay = backoff_delay(self._reconnects, base=retry.backoff_base, cap=retry.backoff_max)
             logger.info(
@@ -630,7 +577,7 @@ class TokenStream:
             )
             await (retry.sleep or asyncio.sleep)(delay)
             # The live control plane ignores Last-Event-ID and replays from the start;
-            # ``_resume_filter`` skips what was delivered.
+            # the ReplayFilter skips what was delivered.
             try:
                 await self._open_job_stream({"Last-Event-ID": last_id} if last_id else None)
             except (APIError, APIConnectionError) as exc:

@@ -428,3 +428,21 @@ async def test_repr_shows_state_not_secrets(client: InfernetClient) -> None:
         await stream.final_text()
     assert "finished=True" in repr(stream) and "tokens=8" in repr(stream)
     await asyncio.sleep(0)
+
+
+async def test_resume_falls_back_to_text_when_one_id_tags_every_event() -> None:
+    # WHATWG: an id persists across events, so a server that sent "id: 7" once tags every later
+    # token with 7. Skipping "everything up to 7" would skip the rest of the answer too.
+    head = [b'id: 7\ndata: {"text": "A"}\n\n', b'data: {"text": "B"}\n\n']
+    calls: list[int] = []
+
+    async def handler(request):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        chunks = head if len(calls) == 1 else [*head, *data_events("C")]
+        return await sse_handler(chunks)(request)
+
+    async with raw_server(handler) as url:
+        client = client_for(url)
+        async with client, client.stream_job("job_x") as stream:
+            tokens = [t async for t in stream]
+    assert tokens == ["A", "B", "C"] and stream.finished
