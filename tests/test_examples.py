@@ -141,6 +141,26 @@ async def test_errors_and_retries(run_script: Callable[[str], Awaitable[str]]) -
     ]
 
 
+async def test_fanout_in_order_then_as_they_end(
+    run_script: Callable[[str], Awaitable[str]],
+) -> None:
+    lines = (await run_script("fanout.py")).splitlines()
+    assert [line.split(maxsplit=2) for line in lines[:6]] == [
+        ["France", "ok", "Paris is the capital of France."],
+        ["Germany", "ok", "Berlin is the capital of Germany."],
+        ["Italy", "ok", "Rome is the capital of Italy."],
+        ["Spain", "ok", "Madrid is the capital of Spain."],
+        ["Japan", "ok", "Tokyo is the capital of Japan."],
+        ["Canada", "ok", "Ottawa is the capital of Canada."],
+    ]
+    as_they_end = [re.fullmatch(r"#(\d) (\w+): (.+)", line) for line in lines[6:]]
+    assert all(as_they_end) and len(as_they_end) == 4, lines
+    assert [m.group(1) for m in as_they_end if m] == ["1", "2", "3", "4"]
+    assert {m.group(2) for m in as_they_end if m} == {"France", "Germany", "Italy", "Spain"}
+    statuses = sorted(m.group(3) for m in as_they_end if m)
+    assert statuses == ["error (model_not_found)", "ok", "ok", "ok"]
+
+
 # --- examples/aiohttp_chat/app.py, as a program -------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""examples/quickstart.ipynb runs top to bottom in a real kernel, and an interrupt keeps the text.
+"""examples/quickstart.ipynb runs top to bottom in a real kernel; an interrupt keeps the text.
 
 Executed with nbclient on an ipykernel whose "python3" kernelspec is this interpreter (written to a
 temporary JUPYTER_PATH, which Jupyter searches first), so the kernel imports this checkout whatever
@@ -68,7 +68,18 @@ def live_cell_index(nb: Any) -> int:
     return next(i for i, c in enumerate(nb.cells) if "live-stream" in c.metadata.get("tags", []))
 
 
-async def test_quickstart_runs_top_to_bottom(kernel_env: None) -> None:
+async def test_quickstart_runs_top_to_bottom(
+    kernel_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fast control plane of the test's, configured the way a user configures their account.
+    async with DevServer(tokens_per_second=2000, time_to_first_token=0) as server:
+        monkeypatch.setenv("INFERNET_BASE_URL", server.base_url)
+        monkeypatch.setenv("INFERNET_BEARER_TOKEN", server.token)
+        nb = await execute_quickstart()
+    check_quickstart_outputs(nb)
+
+
+async def execute_quickstart() -> Any:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # Checks the notebook must pass, run in its kernel after its own cells.
     nb.cells.append(
@@ -80,7 +91,10 @@ async def test_quickstart_runs_top_to_bottom(kernel_env: None) -> None:
     )
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3")
     await client.async_execute()
+    return nb
 
+
+def check_quickstart_outputs(nb: Any) -> None:
     errors = [o for c in nb.cells for o in cell_outputs(c, "error")]
     assert errors == []
     live = nb.cells[live_cell_index(nb)]
@@ -91,6 +105,13 @@ async def test_quickstart_runs_top_to_bottom(kernel_env: None) -> None:
     assert shown == [answer] and answer.startswith("Neural networks")
     complete = next(c for c in nb.cells if "client.complete(" in c.source)
     assert cell_outputs(complete, "execute_result")[0]["data"]["text/plain"] == "'6 × 7 = 42.'"
+    fan_out = next(c for c in nb.cells if "fan-out" in c.metadata.get("tags", []))
+    assert stdout_of(fan_out).splitlines() == [
+        "France   ok     Paris is the capital of France.",
+        "Germany  ok     Berlin is the capital of Germany.",
+        "Italy    ok     Rome is the capital of Italy.",
+        "Japan    ok     Tokyo is the capital of Japan.",
+    ]
     executable, flags = stdout_of(nb.cells[-1]).splitlines()
     assert Path(executable).resolve() == Path(sys.executable).resolve()
     assert flags == "False True"  # no nest_asyncio; top-level await ran in the kernel's loop
