@@ -11,7 +11,9 @@ from typing import Any
 import anyio
 import pytest
 
+from infernet_async import InfernetClient
 from infernet_async._fanout import BatchOutcome, BatchRequest, FanOut, gather, stream_job_runner
+from infernet_async.devserver import DevServer, Fault, RequestRecord, StreamRecord
 from infernet_async.errors import NodeDisconnectedError, RateLimitError
 
 # ---------------------------------------------------------------- a scripted client
@@ -258,3 +260,165 @@ def test_batch_request_validation():
     assert arguments["max_tokens"] == 5 and arguments["temperature"] == 0.0
     assert "top_p" not in arguments and "node_id" not in arguments
     assert arguments["messages"][0].role == "user" and arguments["messages"][0].content == "hi"
+
+
+# ---------------------------------------------------------------- end to end on the DevServer
+
+MODEL = "qwen2.5:14b"
+FAST = {"tokens_per_second": 2000.0, "time_to_first_token": 0.0, "heartbeat_interval": None}
+
+
+def dev_server(**options: Any) -> DevServer:
+    return DevServer(**{**FAST, **options})
+
+
+def client_for(server: DevServer, **options: Any) -> InfernetClient:
+    return InfernetClient(server.base_url, server.token, **options)
+
+
+def connections_in_use(client: InfernetClient) -> int:
+    # aiohttp has no public counter of a pool's busy connections.
+    binding = client._transport._binding
+    assert binding is not None
+    connector = binding.session.connector
+    assert connector is not None
+    return len(connector._acquired)  # type: ignore[attr-defined]
+
+
+def peak_overlap(records: list[StreamRecord]) -> int:
+    edges = sorted(
+        [(r.opened_at, 1) for r in records] + [(r.closed_at or float("inf"), -1) for r in records]
+    )
+    current = peak = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def posts(server: DevServer) -> list[RequestRecord]:
+    return [r for r in server.requests if r.method == "POST" and r.path.endswith("/jobs")]
+
+
+async def test_gather_on_the_devserver_keeps_input_order_and_reports_figures():
+    async with dev_server(answer_tokens=12) as server, client_for(server) as client:
+        requests = [
+            BatchRequest(id=f"r{i}", model=MODEL, prompt=f"Question {i}", max_tokens=12 - i)
+            for i in range(10)
+        ]
+        outcomes = await client.gather(requests, concurrency=4)
+    assert [o.id for o in outcomes] == [f"r{i}" for i in range(10)]
+    for i, outcome in enumerate(outcomes):
+        assert outcome.ok and outcome.tokens == 12 - i and outcome.job_id is not None
+        assert outcome.text and outcome.attempts == 1
+        assert outcome.time_to_first_token is not None
+        assert 0 < outcome.time_to_first_token <= outcome.latency
+    assert len(posts(server)) == 10
+
+
+async def test_partial_failure_on_the_devserver():
+    async with dev_server(answer_tokens=10) as server, client_for(server) as client:
+        server.inject(Fault.drop_node(after_tokens=3), job_id=None)
+        requests = [
+            BatchRequest(id="ok", model=MODEL, prompt="fine"),
+            BatchRequest(id="unknown", model="no-such-model:1b", prompt="fine"),
+            BatchRequest(id="ok2", model=MODEL, prompt="fine too"),
+        ]
+        outcomes = await client.gather(requests, concurrency=1, on_node_disconnect="raise")
+    by_id = {o.id: o for o in outcomes}
+    assert by_id["unknown"].status == "error"
+    assert by_id["unknown"].error is not None
+    assert by_id["unknown"].error.code == "model_not_found"
+    assert by_id["unknown"].attempts == 1  # not worth a retry
+    # The first job's node dropped after 3 tokens: the partial text is kept, nothing resubmitted.
+    dropped = by_id["ok"]
+    assert dropped.status == "error" and dropped.error is not None
+    assert dropped.error.type == "NodeDisconnectedError"
+    assert dropped.tokens == 3 and len(dropped.text.split()) >= 2
+    assert by_id["ok2"].ok and by_id["ok2"].tokens == 10
+
+
+async def test_a_dropped_node_is_followed_by_default_in_a_fan_out():
+    async with dev_server(answer_tokens=10) as server, client_for(server) as client:
+        server.inject(Fault.drop_node(after_tokens=3))
+        (outcome,) = await client.gather([BatchRequest(model=MODEL, prompt="x")], concurrency=1)
+    assert outcome.ok and outcome.job_id is not None
+    assert len(posts(server)) == 1  # restarted by following the re-queued job, never resubmitted
+
+
+async def test_cancelling_the_fan_out_cancels_every_stream_at_once_and_leaks_nothing():
+    async with (
+        dev_server(tokens_per_second=100.0, answer_tokens=2000) as server,
+        client_for(server) as client,
+    ):
+        requests = [BatchRequest(id=str(i), model=MODEL, prompt=f"long {i}") for i in range(6)]
+        fan_out = client.map(requests, concurrency=6)
+        with anyio.move_on_after(10) as scope:
+            async with fan_out:
+                while not (
+                    len(server.streams) == 6 and all(r.tokens_sent >= 3 for r in server.streams)
+                ):
+                    await anyio.sleep(0.01)
+                assert connections_in_use(client) == 6
+                scope.cancel()
+                await anyio.sleep(5)
+        assert scope.cancelled_caught
+        # Every job left its partial text behind.
+        assert sorted(o.id for o in fan_out.cancelled) == [str(i) for i in range(6)]
+        assert all(o.status == "cancelled" and o.text and o.tokens for o in fan_out.cancelled)
+        # Every connection is back and the server saw every client go away, at once.
+        assert connections_in_use(client) == 0
+        with anyio.fail_after(5):
+            while server.open_streams:
+                await anyio.sleep(0.01)
+        closes = [r.closed_at for r in server.streams]
+        assert all(r.closed_by_client and not r.completed for r in server.streams)
+        assert max(closes) - min(closes) < 0.5  # type: ignore[type-var, operator]
+
+
+async def test_concurrency_bounds_the_streams_the_server_sees_and_grows_the_pool():
+    async with (
+        dev_server(tokens_per_second=400.0, answer_tokens=20, rate_limit_per_minute=1000) as server,
+        client_for(server, max_connections=2) as client,
+    ):
+        requests = (BatchRequest(model=MODEL, prompt=f"q{i}") for i in range(15))
+        outcomes = await client.gather(requests, concurrency=5)
+        connector = client._transport._binding.session.connector  # type: ignore[union-attr]
+        assert connector is not None and connector.limit == 5
+    assert all(o.ok for o in outcomes)
+    assert peak_overlap(list(server.streams)) == 5
+
+
+async def test_the_shared_limiter_keeps_a_fan_out_within_a_small_budget():
+    async with dev_server(rate_limit_per_minute=4) as server, client_for(server) as client:
+        requests = [BatchRequest(id=str(i), model=MODEL, prompt=f"q{i}") for i in range(8)]
+        fan_out = client.map(requests, concurrency=8)
+        done = []
+        with anyio.move_on_after(1.5):
+            async with fan_out as outcomes:
+                async for outcome in outcomes:
+                    done.append(outcome)  # noqa: PERF401 - kept as they come, then cancelled
+    # Four fit the minute's budget; the other four wait for the window instead of drowning in 429s.
+    assert len(done) == 4 and all(o.ok for o in done)
+    assert len(fan_out.cancelled) == 4 and all(not o.text for o in fan_out.cancelled)
+    assert [r.status for r in posts(server)] == [200] * 4
+
+
+async def test_one_429_pauses_every_worker_of_the_client():
+    # Jobs of ~50 ms: without a shared pause, the other worker would submit again within it.
+    async with (
+        dev_server(answer_tokens=5, tokens_per_second=100.0) as server,
+        client_for(server) as client,
+    ):
+        # One job first: the limiter learns the budget from its headers.
+        await client.gather([BatchRequest(model=MODEL, prompt="warm up")], concurrency=1)
+        server.inject(Fault.http_error(429, retry_after=1, method="POST"))
+        requests = [BatchRequest(id=str(i), model=MODEL, prompt=f"q{i}") for i in range(6)]
+        outcomes = await client.gather(requests, concurrency=2)
+    assert all(o.ok for o in outcomes)
+    sent = posts(server)[1:]
+    (limited,) = [r for r in sent if r.status == 429]
+    # Only a request already on its way when the 429 came back may arrive within the pause.
+    within = [r for r in sent if limited.time + 0.02 < r.time < limited.time + 0.9]
+    assert within == []
+    assert len(sent) == 7  # six jobs and one retry
