@@ -151,6 +151,8 @@ _WALK_LIMIT = 256
 
 def _text_events(text: str, event_id: str | None) -> list[StreamEvent] | None:
     """Tokens for ``text`` if it is nothing but data: {"text": ...} events, else ``None``."""
+    if not text.startswith("data:"):  # the typed dialect, say: not worth a regex pass
+        return None
     bodies = TEXT_EVENTS(text)
     if not bodies or text.count("\n") != 2 * len(bodies):
         return None
@@ -255,7 +257,7 @@ class TokenDecoder:
                 data = chunk
                 stop = chunk.rfind(b"\n\n") + 2
             if stop > 1:
-                if stop <= self._limit and data.startswith(b"data:"):
+                if stop <= self._limit:
                     region = data if stop == len(data) else data[:stop]
                     try:
                         text = region.decode()
