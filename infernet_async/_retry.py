@@ -17,13 +17,15 @@ Never retried for a POST: ``500``/other 5xx (the job row may exist already), a r
 read timeout after the request went out (``request_sent`` true or unknown), and every 4xx other than
 429. Those surface at once; the caller can look for the job with ``list_jobs(since=...)`` before
 resubmitting. ``GET`` requests have no side effects and are retried on 429, 5xx, and any connection
-failure or timeout.
+failure or timeout. No request is retried after a certificate failed verification: it would fail
+the same way again.
 """
 
 from __future__ import annotations
 
 import math
 import random as _random
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -184,6 +186,8 @@ def is_retryable(method: str, error: BaseException) -> bool:
     if isinstance(error, APIError):
         return False
     if isinstance(error, APIConnectionError):
+        if isinstance(error.__cause__, ssl.CertificateError):
+            return False  # a certificate that failed verification will fail the same way again
         return idempotent or error.request_sent is False
     return False
 

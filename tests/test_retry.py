@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -177,6 +178,12 @@ def _api(cls: type, status: int, code: str | None) -> Exception:
 def test_retryable_by_method(error: Exception, get: bool, post: bool) -> None:
     assert is_retryable("GET", error) is get
     assert is_retryable("POST", error) is post
+
+
+def test_a_failed_certificate_check_is_never_retried() -> None:
+    error = APIConnectionError("certificate verify failed", request_sent=False)
+    error.__cause__ = ssl.SSLCertVerificationError("self-signed certificate")
+    assert not is_retryable("GET", error) and not is_retryable("POST", error)
 
 
 def test_decide_retry_uses_the_server_wait_and_caps_it() -> None:
@@ -491,3 +498,28 @@ async def test_connect_timeout_is_an_api_timeout_and_a_post_may_retry_it(
                 filler.close()
     assert info.value.phase == "connect" and info.value.request_sent is False
     assert len(sleeps.delays) == 2  # nothing was sent: a submission may be retried
+
+
+async def test_an_untrusted_certificate_fails_once_without_retrying(sleeps: SleepRecorder) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"models": []})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/models", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        async with _client(f"https://127.0.0.1:{port}", "t", sleeps) as client:
+            with pytest.raises(APIConnectionError) as info:
+                await client.list_models()  # the system trust store does not know this CA
+    finally:
+        await runner.cleanup()
+    assert info.value.request_sent is False and sleeps.delays == []
