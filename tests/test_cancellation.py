@@ -223,7 +223,7 @@ async def test_dropped_connection(server: DevServer, client: InfernetClient, abo
 async def test_our_stall_timeout(server: DevServer) -> None:
     server.inject(Fault.stall(after_tokens=3, seconds=10))
     client = client_for(
-        server.base_url, server.token, max_connections=1, timeouts=Timeouts(stall=0.1)
+        server.base_url, server.token, max_connections=1, timeouts=Timeouts(stall=0.3)
     )
     async with client:
         with pytest.raises(APITimeoutError) as info:
@@ -241,7 +241,7 @@ async def test_pool_of_one_survives_every_ending_in_a_row(server: DevServer) -> 
     """N streams in a row on one connection: read to the end, broken out of (three ways),
     cancelled, failed, timed out. Nothing waits for the garbage collector but the GC path."""
     client = client_for(
-        server.base_url, server.token, max_connections=1, timeouts=Timeouts(stall=0.1)
+        server.base_url, server.token, max_connections=1, timeouts=Timeouts(stall=0.3)
     )
     async with client, asyncio.timeout(20):
         for _ in range(2):

@@ -236,9 +236,9 @@ async def test_caller_session_with_a_total_timeout_warns_and_is_overridden(
 async def test_idle_read_timeout_applies_per_request_and_heartbeats_reset_it(
     server: DevServer,
 ) -> None:
-    # Tokens 0.17 s apart, read timeout 0.1 s, heartbeats every 0.03 s: the pings keep it alive.
-    server.configure(tokens_per_second=6, heartbeat_interval=0.03)
-    timeouts = Timeouts(read=0.1, stall=5)
+    # Tokens 0.33 s apart, read timeout 0.2 s, heartbeats every 0.02 s: the pings keep it alive.
+    server.configure(tokens_per_second=3, heartbeat_interval=0.02)
+    timeouts = Timeouts(read=0.2, stall=5)
     client = client_for(server.base_url, server.token, timeouts=timeouts)
     async with client, client.stream(model=MODEL, messages=MSG, max_tokens=2) as stream:
         text = await stream.final_text()
@@ -246,8 +246,8 @@ async def test_idle_read_timeout_applies_per_request_and_heartbeats_reset_it(
 
 
 async def test_idle_read_timeout_fires_without_heartbeats(server: DevServer) -> None:
-    server.configure(tokens_per_second=6, heartbeat_interval=None)
-    timeouts = Timeouts(read=0.1, stall=5)
+    server.configure(tokens_per_second=3, heartbeat_interval=None)
+    timeouts = Timeouts(read=0.2, stall=5)
     client = client_for(server.base_url, server.token, timeouts=timeouts)
     async with client, client.stream(model=MODEL, messages=MSG, max_tokens=2) as stream:
         with pytest.raises(APITimeoutError) as info:
