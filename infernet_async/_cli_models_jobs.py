@@ -43,7 +43,7 @@ def _limit(text: str) -> int:
 def register(subparsers: Any) -> None:
     """Add ``models`` and ``jobs`` to the ``infernet-async`` command line."""
     models: argparse.ArgumentParser = subparsers.add_parser(
-        "models", help="list the models that have an online node", description=None
+        "models", help="list the models that have an online node"
     )
     models.add_argument("--json", action="store_true", help="print the API's JSON")
     add_connection_arguments(models)

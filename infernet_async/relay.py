@@ -135,6 +135,10 @@ async def sse_body(stream: TokenSource) -> AsyncGenerator[bytes, None]:
     iterator when the client disconnects (its ``listen_for_disconnect``, used with servers that
     speak ASGI HTTP spec < 2.4, uvicorn among them), so a browser that leaves before the first token
     stops the upstream at once too. ``CancelledError`` propagates.
+
+    Relay streams with the default node-disconnect policy (``"raise"``): the guide's format has no
+    way to tell a browser to discard text, so with ``on_node_disconnect="restart"`` the restarted
+    answer would be appended to the abandoned one.
     """
     try:
         try:

@@ -432,3 +432,17 @@ async def test_aiohttp_relay_closes_the_real_job_stream_when_the_client_leaves(
             record = await dev.wait_for_stream_close(timeout=DISCONNECT_DEADLINE)
     assert record.closed_by_client and not record.completed
     assert record.tokens_sent == after_tokens
+
+
+def test_importing_the_relay_loads_neither_aiohttp_web_nor_starlette() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, infernet_async.relay\n"
+        "print(sorted(m for m in ('aiohttp.web', 'starlette', 'fastapi') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == "[]"
