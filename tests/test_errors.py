@@ -282,3 +282,22 @@ async def test_mocked_html_gateway_error_on_a_stream() -> None:
     assert info.value.status == 502 and "502 Bad Gateway" in info.value.message
     text = "".join(traceback.format_exception(info.value))
     assert "Bearer" not in text
+
+
+async def test_mocked_transport_failures_reach_the_caller_as_sdk_errors() -> None:
+    key = aiohttp.client_reqrep.ConnectionKey("api.example.test", 443, True, True, None, None, None)
+    emfile = aiohttp.ClientConnectorError(key, OSError(errno.EMFILE, "Too many open files"))
+    with aioresponses() as mock:
+        mock.get("https://api.example.test/api/v1/models", exception=emfile)
+        mock.post(
+            "https://api.example.test/api/v1/jobs", exception=aiohttp.ServerDisconnectedError()
+        )
+        client = client_for("https://api.example.test", retry=fast_retry(max_retries=0))
+        async with client:
+            with pytest.raises(APIConnectionError, match="too many open files") as fds:
+                await client.list_models()
+            with pytest.raises(APIConnectionError) as cut:
+                await client.submit(model=MODEL, messages=MSG)
+    assert fds.value.request_sent is False
+    assert cut.value.request_sent is not False  # the job may exist: not safe to resubmit
+    assert not isinstance(fds.value.__cause__, InfernetError)
