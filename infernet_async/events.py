@@ -149,6 +149,52 @@ def _tokens(texts: list[str], event_id: str | None) -> list[StreamEvent]:
 _WALK_LIMIT = 256
 
 
+def _walk(text: str, event_id: str | None) -> tuple[list[StreamEvent], str | None] | None:
+    """Tokens for ``text`` if it is nothing but token events, with the last event id; else ``None``.
+
+    Takes the shapes both dialects send, event by event: an optional ``id: <id>`` line, an
+    optional ``event: token`` line, then ``data: {"text": "..."}`` (or ``{"text":"..."}``) and the
+    blank line. Each JSON string is read by json's own scanner (strict: no raw control characters,
+    so no line end either), and what follows it must be exactly the end of the object and the
+    blank line. Anything else, an id with a CR or NUL included, is left to the SSE decoder.
+    """
+    tokens: list[StreamEvent] = []
+    append = tokens.append
+    position = 0
+    size = len(text)
+    while position < size:
+        if text.startswith('data: {"text": "', position):
+            start = position + 16
+        else:
+            if text.startswith("id: ", position):
+                line_end = text.find("\n", position)
+                value = text[position + 4 : line_end]
+                if "\r" in value or "\x00" in value:
+                    return None
+                event_id = value
+                position = line_end + 1
+            if text.startswith("event: token\n", position):
+                position += 13
+            if text.startswith('data: {"text": "', position):
+                start = position + 16
+            elif text.startswith('data: {"text":"', position):
+                start = position + 15
+            else:
+                return None
+        try:
+            body, position = scanstring(text, start)
+        except ValueError:
+            return None
+        if not text.startswith("}\n\n", position):
+            return None
+        position += 3
+        token = _new(Token)
+        _set_text(token, body)
+        _set_token_id(token, event_id)
+        append(token)
+    return tokens, event_id
+
+
 def _text_events(text: str, event_id: str | None) -> list[StreamEvent] | None:
     """Tokens for ``text`` if it is nothing but data: {"text": ...} events, else ``None``."""
     if not text.startswith("data:"):  # the typed dialect, say: not worth a regex pass
@@ -239,8 +285,9 @@ class TokenDecoder:
         sse = self._sse
         # Fast path, taken while the SSE decoder sits at an event boundary with nothing pending:
         # the bytes since that boundary, up to the last blank line, are decoded at once and, if they
-        # are nothing but data: {"text": "..."} events, turned into tokens without the per-line SSE
-        # loop and without json.loads (see _textfast for why that is exact). Anything else goes to
+        # are nothing but token events ({"text": "..."} data, either dialect), turned into tokens
+        # without the per-line SSE loop and without json.loads (see _walk and _textfast for why
+        # that is exact). Anything else goes to
         # the SSE decoder, with the pending bytes in front, exactly as if it had seen every byte.
         if sse._boundary and type(chunk) is bytes:
             pending = self._pending
@@ -263,36 +310,13 @@ class TokenDecoder:
                         text = region.decode()
                     except UnicodeDecodeError:
                         text = region.decode("utf-8", "replace")
-                    event_id = sse._last_id
-                    tokens: list[StreamEvent] | None
-                    if stop > _WALK_LIMIT:
-                        tokens = _text_events(text, event_id)
-                    else:
-                        # The one to three events of a live chunk: each JSON string is read by
-                        # json's own scanner (strict: no raw control characters), and what follows
-                        # it must be exactly the end of the object and the blank line.
-                        walked: list[StreamEvent] = []
-                        append = walked.append
-                        position = 0
-                        size = len(text)
-                        while position < size:
-                            if not text.startswith('data: {"text": "', position):
-                                break
-                            try:
-                                body, position = scanstring(text, position + 16)
-                            except ValueError:
-                                position = -1
-                                break
-                            if not text.startswith("}\n\n", position):
-                                position = -1
-                                break
-                            position += 3
-                            token = _new(Token)
-                            _set_text(token, body)
-                            _set_token_id(token, event_id)
-                            append(token)
-                        # Other spacing ({"text":"..."}) or a near miss: the regex decides.
-                        tokens = walked if position == size else _text_events(text, event_id)
+                    tokens = _text_events(text, sse._last_id) if stop > _WALK_LIMIT else None
+                    if tokens is None:
+                        walked = _walk(text, sse._last_id)
+                        if walked is not None:
+                            tokens, sse._last_id = walked
+                        elif stop <= _WALK_LIMIT:
+                            tokens = _text_events(text, sse._last_id)
                     if tokens is not None:
                         if data is pending:
                             del pending[:stop]  # O(1): CPython moves a bytearray's start

@@ -393,7 +393,11 @@ def test_fast_path_is_taken_for_token_runs(monkeypatch: pytest.MonkeyPatch) -> N
     assert decoder.feed(b'data: {"text": "c"}\n\ndata: {"text":') == [Token("c")]  # small: the walk
     assert decoder.feed(b' "d"}\n\n') == [Token("d")]  # completes a buffered line
     assert calls == [b":\n"]
-    assert decoder.feed(b"data: [DONE]\n\n") == [Done()]  # not a token: the general path
+    typed = b'id: 7\nevent: token\ndata: {"text":"e"}\n\nevent: token\ndata: {"text":"f"}\n\n'
+    assert decoder.feed(typed) == [Token("e", "7"), Token("f", "7")]
+    assert decoder.last_event_id == "7"
+    assert calls == [b":\n"]
+    assert decoder.feed(b"data: [DONE]\n\n") == [Done(id="7")]  # not a token: the general path
     assert len(calls) == 2
 
 
@@ -414,6 +418,17 @@ NEAR_MISSES = [
     b'id: 1\ndata: {"text": "a"}\n\n',
     b'data:{"text": "a"}\n\ndata: {"text":"b"}\n\n',
     b'data: {"text":  "a"}\n\n',
+    b'id: 5\nevent: token\ndata: {"text":"a"}\n\n',  # the typed shapes the fast path takes
+    b'event: token\ndata: {"text": "a"}\n\n',
+    b'id:5\nevent: token\ndata: {"text": "a"}\n\n',  # and near misses of them
+    b'id: 5\x00\nevent: token\ndata: {"text": "a"}\n\n',
+    b'id: 5\revent: token\ndata: {"text": "a"}\n\n',
+    b'id: 5\r\nevent: token\ndata: {"text": "a"}\n\n',
+    b'event: token\nid: 5\ndata: {"text": "a"}\n\n',
+    b'id: 5\nevent: tokens\ndata: {"text": "a"}\n\n',
+    b'id: 5\nevent: token\ndata:{"text": "a"}\n\n',
+    b"id: 5\nevent: token\ndata: [DONE]\n\n",
+    b'id: \nevent: token\ndata: {"text": "a"}\n\n',
 ]
 
 
@@ -428,3 +443,36 @@ def test_fast_path_near_misses_match_the_general_path(body: bytes) -> None:
         general_events = [e for i in range(len(run)) for e in general.feed(run[i : i + 1])]
         assert fast_events == general_events
         assert fast.malformed == general.malformed
+        assert fast.last_event_id == general.last_event_id
+
+
+_ids = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]), max_size=4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    events=st.lists(st.tuples(st.text(), st.one_of(st.none(), _ids), st.booleans()), max_size=8),
+    compact=st.booleans(),
+)
+def test_typed_token_stream_fast_and_general_paths_agree(
+    events: list[tuple[str, str | None, bool]], compact: bool
+) -> None:
+    separators = (",", ":") if compact else (", ", ": ")
+    body = b"".join(
+        (b"" if event_id is None else b"id: " + event_id.encode() + b"\n")
+        + (b"event: token\n" if typed else b"")
+        + b"data: "
+        + json.dumps({"text": text}, separators=separators).encode()
+        + b"\n\n"
+        for text, event_id, typed in events
+    )
+    fast = TokenDecoder()
+    fast.feed(b":\n")
+    whole = fast.feed(body)
+    general = TokenDecoder()
+    bytewise = [e for i in range(len(body)) for e in general.feed(body[i : i + 1])]
+    assert whole == bytewise
+    assert fast.last_event_id == general.last_event_id
+    assert "".join(e.text for e in whole if isinstance(e, Token)) == "".join(
+        t for t, _, _ in events
+    )
