@@ -115,9 +115,10 @@ class OutcomeError(BaseModel):
 class BatchOutcome(BaseModel):
     """What became of one request.
 
-    ``text`` is the answer, or everything received before the error or the cancellation.
-    ``latency`` runs from the job's start (a free slot) to its end, retries included;
-    ``time_to_first_token`` from the start of the attempt that produced text. Both in seconds.
+    ``text`` is the answer, or everything received before the error or the cancellation, and
+    ``tokens`` its length in tokens. ``latency`` runs from the job's start (a free slot) to its
+    end, retries included; ``time_to_first_token`` from sending the last attempt's request to its
+    first token. Both in seconds.
     ``exception`` (not serialized) is the error itself, for ``isinstance`` checks.
     """
 
@@ -151,6 +152,10 @@ class _TokenStreamLike(Protocol):
     def text(self) -> str: ...
     @property
     def job_id(self) -> str | None: ...
+    @property
+    def token_count(self) -> int: ...
+    @property
+    def time_to_first_token(self) -> float | None: ...
     async def __aenter__(self) -> Any: ...
     async def __aexit__(
         self,
@@ -175,37 +180,27 @@ RunJob = Callable[[int, BatchRequest, OutcomeCallback], Awaitable[BatchOutcome]]
 class _JobClock:
     """The figures of one job across its attempts."""
 
-    __slots__ = ("attempt_started", "attempts", "clock", "first_token_at", "started", "tokens")
+    __slots__ = ("attempts", "clock", "started")
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.started = clock()
         self.attempts = 0
-        self.attempt_started = self.started
-        self.tokens = 0
-        self.first_token_at: float | None = None
-
-    def new_attempt(self) -> None:
-        self.attempts += 1
-        self.attempt_started = self.clock()
-        self.tokens = 0
-        self.first_token_at = None
 
     def outcome(
         self,
         index: int,
         request: BatchRequest,
         status: Status,
-        stream: _TokenStreamLike,
+        stream: _TokenStreamLike | None,
         exc: BaseException | None = None,
     ) -> BatchOutcome:
-        text = stream.text
-        job_id = stream.job_id
+        text = stream.text if stream is not None else ""
+        job_id = stream.job_id if stream is not None else None
         if isinstance(exc, StreamError):
             if len(exc.partial_text) > len(text):
                 text = exc.partial_text
             job_id = job_id or exc.job_id
-        first = self.first_token_at
         return BatchOutcome(
             index=index,
             request=request,
@@ -214,9 +209,9 @@ class _JobClock:
             error=OutcomeError.from_exception(exc) if exc is not None else None,
             job_id=job_id,
             attempts=self.attempts,
-            tokens=self.tokens,
+            tokens=stream.token_count if stream is not None else 0,
             latency=self.clock() - self.started,
-            time_to_first_token=first - self.attempt_started if first is not None else None,
+            time_to_first_token=stream.time_to_first_token if stream is not None else None,
             exception=exc,
         )
 
@@ -251,19 +246,23 @@ def stream_job_runner(
         arguments = {**options, **request.stream_arguments()}
         figures = _JobClock(clock)
         while True:
-            figures.new_attempt()
-            stream = client.stream(**arguments)
+            figures.attempts += 1
+            stream: _TokenStreamLike | None = None
             try:
+                # Inside the try: parameters the client refuses make this job's outcome, not
+                # the whole fan-out's failure.
+                stream = client.stream(**arguments)
                 async with stream:
+                    # The stream counts tokens and times the first one itself: nothing to do here
+                    # per token.
                     async for _ in stream:
-                        if figures.first_token_at is None:
-                            figures.first_token_at = clock()
-                        figures.tokens += 1
+                        pass
             except anyio.get_cancelled_exc_class():
                 on_cancel(figures.outcome(index, request, "cancelled", stream))
                 raise
             except Exception as exc:
-                retry = not figures.tokens and is_retryable("POST", exc)
+                delivered = stream is not None and stream.token_count > 0
+                retry = not delivered and is_retryable("POST", exc)
                 if retry and figures.attempts < max_attempts:
                     if backoff is not None:
                         await anyio.sleep(backoff(figures.attempts))

@@ -38,10 +38,16 @@ class FakeStream:
         self._parts: list[str] = []
         self.job_id: str | None = None
         self.closed = False
+        self.time_to_first_token: float | None = None
+        self._started = anyio.current_time()
 
     @property
     def text(self) -> str:
         return "".join(self._parts)
+
+    @property
+    def token_count(self) -> int:
+        return len(self._parts)
 
     async def __aenter__(self) -> FakeStream:
         return self
@@ -69,6 +75,8 @@ class FakeStream:
             await anyio.sleep(script.delay)
             token = f"t{n} "
             self._parts.append(token)
+            if self.time_to_first_token is None:
+                self.time_to_first_token = anyio.current_time() - self._started
             yield token
 
 
@@ -81,6 +89,8 @@ class FakeClient:
 
     def stream(self, **arguments: Any) -> FakeStream:
         prompt = arguments["messages"][0].content
+        if json.loads(prompt).get("refuse"):
+            raise ValueError("the client refuses these parameters")
         stream = FakeStream(self, Script(prompt), key=prompt)
         self.streams.append(stream)
         return stream
@@ -124,6 +134,18 @@ async def test_one_failed_job_never_cancels_the_others():
     assert failed.attempts == 1  # tokens were delivered: never resubmitted
     dumped = json.loads(failed.model_dump_json())
     assert "exception" not in dumped and dumped["error"]["type"] == "NodeDisconnectedError"
+
+
+async def test_parameters_the_client_refuses_fail_that_job_only():
+    client = FakeClient()
+    outcomes = await gather(
+        FanOut(
+            stream_job_runner(client), [request("bad", refuse=True), request("good")], concurrency=2
+        )
+    )
+    assert [o.status for o in outcomes] == ["error", "ok"]
+    assert outcomes[0].error is not None and outcomes[0].error.type == "ValueError"
+    assert outcomes[0].text == "" and outcomes[0].tokens == 0 and outcomes[0].attempts == 1
 
 
 async def test_jobs_that_were_never_created_are_submitted_again():
