@@ -10,17 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
+# selenium is in the dev extra: missing, it is an error, not a reason to skip.
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from infernet_async import InfernetClient
+from infernet_async.devserver import DevServer, Fault
+from tests.browser_support import browser_verdict, find_chromium
 from tests.example_loader import load_example
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM, CHROMEDRIVER = find_chromium()
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -33,22 +40,13 @@ CHROMIUM_FLAGS = (
 )
 WAIT = 20.0  # seconds a browser step may take on a loaded 2-core CI machine
 
-if CHROMIUM is None or CHROMEDRIVER is None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(
-            "chromium and chromium-driver are required in CI (.ci/run installs them)",
-            pytrace=False,
-        )
+VERDICT = browser_verdict(CHROMIUM, CHROMEDRIVER, os.environ)
+if VERDICT == "fail":
+    pytest.fail(
+        "chromium and chromium-driver are required in CI (.ci/run installs them)", pytrace=False
+    )
+if VERDICT == "skip":
     pytest.skip("chromium / chromium-driver not installed", allow_module_level=True)
-
-selenium = pytest.importorskip("selenium")
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-from infernet_async import InfernetClient  # noqa: E402
-from infernet_async.devserver import DevServer, Fault  # noqa: E402
 
 
 @pytest.fixture(scope="module")
