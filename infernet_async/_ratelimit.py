@@ -3,7 +3,8 @@
 Rules (the control plane allows 60 requests a minute per token by default):
 1. Learn the budget before fanning out: until a first answer arrives, one request at a time goes.
 2. Pace from the headers of every response: ``X-RateLimit-Remaining`` requests are spread evenly
-   over the time left until ``X-RateLimit-Reset`` (GCRA), after a burst of ``burst`` requests.
+   over the time left until ``X-RateLimit-Reset`` (GCRA), after a burst of ``burst`` requests (or
+   of one second's worth, when the budget is large).
    Requests sent but not yet answered count against the budget, so a stale header never oversends.
 3. One 429 pauses every request of the client until the time the server gave: ``Retry-After``,
    else ``X-RateLimit-Reset``, else the body's ``detail.resetAt`` (all the live plane sends), else
@@ -46,6 +47,9 @@ __all__ = [
 _EPOCH_THRESHOLD = 1_000_000_000
 # Reset is whole seconds; waiting a little past it avoids arriving a hair before the window turns.
 _DEFAULT_RESET_MARGIN = 0.25
+# Pacing may run this far ahead of the even schedule whatever the burst: with a large budget the
+# spacing is microseconds, and holding requests to it would only serialize them on the loop's clock.
+_MIN_TOLERANCE = 1.0
 
 
 def default_backoff(attempt: int) -> float:
@@ -228,7 +232,7 @@ class RateLimitState:
         time_left = max(self.reset_at + self._reset_margin - wall, 0.0)
         spacing = time_left / self.remaining
         arrival = max(self._next_at, now)
-        tolerance = (self._burst - 1) * spacing
+        tolerance = max((self._burst - 1) * spacing, _MIN_TOLERANCE)
         if arrival - now > tolerance:
             return arrival - now - tolerance
         self._next_at = arrival + spacing

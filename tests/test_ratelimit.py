@@ -97,13 +97,20 @@ def test_probing_can_be_turned_off():
 
 def test_plenty_of_budget_goes_at_once_up_to_the_burst():
     clock = FakeClock()
-    state = make_state(clock, burst=5)
+    state = make_state(clock, burst=30)
     learn(state, budget(1000, 999, 60))
-    for _ in range(5):
+    for _ in range(30):
         grant(state)
-    # Beyond the burst, 994 requests share 60 s: one every ~60 ms.
+    # Beyond the burst, the rest share 60 s: one every ~62 ms.
     delay = state.reserve()
     assert 0.0 < delay < 0.1
+
+
+def test_a_large_budget_is_never_held_to_a_microsecond_schedule():
+    state = make_state(FakeClock(), burst=2)
+    learn(state, budget(10**9, 10**9, 60))
+    for _ in range(10_000):  # one second's worth is ~16 million requests
+        grant(state)
 
 
 def test_the_rest_of_the_budget_is_spread_evenly_to_the_reset():
@@ -111,10 +118,15 @@ def test_the_rest_of_the_budget_is_spread_evenly_to_the_reset():
     state = make_state(clock, burst=1)
     learn(state, budget(60, 5, 10))  # 5 left, 10 s to the reset: one every 2 s
     grant(state)
-    assert state.reserve() == pytest.approx(2.0, abs=0.01)
-    clock.advance(2.0)
+    # Pacing may run up to a second ahead of the even schedule, then holds to it.
+    assert state.reserve() == pytest.approx(1.0, abs=0.01)
+    clock.advance(1.0)
     grant(state)
-    assert state.reserve() == pytest.approx(2.0, abs=0.01)
+    # Spacing is the time left over the budget left: 9 s / 4, then 7 s / 3.
+    assert state.reserve() == pytest.approx(2.25, abs=0.01)
+    clock.advance(2.25)
+    grant(state)
+    assert state.reserve() == pytest.approx(2.25, abs=0.01)
 
 
 def test_an_exhausted_budget_waits_for_the_reset():
