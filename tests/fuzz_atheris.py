@@ -12,7 +12,8 @@ and the seed corpus second::
 
 A crasher found this way goes into tests/fuzz_corpus/ as ``crash-<what>.sse`` (its first two bytes
 dropped, since they only chose the chunking), where tests/test_fuzz.py replays it under many
-chunkings forever."""
+chunkings forever.
+"""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ replayed on the seed corpus in tests/fuzz_corpus/ under several chunkings:
 
 Inputs that once crashed a decoder are kept in the corpus (named ``crash-*.sse``) so they are
 replayed forever. ``HARDENING_FUZZ_EXAMPLES`` raises the number of hypothesis examples for a longer
-local run."""
+local run.
+"""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ Two kinds of server produce the faults. The embedded control plane (``DevServer`
 stream cut off, a stall, a slow drip. A raw loopback socket server (``RawServer`` below) covers what
 only a broken network or a proxy does: a TCP reset in the middle of an event, a 502 HTML page, a 200
 that is not an event stream, gzip the client did not ask for, bytes after ``[DONE]``. Each test is
-bounded by ``asyncio.timeout``; after each fault the same client must still work."""
+bounded by ``asyncio.timeout``; after each fault the same client must still work.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -210,7 +211,10 @@ def make_client(url: str, **timeouts: float | None) -> InfernetClient:
     t: dict[str, float | None] = {"connect": 5.0, "read": 5.0, "stall": 5.0, "total": 30.0}
     t.update(timeouts)
     return InfernetClient(
-        url, token="tok", timeouts=Timeouts(**t), retry=RetryPolicy(max_retries=0)
+        url,
+        token="tok",
+        timeouts=Timeouts(**t),
+        retry=RetryPolicy(max_retries=0, backoff_base=0.001),
     )
 
 
@@ -262,15 +266,24 @@ async def still_works(client: InfernetClient) -> None:
 
 
 @contextlib.asynccontextmanager
-async def dev_client(**timeouts: float | None) -> AsyncIterator[tuple[DevServer, InfernetClient]]:
-    async with DevServer(tokens_per_second=5000, time_to_first_token=0, answer_tokens=12) as server:
+async def dev_client(
+    dialect: Literal["data", "typed"] = "data",
+    tokens_per_second: float = 5000,
+    **timeouts: float | None,
+) -> AsyncIterator[tuple[DevServer, InfernetClient]]:
+    async with DevServer(
+        tokens_per_second=tokens_per_second,
+        time_to_first_token=0,
+        answer_tokens=12,
+        dialect=dialect,
+    ) as server:
         t: dict[str, float | None] = {"connect": 5.0, "read": 5.0, "stall": 5.0, "total": 30.0}
         t.update(timeouts)
         client = InfernetClient(
             server.base_url,
             token=server.token,
             timeouts=Timeouts(**t),
-            retry=RetryPolicy(max_retries=0),
+            retry=RetryPolicy(max_retries=0, backoff_base=0.001),
         )
         try:
             yield server, client
@@ -278,8 +291,11 @@ async def dev_client(**timeouts: float | None) -> AsyncIterator[tuple[DevServer,
             await client.aclose()
 
 
-async def test_node_drop_mid_stream_raises_node_disconnected_with_partial_text() -> None:
-    async with asyncio.timeout(BOUND), dev_client() as (server, client):
+@pytest.mark.parametrize("dialect", ["data", "typed"])
+async def test_node_drop_mid_stream_raises_node_disconnected_with_partial_text(
+    dialect: Literal["data", "typed"],
+) -> None:
+    async with asyncio.timeout(BOUND), dev_client(dialect) as (server, client):
         server.inject(Fault.drop_node(after_tokens=3))
         seen: list[str] = []
         stream = client.stream(model=MODEL, messages=MESSAGES)
@@ -302,8 +318,11 @@ async def test_node_drop_before_the_first_token_is_retried_transparently() -> No
         assert stream.text == reference.text != ""
 
 
-async def test_dropped_connection_mid_body_is_incomplete_with_partial_text() -> None:
-    async with asyncio.timeout(BOUND), dev_client() as (server, client):
+@pytest.mark.parametrize("dialect", ["data", "typed"])
+async def test_dropped_connection_mid_body_is_incomplete_with_partial_text(
+    dialect: Literal["data", "typed"],
+) -> None:
+    async with asyncio.timeout(BOUND), dev_client(dialect) as (server, client):
         server.inject(Fault.disconnect(after_tokens=2, abort=True))
         seen: list[str] = []
         stream = client.stream(model=MODEL, messages=MESSAGES)
@@ -313,8 +332,11 @@ async def test_dropped_connection_mid_body_is_incomplete_with_partial_text() -> 
         assert info.value.partial_text == "".join(seen) == stream.text
 
 
-async def test_clean_eof_without_done_is_incomplete_with_partial_text() -> None:
-    async with asyncio.timeout(BOUND), dev_client() as (server, client):
+@pytest.mark.parametrize("dialect", ["data", "typed"])
+async def test_clean_eof_without_done_is_incomplete_with_partial_text(
+    dialect: Literal["data", "typed"],
+) -> None:
+    async with asyncio.timeout(BOUND), dev_client(dialect) as (server, client):
         server.inject(Fault.disconnect(after_tokens=4))
         seen: list[str] = []
         stream = client.stream(model=MODEL, messages=MESSAGES)
@@ -325,8 +347,11 @@ async def test_clean_eof_without_done_is_incomplete_with_partial_text() -> None:
         await still_works_dev(client)
 
 
-async def test_stalled_server_fires_the_idle_timeout_and_keeps_the_partial_text() -> None:
-    async with asyncio.timeout(BOUND), dev_client(read=0.3) as (server, client):
+@pytest.mark.parametrize("dialect", ["data", "typed"])
+async def test_stalled_server_fires_the_idle_timeout_and_keeps_the_partial_text(
+    dialect: Literal["data", "typed"],
+) -> None:
+    async with asyncio.timeout(BOUND), dev_client(dialect, read=0.3) as (server, client):
         server.inject(Fault.stall(after_tokens=2, seconds=30))
         seen: list[str] = []
         stream = client.stream(model=MODEL, messages=MESSAGES)
@@ -346,6 +371,25 @@ async def test_slow_drip_from_the_control_plane_loses_nothing() -> None:
         assert stream.text == reference.text
 
 
+@pytest.mark.parametrize("dialect", ["data", "typed"])
+async def test_stream_job_reconnects_after_a_drop_without_losing_or_repeating_text(
+    dialect: Literal["data", "typed"],
+) -> None:
+    # Slow enough that the job is still generating when the connection drops: a finished job
+    # replays as one event, which a fault "after 3 tokens" would never cut.
+    async with asyncio.timeout(BOUND), dev_client(dialect, 150) as (server, client):
+        job = await client.submit(model=MODEL, messages=MESSAGES)
+        server.inject(Fault.disconnect(after_tokens=3, abort=True))
+        seen: list[str] = []
+        stream = client.stream_job(job.id)
+        await read_into(stream, seen)
+        answer = (await client.get_job(job.id)).result
+        assert answer is not None
+        assert stream.finished
+        assert "".join(seen) == stream.text == answer.content
+        assert len([r for r in server.requests if r.path.endswith("/stream")]) == 2
+
+
 async def still_works_dev(client: InfernetClient) -> None:
     stream = await collect(client)
     assert stream.finished and stream.text
@@ -358,7 +402,9 @@ async def test_tcp_reset_mid_event_keeps_partial_text() -> None:
     gate = asyncio.Event()
 
     async def fault(conn: Conn) -> None:
-        await conn.send(head() + chunk(token("Par") + token("is")))
+        await conn.send(
+            head(extra={"X-Infernet-Job-Id": "job_raw1"}) + chunk(token("Par") + token("is"))
+        )
         await gate.wait()
         await conn.send(chunk(b'data: {"text": " is the cap'))  # half an event, then RST
         conn.reset()
@@ -373,6 +419,7 @@ async def test_tcp_reset_mid_event_keeps_partial_text() -> None:
                     if len(seen) == 2:
                         gate.set()
         assert info.value.partial_text == "Paris" == stream.text
+        assert info.value.job_id == "job_raw1" == stream.job_id
         assert not stream.finished
         await still_works(client)
         assert len(server.requests) == 2  # a stream that got a 200 is never re-POSTed

@@ -7,7 +7,8 @@ the next stream wait for the pool forever, and the test's bound would fail it. B
 test counts /proc/self/fd, the tasks of the loop and the server's open sockets.
 
 ``HARDENING_LOAD_CYCLES`` sets the number of sequential cycles (default 10,000) and
-``HARDENING_CONCURRENT`` the number of concurrent streams (default 1,000)."""
+``HARDENING_CONCURRENT`` the number of concurrent streams (default 1,000).
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ JSON.
 A server (or anything between it and us) can send any bytes. The decoders must turn every input into
 events, skipped-malformed counts, or a typed ``InfernetError``; they must never raise another
 exception and must never hold more memory than their size limit allows. Memory is measured with
-tracemalloc (a bound, not a timing), against a 100 MB line fed in 64 KiB chunks."""
+tracemalloc (a bound, not a timing), against a 100 MB line fed in 64 KiB chunks.
+"""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@
 - job ids are validated and quoted before they go into a URL (the path the server saw is asserted);
 - TLS verification is on by default; a custom ``ssl.SSLContext`` can be passed (trustme CA);
 - the embedded control plane compares tokens in constant time, limits request bodies, and keeps each
-  token's jobs to itself."""
+  token's jobs to itself.
+"""
 
 from __future__ import annotations
 
@@ -526,6 +527,42 @@ async def test_hostile_job_ids_never_reach_another_path(job_id: str) -> None:
         assert path in (quoted, quoted + "/stream"), path
 
 
+@pytest.mark.parametrize("where", ["header", "job-event"])
+async def test_a_hostile_job_id_from_the_server_never_becomes_a_request(
+    where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[str] = []
+
+    async def jobs(request: web.Request) -> web.StreamResponse:
+        seen.append(f"{request.method} {request.raw_path}")
+        headers = {"Content-Type": "text/event-stream"}
+        if where == "header":
+            headers["X-Infernet-Job-Id"] = "../models"
+        resp = web.StreamResponse(headers=headers)
+        await resp.prepare(request)
+        if where == "job-event":
+            await resp.write(b'event: job\ndata: {"id": "../models", "status": "pending"}\n\n')
+        await resp.write(b'data: {"text": "partial"}\n\n')  # then EOF without [DONE]
+        return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", jobs)
+    async with (
+        asyncio.timeout(BOUND),
+        serve(app) as origin,
+        InfernetClient(origin, token=CANARY, timeouts=FAST, retry=NO_RETRY) as c,
+    ):
+        # reconnect=True would follow the job id after the drop: it must not use this one.
+        stream = c.stream(model=MODEL, messages=MESSAGES, reconnect=True)
+        with pytest.raises(InfernetError):
+            async with stream:
+                async for _ in stream:
+                    pass
+    assert stream.text == "partial"
+    assert stream.job_id is None
+    assert seen == ["POST /api/v1/jobs"]
+
+
 async def test_a_valid_job_id_goes_into_the_path_as_is() -> None:
     async with (
         asyncio.timeout(BOUND),
@@ -689,7 +726,8 @@ async def test_devserver_refuses_a_token_that_is_not_utf8() -> None:
 
 async def test_devserver_limits_request_bodies() -> None:
     async with asyncio.timeout(BOUND), fast_dev(max_body_bytes=64 * 1024) as server:
-        big = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 200_000}]}
+        big_messages = [{"role": "user", "content": "x" * 200_000}]
+        big = {"model": MODEL, "messages": big_messages}
         auth = {"Authorization": f"Bearer {CANARY}"}
         async with aiohttp.ClientSession() as s:
             async with s.post(server.base_url + "/jobs", json=big, headers=auth) as resp:
@@ -708,7 +746,7 @@ async def test_devserver_limits_request_bodies() -> None:
             server.base_url, token=CANARY, timeouts=FAST, retry=NO_RETRY
         ) as c:
             with pytest.raises(APIError) as info:
-                await c.submit(model=MODEL, messages=big["messages"])
+                await c.submit(model=MODEL, messages=big_messages)
             assert info.value.status == 413
             assert (await c.submit(model=MODEL, messages=MESSAGES)).id  # still serving
 
