@@ -1,8 +1,8 @@
 """The ``infernet-async`` command line.
 
-Each subcommand lives in its own module with a ``register(subparsers)`` function that adds its parser and
-sets ``handler`` (a function of the parsed arguments returning an exit code). This module only wires them
-up, so ``main(argv)`` can be driven in-process by the tests.
+Each subcommand lives in its own module with a ``register(subparsers)`` function that adds its
+parser and sets ``handler`` (a function of the parsed arguments returning an exit code). This module
+only wires them up, so ``main(argv)`` can be driven in-process by the tests.
 """
 
 from __future__ import annotations

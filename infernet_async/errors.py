@@ -1,29 +1,29 @@
 """Every exception the SDK raises, in one tree.
 
     InfernetError
-    ├── APIError                      the control plane answered with an error body (.status, .code, .message)
-    │   ├── AuthenticationError       401 unauthorized
-    │   ├── BadRequestError           400 bad_request
-    │   ├── ModelNotFoundError        404 model_not_found
-    │   ├── NotFoundError             404 without a known code (an unknown job id)
-    │   ├── RateLimitError            429 rate_limited (.retry_after)
-    │   ├── InternalServerError       500 internal_error, and other 5xx
-    │   └── NoCapacityError           503 no_capacity
-    ├── JobFailedError                a job ended in the failed state (.job_id, .code, .message)
-    │   └── JobTimeoutError           ... because it exceeded the server's job time limit
-    ├── StreamError                   a stream ended without [DONE] (.partial_text, .job_id)
-    │   ├── NodeDisconnectedError     the node went offline mid-stream; the job was re-queued
-    │   ├── IncompleteStreamError     the connection ended without [DONE] and without an error event
-    │   └── StreamErrorEvent...       (any other in-stream error code is a plain StreamError)
-    ├── APIConnectionError            the request never got an answer (DNS, refused, reset, out of fds)
-    │   └── APITimeoutError           a configured timeout fired (also a TimeoutError)
-    └── DecodeError                   bytes that cannot be decoded as a stream (also a ValueError)
-        └── EventTooLargeError        one line or event exceeds the decoder's size limit
+    ├── APIError                  an error answer (.status, .code, .message)
+    │   ├── AuthenticationError   401 unauthorized
+    │   ├── BadRequestError       400 bad_request
+    │   ├── NotFoundError         404 without a known code (an unknown job id)
+    │   │   └── ModelNotFoundError    404 model_not_found
+    │   ├── RateLimitError        429 rate_limited (.retry_after)
+    │   ├── InternalServerError   500 internal_error, and other 5xx
+    │   └── NoCapacityError       503 no_capacity
+    ├── JobFailedError            a job ended in the failed state (.job_id, .code, .message)
+    │   └── JobTimeoutError       ... because it exceeded the server's job time limit
+    ├── StreamError               a stream ended without [DONE] (.partial_text, .job_id, .code)
+    │   ├── NodeDisconnectedError the node went offline mid-stream; the job was re-queued
+    │   └── IncompleteStreamError the connection ended without [DONE] and without an error event
+    ├── APIConnectionError        no answer at all (DNS, refused, reset, out of file descriptors)
+    │   └── APITimeoutError       a configured timeout fired (also a TimeoutError)
+    └── DecodeError               bytes that cannot be decoded as a stream (also a ValueError)
+        └── EventTooLargeError    one line or event exceeds the decoder's size limit
 
-Connection and timeout errors are siblings of APIError, not subclasses: they carry no status and no body.
-The class of an API error comes from the body's ``error`` code; the HTTP status decides only when the body
-has no code (a proxy's HTML page, say). This module imports nothing outside the standard library, so the
-sans-IO layers can raise these errors too.
+Any other in-stream error code is a plain StreamError. Connection and timeout errors are siblings
+of APIError, not subclasses: they carry no status and no body. The class of an API error comes from
+the body's ``error`` code; the HTTP status decides only when the body has no code (a proxy's HTML
+page, say). This module imports nothing outside the standard library, so the sans-IO layers can
+raise these errors too.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class JobTimeoutError(JobFailedError):
 
 
 class StreamError(InfernetError):
-    """A token stream ended before ``[DONE]``; ``partial_text`` is everything received until then."""
+    """A token stream ended before ``[DONE]``; ``partial_text`` is everything received by then."""
 
     def __init__(
         self,
@@ -177,7 +177,7 @@ class StreamError(InfernetError):
 
 
 class NodeDisconnectedError(StreamError):
-    """The node went offline mid-stream (``node_disconnected``); the control plane re-queued the job."""
+    """The node went offline mid-stream (``node_disconnected``); the job was re-queued."""
 
 
 class IncompleteStreamError(StreamError):
