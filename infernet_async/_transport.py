@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from ._config import RetryPolicy, Secret, Timeouts
@@ -136,6 +137,12 @@ def map_transport_errors(*, phase: str = "request") -> Iterator[None]:
     except aiohttp.ClientPayloadError as exc:
         raise APIConnectionError(
             f"the response body was cut off: {exc}", request_sent=True
+        ) from exc
+    except HttpProcessingError as exc:
+        # A malformed body (broken chunk framing, say) read through aiohttp's pure-Python parser
+        # raises its parser error itself, which is not a ClientError.
+        raise APIConnectionError(
+            f"the response is malformed: {exc.message}", request_sent=True if read_phase else None
         ) from exc
     except aiohttp.ClientError as exc:
         os_error = _os_error_of(exc)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
+import aiohttp
 import pytest
 
 from infernet_async import (
@@ -32,6 +33,8 @@ from infernet_async import (
     InfernetClient,
     InfernetError,
     NodeDisconnectedError,
+    RateLimitError,
+    StreamError,
 )
 from infernet_async._config import RetryPolicy, Timeouts
 from infernet_async.devserver import DevServer, Fault
@@ -626,3 +629,164 @@ async def test_oversized_event_through_the_client_is_event_too_large_and_release
         assert stream.text == "a"
         await server.wait_released()
         await still_works(client)
+
+
+# --- Broken HTTP around the stream ----------------------------------------------------------------
+
+
+async def test_a_huge_error_page_is_not_read_whole() -> None:
+    # A proxy's error page that never ends: the client reads a bounded excerpt and hangs up.
+    async def fault(conn: Conn) -> None:
+        await conn.send(
+            head("502 Bad Gateway", "text/html") + chunk(b"<html><h1>502 Bad Gateway</h1>")
+        )
+        block = chunk(b"<p>" + b"x" * 65536 + b"</p>")
+        while not conn.reader.at_eof():
+            await conn.send(block)
+
+    async with asyncio.timeout(BOUND), raw_client(fault) as (server, client):
+        _, err = await expect_failure(client, APIError)
+        assert err.status == 502 and "502 Bad Gateway" in err.message
+        await server.wait_released()
+        await still_works(client)
+
+
+async def test_a_server_that_never_answers_fires_the_read_timeout() -> None:
+    async def fault(conn: Conn) -> None:
+        await conn.hang()  # the request was read; no status line ever comes
+
+    async with asyncio.timeout(BOUND), raw_client(fault, read=0.2) as (server, client):
+        stream, _ = await expect_failure(client, APITimeoutError)
+        assert stream.text == ""
+        await server.wait_released()
+        assert len(server.requests) == 1  # a POST whose fate is unknown is not sent again
+        await still_works(client)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * 100_000 + b"\r\n\r\n",
+        b"HTTP/1.1 999999999999 What\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+    ],
+    ids=["not-http", "huge-header", "huge-status", "negative-length", "chunked-and-length"],
+)
+async def test_malformed_http_responses_are_typed_errors(response: bytes) -> None:
+    async def fault(conn: Conn) -> None:
+        await conn.send(response)
+        conn.writer.close()
+
+    async with asyncio.timeout(BOUND), raw_client(fault) as (_, client):
+        stream, _ = await expect_failure(client, InfernetError)
+        assert stream.text == ""
+        await still_works(client)
+
+
+# aiohttp's C response parser (3.14.5) does not wake a body reader when the chunk framing breaks
+# mid-body: the read waits until a timeout although the connection is gone. The pure-Python parser
+# raises TransferEncodingError at once. Either way the SDK must end the stream, keep the text and
+# free the connection; only the C parser's error type differs.
+AIOHTTP_C_PARSER = aiohttp.http_parser.HttpResponseParser.__module__ == "aiohttp._http_parser"
+BROKEN_FRAMING = pytest.mark.parametrize(
+    "tail",
+    [b"zz\r\nnot a chunk size\r\n", b"ffffffffffffffffffff\r\nabc"],
+    ids=["bad-chunk-size", "absurd-chunk-size"],
+)
+
+
+async def read_until_broken_framing(tail: bytes, **timeouts: float | None) -> Exception:
+    gate = asyncio.Event()
+
+    async def fault(conn: Conn) -> None:
+        await conn.send(head() + chunk(token("Par") + token("is")))
+        await gate.wait()  # the framing breaks after the tokens were delivered, not in one read
+        await conn.send(tail)
+        conn.writer.close()
+
+    async with asyncio.timeout(BOUND), raw_client(fault, **timeouts) as (server, client):
+        seen: list[str] = []
+        stream = client.stream(model=MODEL, messages=MESSAGES)
+        with pytest.raises((StreamError, APITimeoutError)) as info:
+            async with stream:
+                async for piece in stream:
+                    seen.append(piece)
+                    if len(seen) == 2:
+                        gate.set()
+        assert stream.text == "Paris" == info.value.partial_text  # type: ignore[union-attr]
+        assert not stream.finished
+        await server.wait_released()
+        await still_works(client)
+        return info.value
+
+
+@BROKEN_FRAMING
+async def test_broken_chunked_framing_mid_stream_keeps_the_partial_text(tail: bytes) -> None:
+    await read_until_broken_framing(tail, read=0.3, stall=0.3)
+
+
+@BROKEN_FRAMING
+@pytest.mark.xfail(
+    AIOHTTP_C_PARSER,
+    reason="aiohttp's C parser leaves the body reader waiting after a chunk framing error",
+)
+async def test_broken_chunked_framing_is_an_incomplete_stream_at_once(tail: bytes) -> None:
+    err = await read_until_broken_framing(tail, read=0.3, stall=0.3)
+    assert isinstance(err, IncompleteStreamError)
+
+
+async def test_content_length_longer_than_the_body_keeps_the_partial_text() -> None:
+    body = token("Par") + token("is")
+
+    async def fault(conn: Conn) -> None:
+        await conn.send(
+            head(chunked=False, extra={"Content-Length": str(len(body) + 1000)}).replace(
+                b"Connection: close\r\n", b""
+            )
+            + body
+        )
+        conn.writer.close()
+
+    async with asyncio.timeout(BOUND), raw_client(fault) as (_, client):
+        stream, err = await expect_failure(client, IncompleteStreamError)
+        assert err.partial_text == "Paris" == stream.text
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    ["99999999999", "-5", "nan", "inf", "1e308", "soon", "", "Wed, 21 Oct 2015 07:28:00 GMT"],
+)
+async def test_hostile_retry_after_values_never_make_the_client_sleep_unbounded(
+    retry_after: str,
+) -> None:
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def fault(conn: Conn) -> None:
+        body = b'{"error": "rate_limited", "error_message": "slow down"}'
+        await conn.send(
+            b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+            + f"Retry-After: {retry_after}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+
+    async with RawServer(first_then_good(fault)) as server:
+        policy = RetryPolicy(max_retries=1, sleep=record)
+        client = InfernetClient(server.url, token="tok", timeouts=Timeouts(total=5), retry=policy)
+        try:
+            async with asyncio.timeout(BOUND):
+                try:
+                    stream = await collect(client)
+                except RateLimitError as exc:  # refused to wait that long: said so, at once
+                    assert exc.retry_after is None or exc.retry_after > policy.max_retry_after
+                    assert slept == []
+                else:
+                    assert stream.text == "fine."
+                    assert len(slept) == 1
+                    assert 0 <= slept[0] <= policy.max_retry_after
+        finally:
+            await client.aclose()
