@@ -149,8 +149,11 @@ def _tokens(texts: list[str], event_id: str | None) -> list[StreamEvent]:
 _WALK_LIMIT = 256
 
 
-def _walk(text: str, event_id: str | None) -> tuple[list[StreamEvent], str | None] | None:
-    """Tokens for ``text`` if it is nothing but token events, with the last event id; else ``None``.
+def _walk(
+    text: str, event_id: str | None, position: int, tokens: list[StreamEvent]
+) -> tuple[list[StreamEvent], str | None] | None:
+    """Append to ``tokens`` the token events of ``text`` from ``position`` on and return them with
+    the last event id, if ``text`` holds nothing but token events from there; else ``None``.
 
     Takes the shapes both dialects send, event by event: an optional ``id: <id>`` line, an
     optional ``event: token`` line, then ``data: {"text": "..."}`` (or ``{"text":"..."}``) and the
@@ -158,9 +161,7 @@ def _walk(text: str, event_id: str | None) -> tuple[list[StreamEvent], str | Non
     so no line end either), and what follows it must be exactly the end of the object and the
     blank line. Anything else, an id with a CR or NUL included, is left to the SSE decoder.
     """
-    tokens: list[StreamEvent] = []
     append = tokens.append
-    position = 0
     size = len(text)
     while position < size:
         if text.startswith('data: {"text": "', position):
@@ -310,13 +311,34 @@ class TokenDecoder:
                         text = region.decode()
                     except UnicodeDecodeError:
                         text = region.decode("utf-8", "replace")
-                    tokens = _text_events(text, sse._last_id) if stop > _WALK_LIMIT else None
-                    if tokens is None:
-                        walked = _walk(text, sse._last_id)
-                        if walked is not None:
-                            tokens, sse._last_id = walked
-                        elif stop <= _WALK_LIMIT:
-                            tokens = _text_events(text, sse._last_id)
+                    event_id = sse._last_id
+                    tokens: list[StreamEvent] | None = None
+                    walked = None
+                    if stop > _WALK_LIMIT:
+                        tokens = _text_events(text, event_id)
+                        if tokens is None:
+                            walked = _walk(text, event_id, 0, [])
+                    elif text.startswith('data: {"text": "'):
+                        # The first event inline: in the live case it is the only one.
+                        try:
+                            body, end = scanstring(text, 16)
+                        except ValueError:
+                            end = 0
+                        if text.startswith("}\n\n", end):
+                            token = _new(Token)
+                            _set_text(token, body)
+                            _set_token_id(token, event_id)
+                            if end + 3 == len(text):
+                                tokens = [token]
+                            else:
+                                walked = _walk(text, event_id, end + 3, [token])
+                    else:
+                        walked = _walk(text, event_id, 0, [])
+                    if walked is not None:
+                        tokens, sse._last_id = walked
+                    elif tokens is None and stop <= _WALK_LIMIT:
+                        # Other spacing (data:{"text":...}) or a near miss: the regex decides.
+                        tokens = _text_events(text, event_id)
                     if tokens is not None:
                         if data is pending:
                             del pending[:stop]  # O(1): CPython moves a bytearray's start
