@@ -423,8 +423,19 @@ class Transport:
                 (time.monotonic() - started) * 1000,
             )
             if resp.status in _REDIRECT_STATUSES and "Location" in resp.headers:
-                target = url.join(URL(resp.headers["Location"]))
                 resp.close()
+                location = resp.headers["Location"]
+                try:
+                    target = url.join(URL(location))
+                except ValueError:
+                    target = None
+                if target is None or target.scheme not in ("http", "https") or not target.host:
+                    # A hostile or broken Location (bad IPv6 literal, file:, data:...) is the
+                    # server's error, not a ValueError out of our own code.
+                    raise APIError(
+                        f"the server redirected to an unusable URL: {location[:200]!r}",
+                        status=resp.status,
+                    )
                 if resp.status == 303 or (resp.status in (301, 302) and method != "GET"):
                     method, json_body = "GET", None
                 if _origin(target) != _origin(self._base):

@@ -16,6 +16,7 @@ import contextlib
 import json
 import socket
 import struct
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from infernet_async import (
 )
 from infernet_async._config import RetryPolicy, Timeouts
 from infernet_async.devserver import DevServer, Fault
+from infernet_async.sse import DEFAULT_MAX_EVENT_SIZE
 
 BOUND = 10.0  # seconds: every test's hang guard, far above what each needs
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -121,7 +123,7 @@ class RawServer:
         self.url = ""
 
     async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         return self
@@ -145,10 +147,14 @@ class RawServer:
             while self.open_connections:
                 await asyncio.sleep(0.002)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Our own task, not asyncio's: Python 3.11's start_server logs an error for a handler task
+        # that was cancelled, and __aexit__ cancels the ones still running.
+        task = asyncio.create_task(self._handle(reader, writer))
         self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open_connections += 1
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
@@ -164,7 +170,6 @@ class RawServer:
         finally:
             self.open_connections -= 1
             writer.close()
-            self._handlers.discard(task)
 
 
 def head(
@@ -715,11 +720,13 @@ async def read_until_broken_framing(tail: bytes, **timeouts: float | None) -> Ex
                     seen.append(piece)
                     if len(seen) == 2:
                         gate.set()
-        assert stream.text == "Paris" == info.value.partial_text  # type: ignore[union-attr]
+        err = info.value
+        assert isinstance(err, StreamError | APITimeoutError)
+        assert stream.text == "Paris" == err.partial_text
         assert not stream.finished
         await server.wait_released()
         await still_works(client)
-        return info.value
+        return err
 
 
 @BROKEN_FRAMING
@@ -790,3 +797,26 @@ async def test_hostile_retry_after_values_never_make_the_client_sleep_unbounded(
                     assert 0 <= slept[0] <= policy.max_retry_after
         finally:
             await client.aclose()
+
+
+async def test_a_gzip_bomb_is_stopped_at_the_event_size_limit_with_bounded_memory() -> None:
+    # 64 MiB of one line, gzipped to about 64 KB, sent although the client asked for identity.
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"a" * (1 << 20)
+    bomb = z.compress(token("Par") + b"data: ") + b"".join(z.compress(block) for _ in range(64))
+    bomb += z.flush()
+
+    async def fault(conn: Conn) -> None:
+        await conn.send(head(extra={"Content-Encoding": "gzip"}) + chunk(bomb) + LAST_CHUNK)
+
+    async with asyncio.timeout(BOUND), raw_client(fault) as (server, client):
+        tracemalloc.start()
+        try:
+            stream, _ = await expect_failure(client, EventTooLargeError)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert stream.text == "Par"
+        assert peak < 3 * DEFAULT_MAX_EVENT_SIZE, f"peak {peak / 2**20:.1f} MiB"
+        await server.wait_released()
+        await still_works(client)

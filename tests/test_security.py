@@ -387,6 +387,39 @@ async def test_same_origin_redirect_keeps_authorization() -> None:
     assert [auth for _, _, auth in rec.requests] == [f"Bearer {CANARY}"] * 2
 
 
+@pytest.mark.parametrize(
+    "location",
+    [
+        "file:///etc/passwd",
+        "ftp://127.0.0.1/x",
+        "javascript:alert(1)",
+        "data:text/plain,hi",
+        "unix:///var/run/docker.sock",
+        "http://[::1",
+        "loop",
+    ],
+)
+async def test_hostile_redirects_are_typed_errors_and_bounded(location: str) -> None:
+    rec = Recorder()
+
+    async def bounce(request: web.Request) -> web.Response:
+        rec.record(request)
+        target = request.path if location == "loop" else location
+        return web.Response(status=302, headers={"Location": target})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", bounce)
+    async with (
+        asyncio.timeout(BOUND),
+        serve(app) as origin,
+        InfernetClient(origin, token=CANARY, timeouts=FAST, retry=NO_RETRY) as c,
+    ):
+        with pytest.raises(InfernetError) as info:
+            await c.list_models()
+    assert 1 <= len(rec.requests) <= 6  # a redirect loop is cut off
+    assert_no_canary(exception_texts(info.value))
+
+
 # --- No token over plain http to another host -----------------------------------------------------
 
 
