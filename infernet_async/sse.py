@@ -15,7 +15,7 @@ two chunks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import EventTooLargeError
 
@@ -185,7 +185,7 @@ class SSEDecoder:
         if stop < size:
             if size - stop > self._limit:
                 events = self._lines(region)
-                if self._closed:  # the region itself already failed
+                if self.closed:  # the region itself already failed
                     return events
                 return self._fail(events, f"a line is longer than {self._limit} bytes")
             buf += memoryview(chunk)[stop:]
@@ -211,7 +211,7 @@ class SSEDecoder:
             raise error
         return []
 
-    def _raise_closed(self) -> None:
+    def _raise_closed(self) -> NoReturn:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
