@@ -28,7 +28,8 @@ from ._config import (
     resolve_token,
 )
 from ._fanout import BatchOutcome, FanOut, OutcomeCallback, Requests, gather, stream_job_runner
-from ._ratelimit import RateLimiter
+from ._ratelimit import RateLimiter, RateLimitState
+from ._retry import backoff_delay
 from ._stream import NodeDisconnectPolicy, TokenStream
 from ._transport import Transport, job_path, validate_job_id
 from .errors import APITimeoutError, JobFailedError, JobTimeoutError
@@ -128,8 +129,16 @@ class InfernetClient:
             headers=headers,
         )
         self._entered = False
-        # Shared by every worker of every fan-out of this client: one 429 pauses them all.
-        self.rate_limiter = RateLimiter()
+        # Shared by every worker of every fan-out of this client: one 429 pauses them all. Its
+        # no_capacity backoff follows the client's retry policy.
+        retry_policy = self.retry
+        self.rate_limiter = RateLimiter(
+            RateLimitState(
+                backoff=lambda attempt: backoff_delay(
+                    attempt, base=retry_policy.backoff_base, cap=retry_policy.backoff_max
+                )
+            )
+        )
 
     def __repr__(self) -> str:
         token = "set" if self._has_token else "none"

@@ -444,3 +444,19 @@ async def test_one_429_pauses_every_worker_of_the_client():
     within = [r for r in sent if limited.time + 0.02 < r.time < limited.time + 0.9]
     assert within == []
     assert len(sent) == 7  # six jobs and one retry
+
+
+def test_the_clients_limiter_backs_off_models_by_the_clients_retry_policy():
+    import time
+
+    from infernet_async import RetryPolicy
+
+    client = InfernetClient("http://127.0.0.1:9", "t", retry=RetryPolicy(backoff_base=0.2))
+    state = client.rate_limiter.state
+    for _ in range(3):
+        assert state.reserve("m", retry=True) == 0.0  # each retry already slept its backoff
+        state.observe(503, {}, {"error": "no_capacity"}, model="m")
+    until = state.model_paused_until("m")
+    assert until is not None
+    # The third failure in a row waits 0.2 * 2**2 = 0.8 s, jittered down by up to half.
+    assert 0.35 <= until - time.monotonic() <= 0.8
