@@ -1,0 +1,646 @@
+"""End to end: K concurrent streams against the embedded control plane in its own process.
+
+Each client runs in a fresh process of its own against a ``DevServer`` process (one node that runs
+every job at once, no rate limit worth the name, heartbeats off):
+
+- ``infernet_async``: ``client.map(requests, concurrency=K)`` (the fan-out of issue 5);
+- ``httpx_guide``: the streaming guide's async httpx loop (``aiter_lines`` + ``json.loads``), with
+  one shared ``AsyncClient`` (the guide builds one per call, which would only cost it more);
+- ``httpx_sse``: httpx + httpx-sse (``aconnect_sse`` / ``aiter_sse``);
+- ``aiohttp_sse_client2``: aiohttp + aiohttp-sse-client2's ``EventSource`` (POST);
+- ``aiohttp_floor``: not a peer, the floor: aiohttp's ``iter_any`` with no SSE parsing at all.
+
+Peers run their K streams with ``asyncio.gather`` on one shared client with a pool of K.
+
+Two regimes, each at every K: ``paced`` (model speed: the server sends ``--server-rate`` tokens/s in
+all, shared by the K streams, each lasting at least ``--duration`` s, so all K are open at once
+and every token arrives in a chunk of its own) and ``fast`` (the server generates as fast as it
+can: ``--fast-tokens`` tokens shared by the K answers; events pile up between two reads).
+
+Reported per client, regime and K (best of ``--repeat`` interleaved runs, by CPU per token, with
+the most errors of any run): client CPU time per token (user + system CPU of the client process
+while streaming, from ``resource.getrusage``, connection setup included), tokens/s, peak RSS per
+open stream (peak RSS while streaming, sampled every 20 ms, less the RSS before, over K), streams
+open at once, and the time-to-first-token overhead: the client's median TTFT less the server's own
+figure (the node's time to first token plus one token interval). Then the ceiling: K doubling
+from twice the largest ``--ks`` until a run has an error (or ``--max-k``).
+
+Usage::
+
+    python benchmarks/bench_e2e.py --markdown         # the README tables (about 15 minutes)
+    python benchmarks/bench_e2e.py --ks 100 --no-ceiling --repeat 1 --clients infernet_async
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "bench-model"
+TOKEN = "bench-token"
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+CLIENTS = ("infernet_async", "httpx_guide", "httpx_sse", "aiohttp_sse_client2", "aiohttp_floor")
+
+
+# ---------------------------------------------------------------- the server process
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Run the DevServer with one node that serves every stream at once, until stdin closes."""
+    sys.path.insert(0, str(ROOT))
+    from infernet_async.devserver import DevServer, NodeSpec
+
+    async def run_server() -> None:
+        node = NodeSpec(
+            "node_bench",
+            (MODEL,),
+            "bench-node",
+            tokens_per_second=args.rate,
+            time_to_first_token=args.ttft,
+            capacity=1_000_000,
+        )
+        async with DevServer(
+            tokens=TOKEN,
+            nodes=[node],
+            answer_tokens=args.answer_tokens,
+            heartbeat_interval=None,
+            rate_limit_per_minute=10**9,
+            rate_limit_per_hour=10**9,
+            history_limit=64,
+            record_limit=64,
+            max_pending=10**9,
+            job_timeout=3600.0,
+        ) as server:
+            print(json.dumps({"base_url": server.base_url}), flush=True)
+            loop = asyncio.get_running_loop()
+            # The driver closes our stdin to stop us (also when it dies).
+            await loop.run_in_executor(None, sys.stdin.read)
+
+    asyncio.run(run_server())
+
+
+# ---------------------------------------------------------------- the clients
+
+
+@dataclass
+class StreamTimes:
+    started: float
+    first: float | None = None
+    ended: float = 0.0
+    tokens: int = 0
+    error: str | None = None
+
+
+def _body(max_tokens: int, i: int) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Benchmark question number {i}."}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+
+
+async def run_infernet_async(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
+    from infernet_async import BatchRequest, InfernetClient
+
+    times: list[StreamTimes] = []
+    requests = (
+        BatchRequest(
+            id=str(i),
+            model=MODEL,
+            prompt=f"Benchmark question number {i}.",
+            max_tokens=max_tokens,
+        )
+        for i in range(k)
+    )
+    async with (
+        InfernetClient(url, TOKEN, max_connections=k) as client,
+        client.map(requests, concurrency=k) as outcomes,
+    ):
+        async for outcome in outcomes:
+            ended = time.perf_counter()
+            started = ended - outcome.latency
+            first = (
+                started + outcome.time_to_first_token
+                if outcome.time_to_first_token is not None
+                else None
+            )
+            error = None if outcome.ok else f"{outcome.error}"
+            times.append(StreamTimes(started, first, ended, outcome.tokens, error))
+    return times
+
+
+async def run_httpx_guide(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=k, max_keepalive_connections=k)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def one(i: int) -> StreamTimes:
+            record = StreamTimes(time.perf_counter())
+            try:
+                # The guide's loop, word for word but for the print.
+                async with client.stream(
+                    "POST",
+                    f"{url}/jobs",
+                    headers={
+                        "Authorization": f"Bearer {TOKEN}",
+                        "Content-Type": "application/json",
+                        "Accept": "text/event-stream",
+                    },
+                    json=_body(max_tokens, i),
+                ) as response:
+                    response.raise_for_status()
+                    full_response = ""
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data: "):
+                            continue
+                        data = line[6:].strip()
+                        if data == "[DONE]":
+                            break
+                        try:
+                            event = json.loads(data)
+                            if "text" in event:
+                                full_response += event["text"]
+                                if record.first is None:
+                                    record.first = time.perf_counter()
+                                record.tokens += 1
+                        except json.JSONDecodeError:
+                            pass
+            except Exception as exc:
+                record.error = repr(exc)
+            record.ended = time.perf_counter()
+            return record
+
+        return list(await asyncio.gather(*(one(i) for i in range(k))))
+
+
+async def run_httpx_sse(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
+    import httpx
+    from httpx_sse import aconnect_sse
+
+    limits = httpx.Limits(max_connections=k, max_keepalive_connections=k)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(timeout=120, limits=limits, headers=headers) as client:
+
+        async def one(i: int) -> StreamTimes:
+            record = StreamTimes(time.perf_counter())
+            parts: list[str] = []
+            try:
+                async with aconnect_sse(
+                    client, "POST", f"{url}/jobs", json=_body(max_tokens, i)
+                ) as source:
+                    source.response.raise_for_status()
+                    async for sse in source.aiter_sse():
+                        if sse.data == "[DONE]":
+                            break
+                        event = json.loads(sse.data)
+                        if "error" in event:
+                            raise RuntimeError(event.get("message"))
+                        parts.append(event["text"])
+                        if record.first is None:
+                            record.first = time.perf_counter()
+                        record.tokens += 1
+            except Exception as exc:
+                record.error = repr(exc)
+            record.ended = time.perf_counter()
+            return record
+
+        return list(await asyncio.gather(*(one(i) for i in range(k))))
+
+
+async def run_aiohttp_sse_client2(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
+    import aiohttp
+    from aiohttp_sse_client2 import client as sse_client
+
+    connector = aiohttp.TCPConnector(limit=k)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(i: int) -> StreamTimes:
+            record = StreamTimes(time.perf_counter())
+            parts: list[str] = []
+            try:
+                async with sse_client.EventSource(
+                    f"{url}/jobs",
+                    option={"method": "POST"},
+                    session=session,
+                    json=_body(max_tokens, i),
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                    max_connect_retry=0,
+                ) as source:
+                    async for event in source:
+                        if event.data == "[DONE]":
+                            break
+                        payload = json.loads(event.data)
+                        if "error" in payload:
+                            raise RuntimeError(payload.get("message"))
+                        parts.append(payload["text"])
+                        if record.first is None:
+                            record.first = time.perf_counter()
+                        record.tokens += 1
+            except Exception as exc:
+                record.error = repr(exc)
+            record.ended = time.perf_counter()
+            return record
+
+        return list(await asyncio.gather(*(one(i) for i in range(k))))
+
+
+async def run_aiohttp_floor(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
+    """Not a peer: aiohttp's ``iter_any`` with no SSE parsing at all, the transport's own cost."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=k)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(i: int) -> StreamTimes:
+            record = StreamTimes(time.perf_counter())
+            try:
+                async with session.post(
+                    f"{url}/jobs", json=_body(max_tokens, i), headers=headers
+                ) as response:
+                    async for chunk in response.content.iter_any():
+                        if record.first is None:
+                            record.first = time.perf_counter()
+                        record.tokens += chunk.count(b"\n\n")
+                record.tokens -= 1  # [DONE]
+            except Exception as exc:
+                record.error = repr(exc)
+            record.ended = time.perf_counter()
+            return record
+
+        return list(await asyncio.gather(*(one(i) for i in range(k))))
+
+
+RUNNERS: dict[str, Callable[[str, int, int], Awaitable[list[StreamTimes]]]] = {
+    "infernet_async": run_infernet_async,
+    "httpx_guide": run_httpx_guide,
+    "httpx_sse": run_httpx_sse,
+    "aiohttp_sse_client2": run_aiohttp_sse_client2,
+    "aiohttp_floor": run_aiohttp_floor,
+}
+PEERS = ("httpx_guide", "httpx_sse", "aiohttp_sse_client2")
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE_SIZE
+
+
+class _RssSampler(threading.Thread):
+    """Samples the RSS every 20 ms: ``ru_maxrss`` alone would also count the imports."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = _rss()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(0.02):
+            self.peak = max(self.peak, _rss())
+
+    def finish(self) -> int:
+        self._halt.set()
+        self.join()
+        return max(self.peak, _rss())
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _max_open(times: list[StreamTimes]) -> int:
+    # Open = from the request until the stream ended; the peak overlap of those intervals.
+    edges = sorted([(t.started, 1) for t in times] + [(t.ended, -1) for t in times])
+    current = peak = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def client(args: argparse.Namespace) -> None:
+    """Run one client for K streams and print its figures as one JSON line."""
+    sys.path.insert(0, str(ROOT))
+    runner = RUNNERS[args.client]
+    # Warm up in the same process (imports, lazy initialisation) before measuring.
+    asyncio.run(runner(args.url, min(args.k, 8), args.max_tokens))
+    rss_before = _rss()
+    sampler = _RssSampler()
+    sampler.start()
+    cpu_before = _cpu()
+    wall_before = time.perf_counter()
+    times = asyncio.run(runner(args.url, args.k, args.max_tokens))
+    wall = time.perf_counter() - wall_before
+    cpu = _cpu() - cpu_before
+    peak = sampler.finish()
+    tokens = sum(t.tokens for t in times)
+    errors = [t.error for t in times if t.error]
+    ttfts = [t.first - t.started for t in times if t.first is not None]
+    print(
+        json.dumps(
+            {
+                "client": args.client,
+                "k": args.k,
+                "streams": len(times),
+                "errors": len(errors),
+                "first_error": errors[0] if errors else None,
+                "tokens": tokens,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "cpu_us_per_token": cpu / tokens * 1e6 if tokens else None,
+                "tokens_per_s": tokens / wall if wall else None,
+                "rss_before_mib": rss_before / 2**20,
+                "rss_peak_mib": peak / 2**20,
+                "rss_per_stream_kib": (peak - rss_before) / args.k / 1024,
+                "max_open": _max_open(times),
+                "ttft_median_ms": statistics.median(ttfts) * 1e3 if ttfts else None,
+                "ttft_p99_ms": (
+                    statistics.quantiles(ttfts, n=100)[98] * 1e3 if len(ttfts) >= 2 else None
+                ),
+            }
+        ),
+        flush=True,
+    )
+
+
+# ---------------------------------------------------------------- the driver
+
+
+class Server:
+    """The DevServer in its own process."""
+
+    def __init__(self, rate: float, tokens: int, ttft: float) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "serve",
+                "--rate",
+                str(rate),
+                "--ttft",
+                str(ttft),
+                "--answer-tokens",
+                str(tokens),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.base_url: str = json.loads(self.process.stdout.readline())["base_url"]
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def run_client(
+        self, base_url: str, name: str, k: int, max_tokens: int, server_ttft: float
+    ) -> dict[str, Any]:
+        command = [
+            sys.executable,
+            __file__,
+            "client",
+            "--client",
+            name,
+            "--url",
+            base_url,
+            "--k",
+            str(k),
+            "--max-tokens",
+            str(max_tokens),
+        ]
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=self.args.timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return {"client": name, "k": k, "errors": k, "first_error": "timed out"}
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            return {"client": name, "k": k, "errors": k, "first_error": " | ".join(tail)}
+        result: dict[str, Any] = json.loads(lines[-1])
+        median = result.get("ttft_median_ms")
+        result["server_ttft_ms"] = server_ttft * 1e3
+        result["ttft_overhead_ms"] = median - server_ttft * 1e3 if median is not None else None
+        result["tokens_per_answer"] = max_tokens
+        return result
+
+    def report(self, result: dict[str, Any]) -> None:
+        self.results.append(result)
+        if result.get("tokens") is None:
+            print(f"  {result['client']:<20} K={result['k']:<6} FAILED: {result['first_error']}")
+            return
+        print(
+            f"  {result['client']:<20} K={result['k']:<6} "
+            f"cpu/token {result['cpu_us_per_token']:7.1f} us  "
+            f"{result['tokens_per_s']:8.0f} tok/s  "
+            f"rss/stream {result['rss_per_stream_kib']:6.1f} KiB  "
+            f"open {result['max_open']:>5}  "
+            f"ttft +{result['ttft_overhead_ms']:.1f} ms (p99 {result['ttft_p99_ms']:.0f} ms)  "
+            f"errors {result['errors']}",
+            flush=True,
+        )
+        if result["errors"]:
+            print(f"    first error: {result['first_error']}", flush=True)
+
+
+def _ratio_table(results: list[dict[str, Any]], regime: str, ks: list[int]) -> str:
+    rows = [
+        f"| {regime}: K | client | CPU µs/token | CPU/token vs infernet_async | tokens/s "
+        "| RSS KiB per open stream | streams open at once | TTFT overhead ms (median) | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k in ks:
+        at_k = [
+            r
+            for r in results
+            if r["k"] == k and r.get("regime") == regime and r.get("cpu_us_per_token")
+        ]
+        ours = next((r for r in at_k if r["client"] == "infernet_async"), None)
+        for r in at_k:
+            ratio = f"{r['cpu_us_per_token'] / ours['cpu_us_per_token']:.2f}x" if ours else "n/a"
+            name = r["client"] if r["client"] != "aiohttp_floor" else "(aiohttp, no parsing)"
+            rows.append(
+                f"| {k} | {name} | {r['cpu_us_per_token']:.1f} | {ratio} | "
+                f"{r['tokens_per_s']:.0f} | {r['rss_per_stream_kib']:.1f} | {r['max_open']} | "
+                f"{r['ttft_overhead_ms']:.1f} | {r['errors']} |"
+            )
+    return "\n".join(rows)
+
+
+def _best_peer_ratio(results: list[dict[str, Any]], regime: str, k: int) -> str:
+    at_k = [r for r in results if r["k"] == k and r.get("regime") == regime]
+    ours = next((r for r in at_k if r["client"] == "infernet_async"), None)
+    peers = [r for r in at_k if r["client"] in PEERS and r.get("cpu_us_per_token")]
+    if ours is None or not ours.get("cpu_us_per_token") or not peers:
+        return "n/a"
+    best = min(peers, key=lambda r: r["cpu_us_per_token"])
+    return (
+        f"{best['cpu_us_per_token'] / ours['cpu_us_per_token']:.2f}x less CPU per token than "
+        f"the best peer ({best['client']})"
+    )
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the least CPU per token (best of N), reporting the most errors of any run."""
+    measured = [r for r in runs if r.get("cpu_us_per_token")]
+    best = dict(min(measured, key=lambda r: r["cpu_us_per_token"]) if measured else runs[0])
+    best["errors"] = max(r.get("errors", 0) for r in runs)
+    best["runs"] = len(runs)
+    return best
+
+
+def _pacing(args: argparse.Namespace, regime: str, k: int) -> tuple[float, int]:
+    if regime == "fast":
+        # As fast as the server generates: events pile up in the socket between reads.
+        return 100_000.0, max(args.min_tokens, args.fast_tokens // k)
+    # Model speed: every stream gets an equal share of what the server sends comfortably and lasts
+    # at least --duration seconds, so the K streams are all open at once and every token arrives in
+    # a chunk of its own.
+    rate = args.server_rate / k
+    return rate, max(args.min_tokens, round(rate * args.duration))
+
+
+def drive(args: argparse.Namespace) -> None:
+    ks = [int(k) for k in args.ks.split(",") if k]
+    names = [n for n in args.clients.split(",") if n]
+    regimes = [r for r in args.regimes.split(",") if r]
+    bench = Bench(args)
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; server: the DevServer in its "
+        f"own process; time to first token {args.ttft * 1e3:g} ms",
+        flush=True,
+    )
+
+    def run_at(
+        regime: str, k: int, clients: list[str], repeat: int = args.repeat
+    ) -> list[dict[str, Any]]:
+        rate, tokens = _pacing(args, regime, k)
+        server = Server(rate, tokens, args.ttft)
+        print(
+            f"{regime}, K = {k}: {tokens} tokens per answer at {rate:g} tokens/s per stream",
+            flush=True,
+        )
+        try:
+            out = []
+            # The node waits its time to first token, then one token interval.
+            server_ttft = args.ttft + 1.0 / rate
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
+            # Rounds interleave the clients, so a noisy moment does not fall on one client only.
+            for _ in range(repeat):
+                for name in clients:
+                    runs[name].append(
+                        bench.run_client(server.base_url, name, k, tokens, server_ttft)
+                    )
+            for name in clients:
+                result = _best(runs[name])
+                result["regime"] = regime
+                bench.report(result)
+                out.append(result)
+            return out
+        finally:
+            server.close()
+
+    for regime in regimes:
+        for k in ks:
+            run_at(regime, k, names)
+    ceiling: dict[str, Any] | None = None
+    if args.ceiling:
+        k = max(ks) * 2
+        while k <= args.max_k:
+            (result,) = run_at("paced", k, ["infernet_async"], repeat=1)
+            if result.get("errors") or result.get("max_open", 0) < k:
+                break
+            ceiling = result
+            k *= 2
+    print()
+    for regime in regimes:
+        for k in ks:
+            ratio = _best_peer_ratio(bench.results, regime, k)
+            print(f"{regime}, K = {k}: infernet_async uses {ratio}")
+    if ceiling is not None:
+        print(
+            f"ceiling: {ceiling['k']} concurrent streams with no error "
+            f"({ceiling['rss_per_stream_kib']:.1f} KiB RSS per open stream)",
+            flush=True,
+        )
+    if args.markdown:
+        for regime in regimes:
+            print()
+            print(_ratio_table(bench.results, regime, ks))
+    if args.json:
+        Path(args.json).write_text(json.dumps(bench.results, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode")
+    p_serve = sub.add_parser("serve")
+    p_serve.add_argument("--rate", type=float, required=True, help="tokens/s per stream")
+    p_serve.add_argument("--ttft", type=float, required=True, help="time to first token, s")
+    p_serve.add_argument("--answer-tokens", type=int, required=True)
+    p_client = sub.add_parser("client")
+    p_client.add_argument("--client", choices=CLIENTS, required=True)
+    p_client.add_argument("--url", required=True)
+    p_client.add_argument("--k", type=int, required=True)
+    p_client.add_argument("--max-tokens", type=int, required=True)
+    parser.add_argument("--ks", default="100,1000")
+    parser.add_argument("--clients", default=",".join(CLIENTS))
+    parser.add_argument(
+        "--server-rate", type=float, default=2500.0, help="paced: tokens/s the server sends in all"
+    )
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per stream (min)")
+    parser.add_argument("--min-tokens", type=int, default=10, help="tokens per answer (min)")
+    parser.add_argument(
+        "--fast-tokens", type=int, default=20_000, help="fast: tokens for all K answers"
+    )
+    parser.add_argument("--regimes", default="paced,fast", help="paced (model speed), fast")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per client; the best is kept")
+    parser.add_argument("--ttft", type=float, default=0.05, help="server time to first token, s")
+    parser.add_argument("--ceiling", dest="ceiling", action="store_true", default=True)
+    parser.add_argument("--no-ceiling", dest="ceiling", action="store_false")
+    parser.add_argument("--max-k", type=int, default=16000)
+    parser.add_argument("--timeout", type=float, default=300.0, help="per client run, seconds")
+    parser.add_argument("--markdown", action="store_true", help="print the README table")
+    parser.add_argument("--json", help="write every result to this file")
+    args = parser.parse_args()
+    if args.mode == "serve":
+        serve(args)
+    elif args.mode == "client":
+        client(args)
+    else:
+        drive(args)
+
+
+if __name__ == "__main__":
+    main()
