@@ -12,7 +12,9 @@ replayed on the seed corpus in tests/fuzz_corpus/ under several chunkings:
 
 Inputs that once crashed a decoder are kept in the corpus (named ``crash-*.sse``) so they are
 replayed forever. ``HARDENING_FUZZ_EXAMPLES`` raises the number of hypothesis examples for a longer
-local run.
+local run (add ``--timeout=0``: pytest-timeout's 60 s covers the default count only)::
+
+    HARDENING_FUZZ_EXAMPLES=20000 python -m pytest tests/test_fuzz.py --timeout=0 -k "not corpus"
 """
 
 from __future__ import annotations
