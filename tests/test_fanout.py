@@ -460,3 +460,22 @@ def test_the_clients_limiter_backs_off_models_by_the_clients_retry_policy():
     assert until is not None
     # The third failure in a row waits 0.2 * 2**2 = 0.8 s, jittered down by up to half.
     assert 0.35 <= until - time.monotonic() <= 0.8
+
+
+async def test_no_capacity_in_a_fan_out_pauses_that_model_only():
+    from infernet_async import RetryPolicy
+
+    async with (
+        dev_server() as server,
+        client_for(server, retry=RetryPolicy(max_retries=0)) as client,
+    ):
+        await client.gather([BatchRequest(model="mistral:7b", prompt="warm up")], concurrency=1)
+        server.inject(Fault.http_error(503, method="POST"))
+        (outcome,) = await client.gather(
+            [BatchRequest(model=MODEL, prompt="busy")], concurrency=1, max_attempts=1
+        )
+    assert outcome.error is not None and outcome.error.code == "no_capacity"
+    state = client.rate_limiter.state
+    assert state.model_paused_until(MODEL) is not None
+    assert state.model_paused_until("mistral:7b") is None
+    assert state.outstanding == 0
