@@ -290,11 +290,10 @@ class TokenDecoder:
         # without the per-line SSE loop and without json.loads (see _walk and _textfast for why
         # that is exact). Anything else goes to
         # the SSE decoder, with the pending bytes in front, exactly as if it had seen every byte.
-        if sse._boundary and type(chunk) is bytes:
+        if type(chunk) is not bytes:
+            chunk = bytes(chunk)  # one copy, and held bytes and new ones are of one kind
+        if sse._boundary:
             pending = self._pending
-            if sse._buf:  # a partial line the SSE decoder holds is the start of the next event
-                pending += sse._buf
-                sse._buf.clear()
             data: bytes | bytearray
             if pending:
                 start = len(pending) - 1  # a blank line may straddle the two
@@ -355,14 +354,25 @@ class TokenDecoder:
                 return []
             if data is pending:
                 return self._flush()
-        return self._interpret(sse.feed(chunk))
+        return self._general(chunk)
+
+    def _general(self, raw: bytes) -> list[StreamEvent]:
+        """Decode ``raw`` with the SSE decoder and interpret its events."""
+        sse = self._sse
+        events = self._interpret(sse.feed(raw))
+        if sse._boundary and sse._buf:
+            # The partial line the SSE decoder holds starts the next event: hand it to the fast
+            # path, which keeps the bytes since the last event boundary.
+            self._pending += sse._buf
+            sse._buf.clear()
+        return events
 
     def _flush(self) -> list[StreamEvent]:
         """Hand the pending bytes to the SSE decoder (the general path)."""
         raw = bytes(self._pending)
         self._pending.clear()
         try:
-            return self._interpret(self._sse.feed(raw))
+            return self._general(raw)
         except EventTooLargeError as error:
             # The caller may already hold tokens from this chunk: they are returned and the next
             # call raises, as SSEDecoder does within one chunk.
@@ -376,7 +386,11 @@ class TokenDecoder:
             EventTooLargeError: a size error the last ``feed()`` detected but did not raise yet.
         """
         # The pending bytes hold no complete event, but their lines (an id, say) still count.
-        events = self._flush() if self._pending else []
+        events: list[StreamEvent] = []
+        if self._pending:
+            raw = bytes(self._pending)
+            self._pending.clear()
+            events = self._interpret(self._sse.feed(raw))
         return events + self._interpret(self._sse.close())
 
     def _object(self, data: str) -> dict[str, Any] | None:

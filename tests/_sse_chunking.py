@@ -32,3 +32,16 @@ def decode_all(make: Callable[[], Feedable], chunks: list[bytes]) -> list[Any]:
         events += decoder.feed(chunk)
     events += decoder.close()
     return events
+
+
+def token_general(body: bytes) -> tuple[list[Any], int, str | None]:
+    """TokenDecoder's general path only (SSEDecoder events, interpreted): the fast path's oracle.
+
+    Returns the events (body fed whole, then closed), the malformed count and the last event id.
+    """
+    from infernet_async.events import TokenDecoder
+
+    decoder = TokenDecoder()
+    events = decoder._interpret(decoder._sse.feed(body))
+    events += decoder._interpret(decoder._sse.close())
+    return events, decoder.malformed, decoder.last_event_id

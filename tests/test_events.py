@@ -22,7 +22,7 @@ from infernet_async.events import (
 )
 from infernet_async.sse import SSEDecoder
 
-from ._sse_chunking import chunkings, decode_all
+from ._sse_chunking import chunkings, decode_all, token_general
 
 
 def decode(body: bytes) -> list[StreamEvent]:
@@ -366,12 +366,13 @@ def test_token_stream_fast_and_general_paths_agree(texts: list[str], ensure_asci
     body = b"".join(b"data: " + payload.encode() + b"\n\n" for payload in payloads)
     fast = TokenDecoder()
     fast.feed(b":\n")  # the first chunk settles the BOM check on the general path
-    whole = fast.feed(body)  # the fast path
-    bytewise: list[StreamEvent] = []  # a byte at a time never takes the fast path
+    whole = fast.feed(body)  # the fast path, all events at once
+    bytewise: list[StreamEvent] = []  # the fast path holding bytes between chunks
     decoder = TokenDecoder()
     for i in range(len(body)):
         bytewise += decoder.feed(body[i : i + 1])
-    assert whole == bytewise == [Token(json.loads(payload)["text"]) for payload in payloads]
+    expected = [Token(json.loads(payload)["text"]) for payload in payloads]
+    assert whole == bytewise == token_general(body)[0] == expected
 
 
 def test_text_events_tiling_rejects_gaps() -> None:
@@ -445,12 +446,14 @@ def test_fast_path_near_misses_match_the_general_path(body: bytes) -> None:
         run = body * repeat
         fast = TokenDecoder()
         fast.feed(b":\n")
-        fast_events = fast.feed(run)
-        general = TokenDecoder()  # byte at a time: never the fast path
-        general_events = [e for i in range(len(run)) for e in general.feed(run[i : i + 1])]
-        assert fast_events == general_events
-        assert fast.malformed == general.malformed
-        assert fast.last_event_id == general.last_event_id
+        fast_events = fast.feed(run) + fast.close()
+        bytewise = TokenDecoder()
+        bytewise_events = [e for i in range(len(run)) for e in bytewise.feed(run[i : i + 1])]
+        bytewise_events += bytewise.close()
+        general = token_general(run)
+        assert fast_events == bytewise_events == general[0]
+        assert fast.malformed == bytewise.malformed == general[1]
+        assert fast.last_event_id == bytewise.last_event_id == general[2]
 
 
 _ids = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]), max_size=4)
@@ -460,9 +463,10 @@ _ids = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=[
 @given(
     events=st.lists(st.tuples(st.text(), st.one_of(st.none(), _ids), st.booleans()), max_size=8),
     compact=st.booleans(),
+    data=st.data(),
 )
 def test_typed_token_stream_fast_and_general_paths_agree(
-    events: list[tuple[str, str | None, bool]], compact: bool
+    events: list[tuple[str, str | None, bool]], compact: bool, data: st.DataObject
 ) -> None:
     separators = (",", ":") if compact else (", ", ": ")
     body = b"".join(
@@ -476,10 +480,32 @@ def test_typed_token_stream_fast_and_general_paths_agree(
     fast = TokenDecoder()
     fast.feed(b":\n")
     whole = fast.feed(body)
-    general = TokenDecoder()
-    bytewise = [e for i in range(len(body)) for e in general.feed(body[i : i + 1])]
-    assert whole == bytewise
-    assert fast.last_event_id == general.last_event_id
+    general = token_general(body)
+    assert whole == general[0]
+    assert fast.last_event_id == general[2]
+    # Cut anywhere, in mixed input types: the fast path holds bytes across chunks.
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=10)))
+    bounds = [0, *cuts, len(body)]
+    kinds = (bytes, bytearray, memoryview)
+    chunked = TokenDecoder()
+    chunked.feed(b":\n")
+    pieces = [
+        e
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))
+        for e in chunked.feed(kinds[i % 3](body[a:b]))
+    ]
+    assert pieces + chunked.close() == whole
+    assert chunked.last_event_id == general[2]
     assert "".join(e.text for e in whole if isinstance(e, Token)) == "".join(
         t for t, _, _ in events
     )
+
+
+def test_input_types_mixed_mid_event() -> None:
+    decoder = TokenDecoder()
+    decoder.feed(b":\n")
+    assert decoder.feed(b'data: {"te') == []  # held by the fast path
+    assert decoder.feed(memoryview(b'xt": "a"}\n')) == []
+    assert decoder.feed(bytearray(b'\ndata: {"text": "b"}\n\n')) == [Token("a"), Token("b")]
+    assert decoder.feed(b'data: {"text": "c"') == []
+    assert decoder.feed(memoryview(b"}\n\n")) == [Token("c")]

@@ -21,6 +21,8 @@ from infernet_async.errors import EventTooLargeError  # noqa: E402
 from infernet_async.events import TokenDecoder  # noqa: E402
 from infernet_async.sse import ServerSentEvent, SSEDecoder  # noqa: E402
 
+from ._sse_chunking import token_general  # noqa: E402
+
 PROPERTY_SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -127,7 +129,12 @@ def test_token_decoder_never_raises_and_ignores_chunking(data: Any, body: bytes)
     # A leading comment settles the BOM check, so the fast path can run on the chunks that follow.
     for prefix in (b"", b":\n"):
         whole = token_run([prefix + body])
+        general = token_general(prefix + body)
+        assert (whole[0], whole[1], whole[2]) == general
         assert token_run([prefix, *chunks]) == whole
+        kinds = (bytes, bytearray, memoryview)
+        mixed = [kinds[i % 3](chunk) for i, chunk in enumerate(chunks)]
+        assert token_run([prefix, *mixed]) == whole  # type: ignore[list-item]
         assert token_run([prefix] + [body[i : i + 1] for i in range(len(body))]) == whole
 
 
