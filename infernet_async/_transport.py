@@ -31,7 +31,7 @@ from yarl import URL
 
 from ._config import RetryPolicy, Secret, Timeouts
 from ._ratelimit import active_limiter
-from ._retry import decide_retry, server_retry_after
+from ._retry import decide_retry, parse_retry_after, server_retry_after
 from ._version import __version__
 from .errors import (
     APIConnectionError,
@@ -553,7 +553,9 @@ class Transport:
                 if isinstance(exc, RateLimitError):
                     hint = exc.retry_after
                 elif isinstance(exc, APIError) and exc.status == 503:
-                    hint = server_retry_after(exc.headers, exc.body, now=time.time())
+                    # Only Retry-After: X-RateLimit-Reset rides on every response and dates the end
+                    # of the rate-limit window, which says nothing about when a node frees up.
+                    hint = parse_retry_after(exc.headers.get("Retry-After"), now=time.time())
                 decision = decide_retry(
                     method, exc, attempt=attempt, policy=self.retry, retry_after=hint
                 )

@@ -16,6 +16,7 @@ import contextlib
 import json
 import socket
 import struct
+import time
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -820,3 +821,34 @@ async def test_a_gzip_bomb_is_stopped_at_the_event_size_limit_with_bounded_memor
         assert peak < 3 * DEFAULT_MAX_EVENT_SIZE, f"peak {peak / 2**20:.1f} MiB"
         await server.wait_released()
         await still_works(client)
+
+
+async def test_no_capacity_waits_the_backoff_not_the_rate_limit_window() -> None:
+    # Every response carries X-RateLimit-Reset (the end of the rate-limit minute). On a 503
+    # no_capacity it is no hint: the client once slept up to 60 s on it, stalling every submission.
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def fault(conn: Conn) -> None:
+        body = b'{"error": "no_capacity", "error_message": "No online node has capacity"}'
+        reset = int(time.time()) + 59
+        await conn.send(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            + b"X-RateLimit-Limit: 60\r\nX-RateLimit-Remaining: 59\r\n"
+            + f"X-RateLimit-Reset: {reset}\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+
+    async with RawServer(first_then_good(fault)) as server:
+        policy = RetryPolicy(max_retries=1, backoff_base=0.01, sleep=record)
+        client = InfernetClient(server.url, token="tok", timeouts=Timeouts(total=5), retry=policy)
+        try:
+            async with asyncio.timeout(BOUND):
+                stream = await collect(client)
+        finally:
+            await client.aclose()
+    assert stream.text == "fine."
+    assert len(slept) == 1 and slept[0] <= 0.01

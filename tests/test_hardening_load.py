@@ -318,3 +318,87 @@ async def test_abandoned_streams_are_closed_by_the_garbage_collector_with_a_warn
     gc.collect()
     resource = [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert len(resource) == n
+
+
+async def test_concurrent_streams_on_a_chaotic_control_plane_lose_no_text() -> None:
+    # Every job attempt's node may drop (seeded); streams follow the re-queued job ("restart"), some
+    # are cancelled at random. Whatever happens, no stream may hold text that is not a prefix of
+    # its answer, and a finished one holds exactly its answer.
+    from infernet_async import NoCapacityError, NodeDisconnectedError
+    from infernet_async.devserver import DevServer
+
+    n = max(CONCURRENT // 4, 1)
+    rng = random.Random(11)
+    async with DevServer(
+        tokens_per_second=4000,
+        time_to_first_token=0,
+        answer_tokens=10,
+        node_drop_probability=0.2,
+        node_reconnect_delay=0.01,
+        rate_limit_per_minute=1_000_000,
+        rate_limit_per_hour=1_000_000,
+        heartbeat_interval=None,
+    ) as server:
+        client = InfernetClient(
+            server.base_url,
+            token=server.token,
+            timeouts=Timeouts(connect=5.0, read=5.0, stall=5.0, total=60.0),
+            # A dropped node is offline for a moment: a submission may meet 503 no_capacity.
+            retry=RetryPolicy(max_retries=8, backoff_base=0.005, max_stream_restarts=3),
+        )
+        prompts = [f"Tell me about topic {i % 7}" for i in range(n)]
+        # The answer for each prompt, from a control plane without chaos (same seed, same text).
+        async with (
+            DevServer(tokens_per_second=4000, time_to_first_token=0, answer_tokens=10) as calm,
+            InfernetClient(calm.base_url, token=calm.token) as ref,
+        ):
+            answers = {
+                p: await ref.complete(model="qwen2.5:14b", messages=msg(p)) for p in set(prompts)
+            }
+        before = Snapshot()
+        outcomes = {"finished": 0, "dropped": 0, "cancelled": 0, "no_capacity": 0}
+
+        async def one(prompt: str) -> None:
+            stream = client.stream(
+                model="qwen2.5:14b", messages=msg(prompt), on_node_disconnect="restart"
+            )
+            try:
+                async with stream:
+                    async for _ in stream:
+                        assert answers[prompt].startswith(stream.text)
+            except NodeDisconnectedError as exc:  # ran out of restarts
+                assert answers[prompt].startswith(exc.partial_text)
+                outcomes["dropped"] += 1
+                return
+            except NoCapacityError:  # every node offline at once, still after the retries
+                assert stream.text == ""
+                outcomes["no_capacity"] += 1
+                return
+            except asyncio.CancelledError:
+                assert answers[prompt].startswith(stream.text)
+                outcomes["cancelled"] += 1
+                raise
+            assert stream.finished and stream.text == answers[prompt]
+            outcomes["finished"] += 1
+
+        async with asyncio.timeout(30):
+            tasks = [asyncio.create_task(one(p)) for p in prompts]
+            for task in tasks:
+                if rng.random() < 0.2:
+                    asyncio.get_running_loop().call_later(rng.uniform(0, 0.05), task.cancel)
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert [
+            r for r in results if r is not None and not isinstance(r, asyncio.CancelledError)
+        ] == []
+        assert outcomes["finished"] >= n // 4
+        assert any(s.error == "node_disconnected" for s in server.streams), "no node ever dropped"
+        await client.aclose()
+        await asyncio.sleep(0.05)
+        after = Snapshot()
+        assert after.fds <= before.fds
+        assert after.tasks <= before.tasks
+    print(f"\n{n} streams on a chaotic control plane: {outcomes}")
+
+
+def msg(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
