@@ -58,6 +58,9 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 # An error body is for a message; a proxy's 10 MB page is not read whole.
 _ERROR_BODY_LIMIT = 64 * 1024
+# A JSON answer (a job, a page of at most 100 jobs, the models) is far smaller; a body past this is
+# refused rather than read into memory whole, whatever the server (or a proxy) sends.
+_JSON_BODY_LIMIT = 32 * 1024 * 1024
 _FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 # Job ids are opaque to us but go into URL paths: letters, digits and ``_-.:``, no leading dot,
 # bounded length. Anything else ("../", "?", "#", "%2F", "/") is refused, so an id can never reach
@@ -544,7 +547,7 @@ class Transport:
                     return resp, b""
                 try:
                     with map_transport_errors(phase="read"):
-                        return resp, await resp.read()
+                        return resp, await _read_capped(resp, _JSON_BODY_LIMIT)
                 finally:
                     resp.release()
             except (APIError, APIConnectionError) as exc:
@@ -612,6 +615,22 @@ class Transport:
             method, path, json_body=json_body, headers=stream_headers, stream=True
         )
         return StreamResponse(resp)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or an ``APIError`` (not retried) as soon as it grows past ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            resp.close()  # the rest is never read: the connection cannot be reused
+            raise APIError(
+                f"the server's answer is larger than {limit} bytes; refusing to read it",
+                status=resp.status,
+            )
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def _close_sentinel(sentinel: AsyncIterator[None]) -> None:

@@ -852,3 +852,30 @@ async def test_no_capacity_waits_the_backoff_not_the_rate_limit_window() -> None
             await client.aclose()
     assert stream.text == "fine."
     assert len(slept) == 1 and slept[0] <= 0.01
+
+
+async def test_an_endless_json_answer_is_refused_with_bounded_memory() -> None:
+    # REST answers are read whole before parsing: a server (or proxy) that never stops must not be
+    # able to fill memory. The client once read a 200 MB body into 400 MiB.
+    from infernet_async._transport import _JSON_BODY_LIMIT
+
+    block = chunk(b" " * (1 << 20))
+
+    async def fault(conn: Conn) -> None:
+        await conn.send(head(content_type="application/json") + chunk(b'{"models": ['))
+        while not conn.reader.at_eof():
+            await conn.send(block)
+
+    async with asyncio.timeout(BOUND), raw_client(fault) as (server, client):
+        tracemalloc.start()
+        try:
+            with pytest.raises(APIError) as info:
+                await client.list_models()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert "larger than" in info.value.message
+        assert peak < 3 * _JSON_BODY_LIMIT, f"peak {peak / 2**20:.1f} MiB"
+        assert len(server.requests) == 1  # refused, not retried
+        await server.wait_released()
+        await still_works(client)
