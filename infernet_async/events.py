@@ -16,6 +16,10 @@ Both dialects of the control plane map onto these types:
 Events are frozen slotted dataclasses: they sit on the per-token path, where pydantic would cost
 more than the parsing itself. ``Restart`` is never decoded from the wire; the client emits it when a
 stream is resumed on a re-queued job (see ``InfernetClient.stream(on_node_disconnect=...)``).
+
+``TokenDecoder`` turns the bytes of either dialect into these events (sans-IO, like ``sse``, which
+it wraps). Rule: its fast path for token events must give exactly what the SSE decoder plus
+``json.loads`` give; the tests compare the two on arbitrary streams.
 """
 
 from __future__ import annotations
