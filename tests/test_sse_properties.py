@@ -2,8 +2,8 @@
 
 - any bytes, cut anywhere: ``feed()`` never raises and gives the same events as the bytes whole;
 - events rendered to bytes (any line ending, comments, BOM) and cut anywhere decode to themselves;
-- ``TokenDecoder`` (whose fast path only runs on some chunkings) agrees with itself across
-  chunkings, counts included, and so does its size limit.
+- ``TokenDecoder`` agrees with its general path (SSE events interpreted one by one, no fast
+  path) and with itself across chunkings and input types, counts included, size limit too.
 """
 
 from __future__ import annotations
