@@ -300,6 +300,9 @@ class TokenDecoder:
             pending = self._pending
             data: bytes | bytearray
             if pending:
+                if len(pending) + len(chunk) > self._limit:
+                    # Too big to hold: never copy a huge chunk, let the SSE decoder judge it.
+                    return self._flush(chunk, holding=False)
                 start = len(pending) - 1  # a blank line may straddle the two
                 pending += chunk
                 data = pending
@@ -346,9 +349,11 @@ class TokenDecoder:
                         if data is pending:
                             del pending[:stop]  # O(1): CPython moves a bytearray's start
                         elif stop < len(chunk):
+                            if len(chunk) - stop > self._limit:
+                                return tokens + self._flush(memoryview(chunk)[stop:], holding=True)
                             pending += memoryview(chunk)[stop:]
                         if pending and (b"\r" in pending or len(pending) > self._limit):
-                            tokens += self._flush()
+                            tokens += self._flush(b"", holding=True)
                         return tokens
             elif len(data) <= self._limit and b"\r" not in chunk:
                 # No blank line yet: keep the bytes. A CR could end an event without any "\n\n",
@@ -357,10 +362,10 @@ class TokenDecoder:
                     pending += chunk
                 return []
             if data is pending:
-                return self._flush()
+                return self._flush(b"", holding=False)
         return self._general(chunk)
 
-    def _general(self, raw: bytes) -> list[StreamEvent]:
+    def _general(self, raw: bytes | memoryview) -> list[StreamEvent]:
         """Decode ``raw`` with the SSE decoder and interpret its events."""
         sse = self._sse
         events = self._interpret(sse.feed(raw))
@@ -371,17 +376,28 @@ class TokenDecoder:
             sse._buf.clear()
         return events
 
-    def _flush(self) -> list[StreamEvent]:
-        """Hand the pending bytes to the SSE decoder (the general path)."""
+    def _flush(self, rest: bytes | memoryview, *, holding: bool) -> list[StreamEvent]:
+        """Hand the pending bytes, then ``rest``, to the SSE decoder (the general path).
+
+        ``holding``: the caller already has tokens from this chunk. A size error is then kept for
+        the next call, as SSEDecoder does within one chunk, so that those tokens are not lost.
+        """
         raw = bytes(self._pending)
         self._pending.clear()
+        events: list[StreamEvent] = []
         try:
-            return self._general(raw)
+            if rest:
+                # Fed apart rather than joined, so a huge chunk is never copied; the pending bytes
+                # hold no complete event, so this decodes exactly as their concatenation.
+                events = self._interpret(self._sse.feed(raw)) if raw else []
+                events += self._general(rest)
+            else:
+                events = self._general(raw)
         except EventTooLargeError as error:
-            # The caller may already hold tokens from this chunk: they are returned and the next
-            # call raises, as SSEDecoder does within one chunk.
+            if not (holding or events):
+                raise
             self._sse._error = error
-            return []
+        return events
 
     def close(self) -> list[StreamEvent]:
         """Signal the end of the body; idempotent. An unfinished event is discarded (WHATWG).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -509,3 +510,20 @@ def test_input_types_mixed_mid_event() -> None:
     assert decoder.feed(bytearray(b'\ndata: {"text": "b"}\n\n')) == [Token("a"), Token("b")]
     assert decoder.feed(b'data: {"text": "c"') == []
     assert decoder.feed(memoryview(b"}\n\n")) == [Token("c")]
+
+
+def test_huge_chunk_after_held_bytes_is_not_copied() -> None:
+    # The fast path holds the start of an event; a 32 MB chunk must go to the SSE decoder as it
+    # is (which refuses it at once) rather than be appended to the held bytes first.
+    decoder = TokenDecoder(max_event_size=1 << 20)
+    decoder.feed(b":\n")
+    assert decoder.feed(b'data: {"text": "') == []
+    huge = b"x" * (32 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(EventTooLargeError):
+            decoder.feed(huge)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
