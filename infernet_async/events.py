@@ -292,8 +292,8 @@ class TokenDecoder:
         # the bytes since that boundary, up to the last blank line, are decoded at once and, if they
         # are nothing but token events ({"text": "..."} data, either dialect), turned into tokens
         # without the per-line SSE loop and without json.loads (see _walk and _textfast for why
-        # that is exact). Anything else goes to
-        # the SSE decoder, with the pending bytes in front, exactly as if it had seen every byte.
+        # that is exact). Anything else goes to the SSE decoder, with the pending bytes in front,
+        # exactly as if it had seen every byte.
         if type(chunk) is not bytes:
             chunk = bytes(chunk)  # one copy, and held bytes and new ones are of one kind
         if sse._boundary:
