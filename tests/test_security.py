@@ -816,3 +816,36 @@ async def test_unknown_token_is_refused_before_anything_else() -> None:
                 await c.submit(model="no-such-model", messages=MESSAGES)
         # The request records keep no token either.
         assert_no_canary([repr(server.requests)], CANARY, OTHER_CANARY)
+
+
+HOSTILE_BODIES = {
+    "nested-arrays": b"[" * 100_000,
+    "nested-in-object": b'{"model": "qwen2.5:14b", "x": ' + b"[" * 100_000 + b"}",
+    "invalid-utf8": b'{"model": "\xff\xfe", "messages": [{"role": "user", "content": "hi"}]}',
+    "5000-digit-int": (
+        b'{"model": "qwen2.5:14b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": '
+        + b"9" * 5000
+        + b"}"
+    ),
+    "lone-surrogate": (
+        b'{"model": "qwen2.5:14b", "messages": [{"role": "user", "content": "\\ud800"}]}'
+    ),
+    "not-an-object": b"[1, 2]",
+    "nan-temperature": (
+        b'{"model": "qwen2.5:14b", "messages": [{"role": "user", "content": "hi"}], '
+        b'"temperature": NaN}'
+    ),
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
+async def test_devserver_answers_hostile_bodies_with_400_not_500(body: bytes) -> None:
+    auth = {"Authorization": f"Bearer {CANARY}", "Content-Type": "application/json"}
+    async with asyncio.timeout(BOUND), fast_dev() as server, aiohttp.ClientSession() as s:
+        for accept in ("application/json", "text/event-stream"):
+            headers = {**auth, "Accept": accept}
+            async with s.post(server.base_url + "/jobs", data=body, headers=headers) as resp:
+                assert resp.status == 400
+                assert (await resp.json())["error"] == "bad_request"
+        async with InfernetClient(server.base_url, token=CANARY, timeouts=FAST) as c:
+            assert await c.complete(model=MODEL, messages=MESSAGES)  # still serving

@@ -150,13 +150,21 @@ def _number(body: Mapping[str, Any], name: str, default: float, low: float, high
 
 def _content(value: Any, index: int) -> str:
     if isinstance(value, str):
-        return value
+        text = value
     # OpenAI-style content parts: [{"type": "text", "text": "..."}].
-    if isinstance(value, list) and all(
+    elif isinstance(value, list) and all(
         isinstance(p, dict) and isinstance(p.get("text"), str) for p in value
     ):
-        return "".join(p["text"] for p in value)
-    raise _bad(f"messages[{index}].content must be a string")
+        text = "".join(p["text"] for p in value)
+    else:
+        raise _bad(f"messages[{index}].content must be a string")
+    try:
+        # JSON lets "\ud800" through; the generator and the upstream relay encode the prompt as
+        # UTF-8, and a lone surrogate there crashed the job's task, leaving the job running forever.
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(f"messages[{index}].content is not valid Unicode (a lone surrogate)") from None
+    return text
 
 
 def _validate(server: DevServer, body: Any) -> dict[str, Any]:
@@ -226,7 +234,9 @@ async def create_job(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     try:
         body = json.loads(raw) if raw.strip() else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer past CPython's digit
+        # limit; RecursionError, nesting thousands deep. Each is the client's fault: 400, not 500.
         raise _bad("Request body must be valid JSON") from None
     request_state(request).record.json = body
     params = _validate(server, body)

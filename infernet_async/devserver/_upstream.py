@@ -142,7 +142,7 @@ class _UpstreamGeneration:
 def _loads(data: str) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # also too-long integers and deep nesting
         raise UpstreamError(f"upstream sent invalid JSON: {data[:80]!r}") from exc
     if not isinstance(value, dict):
         raise UpstreamError(f"upstream sent a non-object: {data[:80]!r}")
