@@ -115,6 +115,12 @@ class InfernetClient:
             raise ValueError("max_connections must be >= 1")
         if headers and any(k.lower() == "authorization" for k in headers):
             raise ValueError("pass the token as token=, not as an Authorization header")
+        if headers and any(
+            ch in text for k, v in headers.items() for text in (k, v) for ch in "\r\n\x00"
+        ):
+            # aiohttp would refuse it too, but only at the first request and with its own error:
+            # refuse it where the mistake is made, as for the token.
+            raise ValueError("a header name or value contains a line break or NUL")
         self._has_token = secret is not None
         self.timeouts = timeouts if timeouts is not None else Timeouts()
         self.retry = retry if retry is not None else RetryPolicy()

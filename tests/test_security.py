@@ -262,6 +262,17 @@ def test_token_with_a_line_break_is_refused() -> None:
         assert_no_canary(exception_texts(info.value))
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-Trace": "a\r\nX-Injected: 1"}, {"X-Trace\r\nX-Injected": "1"}, {"X-Trace": "a\x00"}],
+)
+def test_extra_headers_with_line_breaks_are_refused_at_construction(
+    headers: dict[str, str],
+) -> None:
+    with pytest.raises(ValueError, match="line break"):
+        InfernetClient("https://infernet.example/api/v1", token=CANARY, headers=headers)
+
+
 def test_authorization_header_cannot_be_smuggled_through_headers() -> None:
     with pytest.raises(ValueError):
         InfernetClient(
