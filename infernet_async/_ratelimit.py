@@ -1,7 +1,8 @@
 """One rate limiter shared by every request of a client, so that workers pace together.
 
 Rules (the control plane allows 60 requests a minute per token by default):
-1. Learn the budget before fanning out: until a first answer arrives, one request at a time goes.
+1. Learn the budget before fanning out: until a first answer arrives, at most ``burst`` requests
+   are in flight (after a 429, one).
 2. Pace from the headers of every response: ``X-RateLimit-Remaining`` requests are spread evenly
    over the time left until ``X-RateLimit-Reset`` (GCRA), after a burst of ``burst`` requests (or
    of one second's worth, when the budget is large).
@@ -143,7 +144,8 @@ class RateLimitState:
         clock: a monotonic clock in seconds (pauses and pacing).
         wall_clock: unix time in seconds (to read ``X-RateLimit-Reset`` and ``resetAt``).
         reset_margin: extra seconds waited past a reset time given in whole seconds.
-        probe_first: let one request learn the budget before the others go.
+        probe_first: until a first answer tells the budget, hold requests beyond ``burst`` in
+            flight (beyond one after a 429).
     """
 
     def __init__(
@@ -171,7 +173,8 @@ class RateLimitState:
         self.outstanding = 0  # requests granted and not yet answered
         # No answer seen yet, or a 429 made the budget unknown again.
         self._awaiting_budget = probe_first
-        self._probing = False
+        self._probe_allowance = burst  # requests in flight while the budget is unknown
+        self._probes = 0
         self._next_at = -math.inf  # GCRA theoretical arrival time (monotonic)
         self._rate_limited_in_a_row = 0
         self._model_failures: dict[str, int] = {}
@@ -219,9 +222,9 @@ class RateLimitState:
         if self.remaining is None:
             if not self._awaiting_budget:
                 return 0.0
-            if self._probing:
+            if self._probes >= self._probe_allowance:
                 return math.inf
-            self._probing = True
+            self._probes += 1
             return 0.0
         if self.remaining <= 0:
             if self.reset_at is None:
@@ -241,7 +244,7 @@ class RateLimitState:
     def release(self, model: str | None = None) -> None:
         """A granted request got no answer (connection error, cancellation): free its slot."""
         self.outstanding = max(self.outstanding - 1, 0)
-        self._probing = False
+        self._probes = max(self._probes - 1, 0)
         if model is not None:
             self._model_probing.discard(model)
 
@@ -257,7 +260,7 @@ class RateLimitState:
         now = self._clock()
         wall = self._wall_clock()
         self.outstanding = max(self.outstanding - 1, 0)
-        self._probing = False
+        self._probes = 0
         self._awaiting_budget = False
         self._read_budget(headers, wall)
         code = _error_code(body)
@@ -271,6 +274,7 @@ class RateLimitState:
             self.remaining = None
             self.reset_at = None
             self._awaiting_budget = True
+            self._probe_allowance = 1
         elif status < 400:
             self._rate_limited_in_a_row = 0
         if model is None:

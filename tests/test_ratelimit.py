@@ -61,18 +61,19 @@ def learn(state: RateLimitState, headers: dict[str, str]) -> None:
 # ---------------------------------------------------------------- learning the budget
 
 
-def test_first_request_probes_the_budget_alone():
+def test_until_a_first_answer_at_most_a_burst_is_in_flight():
     clock = FakeClock()
-    state = make_state(clock)
-    grant(state)
+    state = make_state(clock, burst=3)
+    for _ in range(3):
+        grant(state)
     assert state.reserve() == math.inf  # the others wait for the first answer
-    state.observe(200, budget(60, 59, 60))
+    state.observe(200, budget(60, 57, 60))
     grant(state)
     grant(state)
 
 
 def test_a_failed_probe_lets_the_next_request_probe():
-    state = make_state(FakeClock())
+    state = make_state(FakeClock(), burst=1)
     grant(state)
     state.release()
     grant(state)
@@ -343,7 +344,7 @@ async def test_one_429_pauses_every_waiting_worker():
 
 
 async def test_waiters_wake_when_the_probe_is_answered():
-    limiter = RateLimiter()
+    limiter = RateLimiter(RateLimitState(burst=1))
     await limiter.acquire()  # the probe
     order: list[str] = []
 
@@ -363,7 +364,7 @@ async def test_waiters_wake_when_the_probe_is_answered():
 
 
 async def test_a_cancelled_wait_leaves_no_claim():
-    limiter = RateLimiter()
+    limiter = RateLimiter(RateLimitState(burst=1))
     await limiter.acquire()
     with anyio.move_on_after(0.01):
         await limiter.acquire()  # waits for the probe's answer, then gives up
@@ -375,7 +376,7 @@ async def test_a_cancelled_wait_leaves_no_claim():
 
 
 def test_the_limiter_works_across_event_loops():
-    limiter = RateLimiter()
+    limiter = RateLimiter(RateLimitState(burst=1))
 
     async def probe_then_wait() -> None:
         await limiter.acquire()
