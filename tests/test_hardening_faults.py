@@ -586,9 +586,20 @@ async def test_gzip_encoded_stream_is_decoded_incrementally() -> None:
         assert stream.finished
 
 
-async def test_duplicate_done_is_harmless() -> None:
+TYPED_DONE = b'id: 9\nevent: done\ndata: {"text": "a", "reason": "stop"}\n\n'
+TYPED_TOKEN = b'id: 10\nevent: token\ndata: {"text": "late"}\n\n'
+DIALECTS = pytest.mark.parametrize(
+    ("done", "late"),
+    [(DONE, token("late")), (TYPED_DONE, TYPED_TOKEN)],
+    ids=["data-only", "typed"],
+)
+
+
+@DIALECTS
+async def test_duplicate_done_is_harmless(done: bytes, late: bytes) -> None:
+    del late  # only the data-after-done test sends it
     async def fault(conn: Conn) -> None:
-        await conn.send(head() + chunk(token("a") + DONE + DONE) + LAST_CHUNK)
+        await conn.send(head() + chunk(token("a") + done + done) + LAST_CHUNK)
 
     async with asyncio.timeout(BOUND), raw_client(fault) as (_, client):
         stream = await collect(client)
@@ -596,9 +607,12 @@ async def test_duplicate_done_is_harmless() -> None:
         await still_works(client)
 
 
-async def test_data_after_done_is_ignored_and_the_stream_ends_without_waiting_for_eof() -> None:
+@DIALECTS
+async def test_data_after_done_is_ignored_and_the_stream_ends_without_waiting_for_eof(
+    done: bytes, late: bytes
+) -> None:
     async def fault(conn: Conn) -> None:
-        await conn.send(head() + chunk(token("a") + DONE + token("late") + b"data: [DONE]\n\n"))
+        await conn.send(head() + chunk(token("a") + done + late + done))
         await conn.hang()  # never ends the body: the client must stop at [DONE], not at EOF
 
     async with asyncio.timeout(BOUND), raw_client(fault) as (server, client):
