@@ -335,6 +335,8 @@ class TokenDecoder:
                             _set_text(token, body)
                             _set_token_id(token, event_id)
                             if end + 3 == len(text):
+                                if region is chunk:  # the whole chunk was this one event
+                                    return [token]
                                 tokens = [token]
                             else:
                                 walked = _walk(text, event_id, end + 3, [token])
