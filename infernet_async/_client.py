@@ -16,7 +16,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from ssl import SSLContext
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -29,6 +28,7 @@ from ._config import (
 )
 from ._fanout import BatchOutcome, FanOut, OutcomeCallback, Requests, gather, stream_job_runner
 from ._ratelimit import RateLimiter, RateLimitState
+from ._resource import AsyncResource
 from ._retry import backoff_delay
 from ._stream import NodeDisconnectPolicy, TokenStream
 from ._transport import Transport, job_path, validate_job_id
@@ -59,7 +59,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class InfernetClient:
+class InfernetClient(AsyncResource):
     """An asyncio client for the Infernet Protocol inference API.
 
     Args:
@@ -171,14 +171,6 @@ class InfernetClient:
         self._state = _State.OPENED
         await self._transport.session()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the client and the session it created (never a session you passed in);

@@ -18,10 +18,10 @@ import logging
 import warnings
 from collections import deque
 from collections.abc import Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._accumulator import Accumulator, ReplayDiverged, ReplayFilter, TerminalReason
+from ._resource import AsyncResource
 from ._retry import backoff_delay
 from ._transport import job_path, validate_job_id
 from .errors import (
@@ -47,7 +47,7 @@ _JOB_ID_HEADER = "X-Infernet-Job-Id"
 _NEW, _OPENING, _OPEN, _ENDED, _CLOSED = range(5)
 
 
-class TokenStream:
+class TokenStream(AsyncResource):
     """The tokens of one answer, as they arrive.
 
     Use it as ``async with client.stream(...) as stream: async for token in stream: ...``. The
@@ -220,14 +220,6 @@ class TokenStream:
             finally:
                 self._busy = False
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the stream and release its connection at once; idempotent, and safe while

@@ -14,11 +14,11 @@ import hashlib
 import hmac
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from aiohttp import web
 
+from .._resource import AsyncResource
 from ._faults import Fault, FaultBook
 from ._generator import LocalGenerator
 from ._jobs import JobStore, iso
@@ -45,7 +45,7 @@ _UNSET: Final = _Unset()
 _State = Literal["unopened", "started", "closed"]
 
 
-class DevServer:
+class DevServer(AsyncResource):
     """A local Infernet control plane on loopback, with simulated nodes, faults and records.
 
     Args:
@@ -167,14 +167,6 @@ class DevServer:
     async def __aenter__(self) -> DevServer:
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def start(self) -> None:
         """Bind and start serving; a no-op when already started.
