@@ -69,7 +69,12 @@ def resolve_base_url(base_url: str | None) -> str:
     raw = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     parts = urlsplit(raw.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"base_url must be an http(s) URL with a host, got {raw!r}")
+        # Not echoed: a common slip is passing the token where the URL goes
+        # (``InfernetClient(token)``), and this message ends up in tracebacks and logs.
+        raise ValueError(
+            "base_url must be an http(s) URL with a host; the value given is not one (it is not "
+            "shown here, as it may be a token passed in its place)"
+        )
     if parts.query or parts.fragment:
         raise ValueError("base_url must not carry a query string or a fragment")
     if parts.username is not None or parts.password is not None:

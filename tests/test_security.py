@@ -273,6 +273,28 @@ def test_extra_headers_with_line_breaks_are_refused_at_construction(
         InfernetClient("https://infernet.example/api/v1", token=CANARY, headers=headers)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        CANARY,  # InfernetClient(token): the token where the URL goes
+        f"ftp://user:{CANARY}@infernet.example/x",
+        f"https://user:{CANARY}@infernet.example/api/v1",
+        f"https://infernet.example/api/v1?token={CANARY}",
+        f"https://infernet.example/api/v1#{CANARY}",
+    ],
+)
+def test_a_bad_base_url_is_refused_without_echoing_it(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValueError) as info:
+        InfernetClient(url)
+    assert_no_canary(exception_texts(info.value))
+    monkeypatch.setenv("INFERNET_BASE_URL", url)
+    with pytest.raises(ValueError) as info:
+        InfernetClient()
+    assert_no_canary(exception_texts(info.value))
+
+
 def test_authorization_header_cannot_be_smuggled_through_headers() -> None:
     with pytest.raises(ValueError):
         InfernetClient(
