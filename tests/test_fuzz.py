@@ -189,6 +189,27 @@ def test_fragment_soup_byte_at_a_time(
     assert_invariant(factory, data, [data[i : i + 1] for i in range(len(data))])
 
 
+CHUNK_TYPES: list[Callable[[bytes], Any]] = [bytes, bytearray, memoryview]
+
+
+@pytest.mark.parametrize("factory", DECODERS)
+@FUZZ_SETTINGS
+@given(data=soup, cut=cuts, kinds=st.lists(st.sampled_from(CHUNK_TYPES), min_size=1, max_size=8))
+def test_mixed_chunk_types(
+    factory: Callable[[], Any], data: bytes, cut: list[int], kinds: list[Callable[[bytes], Any]]
+) -> None:
+    # feed() takes any bytes-like object; a fast path keyed on ``bytes`` must not change results
+    # when bytearray or memoryview chunks come in between.
+    pieces = split_at(data, cut)
+    chunks = [kinds[i % len(kinds)](p) for i, p in enumerate(pieces)]
+    whole = run(factory, [data])
+    mixed = run(factory, chunks)
+    if whole.error is not None or mixed.error is not None:
+        assert mixed.error == whole.error
+    else:
+        assert mixed == whole
+
+
 def corpus_files() -> list[Path]:
     return sorted(p for p in CORPUS.iterdir() if p.suffix == ".sse")
 
