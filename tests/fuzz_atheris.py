@@ -1,8 +1,8 @@
 """Coverage-guided fuzz target (atheris) for SSEDecoder and TokenDecoder; not collected by pytest.
 
 The same two invariants as tests/test_fuzz.py: only ``InfernetError`` subclasses escape, and the
-result does not depend on the chunking. The first two bytes of each input choose the chunk size; the
-rest is the stream.
+result does not depend on the chunking. The first two bytes of each input choose the chunk size,
+the third the chunk types (bytes, bytearray, memoryview); the rest is the stream.
 
 Run (``pip install atheris``); the FIRST directory receives the new inputs, so give it a scratch one
 and the seed corpus second::
@@ -10,8 +10,8 @@ and the seed corpus second::
     PYTHONPATH=. python tests/fuzz_atheris.py /tmp/sse-corpus tests/fuzz_corpus \
         -max_total_time=600 -artifact_prefix=/tmp/
 
-A crasher found this way goes into tests/fuzz_corpus/ as ``crash-<what>.sse`` (its first two bytes
-dropped, since they only chose the chunking), where tests/test_fuzz.py replays it under many
+A crasher found this way goes into tests/fuzz_corpus/ as ``crash-<what>.sse`` (its first three
+bytes dropped, since they only chose the chunking), where tests/test_fuzz.py replays it under many
 chunkings forever.
 """
 
@@ -43,11 +43,16 @@ def _run(decoder: Any, chunks: list[bytes]) -> tuple[list[Any], type[BaseExcepti
 
 
 def fuzz_one_input(raw: bytes) -> None:
-    if len(raw) < 2:
+    if len(raw) < 3:
         return
     size = 1 + int.from_bytes(raw[:2], "big") % 257
-    data = raw[2:]
-    chunks = [data[i : i + size] for i in range(0, len(data), size)]
+    kinds = raw[2]  # its bits pick bytes, bytearray or memoryview for each chunk in turn
+    data = raw[3:]
+    chunks: list[Any] = [data[i : i + size] for i in range(0, len(data), size)]
+    chunks = [
+        (bytes, bytearray, memoryview)[(kinds >> (2 * (n % 4))) % 4 % 3](c)
+        for n, c in enumerate(chunks)
+    ]
     for factory in (SSEDecoder, TokenDecoder):
         whole = _run(factory(), [data])
         pieces = _run(factory(), chunks)
