@@ -11,6 +11,7 @@ outcome with its partial text in ``FanOut.cancelled`` (and in ``on_outcome``).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -181,7 +182,8 @@ class FanOut:
         on_outcome: called with every outcome the moment its job ends, cancelled ones included.
         rate_limiter: governs every request the jobs make (``InfernetClient.rate_limiter``).
         connection_limit: called with ``concurrency`` on entry, so the connection pool can grow
-            to it.
+            to it; returns the pool's limit (a pool that cannot grow, a session of yours, gets a
+            ``UserWarning`` when it is smaller).
     """
 
     def __init__(
@@ -192,7 +194,7 @@ class FanOut:
         concurrency: int,
         on_outcome: OutcomeCallback | None = None,
         rate_limiter: RateLimiter | None = None,
-        connection_limit: Callable[[int], object] | None = None,
+        connection_limit: Callable[[int], int] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -216,7 +218,15 @@ class FanOut:
             raise RuntimeError("a FanOut runs once; build a new one")
         self._entered = True
         if self._connection_limit is not None:
-            self._connection_limit(self.concurrency)
+            pool = self._connection_limit(self.concurrency)
+            if 0 < pool < self.concurrency:
+                warnings.warn(
+                    f"the connection pool holds {pool} connections, fewer than concurrency="
+                    f"{self.concurrency}: at most {pool} jobs stream at once (give your aiohttp "
+                    f"session a TCPConnector(limit={self.concurrency}))",
+                    UserWarning,
+                    stacklevel=2,
+                )
         send, receive = anyio.create_memory_object_stream[BatchOutcome](self.concurrency)
         self._receive = receive
         task_group = anyio.create_task_group()

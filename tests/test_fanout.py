@@ -482,3 +482,21 @@ async def test_no_capacity_in_a_fan_out_pauses_that_model_only():
     assert state.model_paused_until(MODEL) is not None
     assert state.model_paused_until("mistral:7b") is None
     assert state.outstanding == 0
+
+
+async def test_a_pool_of_yours_smaller_than_the_concurrency_is_reported():
+    import aiohttp
+
+    async with (
+        dev_server(answer_tokens=2) as server,
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=2), timeout=aiohttp.ClientTimeout(total=None)
+        ) as session,
+        client_for(server, session=session) as client,
+    ):
+        with pytest.warns(UserWarning, match="holds 2 connections, fewer than concurrency=4"):
+            outcomes = await client.gather(
+                [BatchRequest(model=MODEL, prompt=f"q{i}") for i in range(4)], concurrency=4
+            )
+        assert session.connector is not None and session.connector.limit == 2
+    assert all(o.ok for o in outcomes)
