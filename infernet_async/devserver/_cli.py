@@ -132,7 +132,9 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def _handle(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_serve(args))
+        # The command owns its loop (asyncio.Runner); the library itself never starts one.
+        with asyncio.Runner() as runner:
+            return runner.run(_serve(args))
     except KeyboardInterrupt:
         return 0
     except OSError as exc:
