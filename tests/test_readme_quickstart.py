@@ -1,0 +1,40 @@
+"""The README's opening example runs as printed and prints what the README says it prints."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+
+from infernet_async.devserver import DevServer
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _opening_example() -> tuple[str, str]:
+    text = README.read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.DOTALL)
+    assert code is not None, "README.md has no python example"
+    printed = re.search(r"This prints.*?```text\n(.*?)```", text[code.end() :], re.DOTALL)
+    assert printed is not None, "README.md does not say what its example prints"
+    return code.group(1), printed.group(1)
+
+
+async def test_the_opening_example_prints_what_the_readme_says() -> None:
+    code, expected = _opening_example()
+    async with DevServer(tokens_per_second=2000, time_to_first_token=0) as server:
+        env = {**os.environ, **server.env}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            code,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(30):
+            stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    assert stdout.decode() == expected.rstrip("\n")
