@@ -32,6 +32,7 @@ from ._cli_common import (
     add_connection_arguments,
     notice,
     open_client,
+    positive_int,
     run,
 )
 from ._fanout import BatchOutcome
@@ -62,7 +63,7 @@ def register(subparsers: Any) -> None:
         help="the JSONL file of outcomes (default: INPUT with .out before the extension)",
     )
     parser.add_argument(
-        "-c", "--concurrency", type=_positive_int, default=32, help="jobs at once (default 32)"
+        "-c", "--concurrency", type=positive_int, default=32, help="jobs at once (default 32)"
     )
     parser.add_argument(
         "-m",
@@ -70,14 +71,14 @@ def register(subparsers: Any) -> None:
         help=f"the model for lines without one (default ${MODEL_ENV} or {DEFAULT_MODEL})",
     )
     parser.add_argument(
-        "--max-tokens", type=_positive_int, metavar="N", help="max_tokens for lines without one"
+        "--max-tokens", type=positive_int, metavar="N", help="max_tokens for lines without one"
     )
     parser.add_argument(
         "--temperature", type=float, metavar="T", help="temperature for lines without one"
     )
     parser.add_argument(
         "--max-attempts",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         metavar="N",
         help="submissions per job when the control plane refused it (default 3)",
@@ -100,16 +101,6 @@ def register(subparsers: Any) -> None:
     )
     add_connection_arguments(parser)
     parser.set_defaults(handler=_handle)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 class _ProgressBar:

@@ -19,6 +19,7 @@ from ._cli_common import (
     EXIT_OK,
     add_connection_arguments,
     open_client,
+    positive_int,
     run,
     write_out,
 )
@@ -31,16 +32,6 @@ __all__ = ["register"]
 
 DEFAULT_MODEL = "qwen2.5:14b"
 MODEL_ENV = "INFERNET_MODEL"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _temperature(text: str) -> float:
@@ -71,7 +62,7 @@ def register(subparsers: Any) -> None:
         help=f"the model (default ${MODEL_ENV} or {DEFAULT_MODEL}; see 'infernet-async models')",
     )
     parser.add_argument("-s", "--system", metavar="TEXT", help="a system message sent first")
-    parser.add_argument("--max-tokens", type=_positive_int, metavar="N", help="answer length cap")
+    parser.add_argument("--max-tokens", type=positive_int, metavar="N", help="answer length cap")
     parser.add_argument("--temperature", type=_temperature, metavar="T", help="0.0 to 2.0")
     output = parser.add_mutually_exclusive_group()
     output.add_argument(

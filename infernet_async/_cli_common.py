@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ._client import InfernetClient
 
 __all__ = [
+    "positive_int",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -155,3 +156,14 @@ def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     except Exception as exc:  # the CLI promises one line, never a traceback
         notice(f"error: {describe_error(exc)}")
         return EXIT_ERROR
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
