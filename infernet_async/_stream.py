@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -106,6 +107,13 @@ class TokenStream(AsyncResource):
         self._attempt_started_at: float | None = None
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
+        # The deadline watchdog (see ``_read_chunk``): one timer per stream instead of an
+        # ``asyncio.timeout`` per read. ``_reader`` is the task while it is inside a read, and
+        # ``_expired_phase`` is set once the watchdog has cancelled that task for a deadline.
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_at = 0.0
+        self._reader: asyncio.Task[Any] | None = None
+        self._expired_phase: str | None = None
 
     # -- public state ------------------------------------------------------------------------------
 
@@ -232,6 +240,11 @@ class TokenStream(AsyncResource):
         self._close_response()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
+        # The timer holds only a weak reference to the stream; cancelling it spares the loop a
+        # dead entry until the deadline.
+        handle = getattr(self, "_watchdog", None)
+        if handle is not None:
+            handle.cancel()
         resp = getattr(self, "_resp", None)
         if resp is None or resp.closed:
             return
@@ -313,6 +326,7 @@ class TokenStream(AsyncResource):
         self._close_response()
 
     def _close_response(self) -> None:
+        self._disarm()
         resp, self._resp = self._resp, None
         if resp is not None:
             resp.close()
@@ -406,20 +420,23 @@ class TokenStream(AsyncResource):
             logger.warning("ignoring a malformed job id from the server: %r", job_id[:80])
 
     def _deadline(self) -> tuple[float | None, str]:
-        """The earliest deadline now in force, and its phase name for the error message."""
+        """The earliest deadline now in force, and its phase name for the error message.
+
+        Called before every read, so it builds nothing: no candidate list, no ``min()``.
+        """
         timeouts = self._transport.timeouts
-        candidates: list[tuple[float, str]] = []
-        if self._total_deadline is not None:
-            candidates.append((self._total_deadline, "total"))
+        at: float | None = None
+        phase = ""
         if self._acc.token_count == 0 or self._last_token_at is None:
             if timeouts.first_token is not None and self._attempt_started_at is not None:
-                candidates.append((self._attempt_started_at + timeouts.first_token, "first_token"))
+                at, phase = self._attempt_started_at + timeouts.first_token, "first_token"
         elif timeouts.stall is not None:
-            candidates.append((self._last_token_at + timeouts.stall, "stall"))
-        if not candidates:
-            return None, ""
-        deadline, phase = min(candidates)
-        return deadline, phase
+            at, phase = self._last_token_at + timeouts.stall, "stall"
+        total = self._total_deadline
+        # On a tie the phase's own name wins over "total", the more useful message.
+        if total is not None and (at is None or total < at):
+            return total, "total"
+        return at, phase
 
     def _timeout_error(self, phase: str) -> APITimeoutError:
         timeouts = self._transport.timeouts
@@ -431,21 +448,85 @@ class TokenStream(AsyncResource):
         self._acc.fail("timeout", message=what)
         return APITimeoutError(what, partial_text=self.text, job_id=self.job_id, phase=phase)
 
+    # The read deadline. An ``asyncio.timeout_at()`` around every read costs a Timeout object, a
+    # TimerHandle pushed on the loop's heap and a cancelled one left behind, per token at model
+    # speed (benchmarks/bench_e2e.py, paced, K = 100: 61 µs of client CPU per token with it, 52
+    # without). Instead one watchdog timer per stream is armed at the deadline in force and left
+    # alone while tokens push the deadline later: when it fires early it re-arms at the new
+    # deadline, about once per stall period. It must never be later than the deadline, so a read
+    # re-arms it when the deadline moved earlier (the first token swaps a long first_token
+    # deadline for a short stall one). Cancellation mirrors ``asyncio.Timeout``: the watchdog
+    # cancels the task only while it is inside a read, and the read turns that cancellation into
+    # ``APITimeoutError`` only if nobody else asked for one.
+
     async def _read_chunk(self) -> bytes:
         resp = self._resp
         if resp is None:
             raise APIConnectionError("the stream's connection was closed", request_sent=True)
-        deadline, phase = self._deadline()
+        deadline, _ = self._deadline()
         if deadline is None:
             return await resp.read_chunk()
-        timeout = asyncio.timeout_at(deadline)
+        if self._watchdog is None or self._watchdog_at > deadline:
+            self._arm(deadline)
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a TokenStream must be read inside an asyncio task")
+        cancelling = task.cancelling()
+        self._reader = task
         try:
-            async with timeout:
-                return await resp.read_chunk()
-        except TimeoutError as exc:
-            if timeout.expired() and not isinstance(exc, APITimeoutError):
+            chunk = await resp.read_chunk()
+        except BaseException as exc:
+            self._reader = None
+            phase, self._expired_phase = self._expired_phase, None
+            # Ours is withdrawn whatever the outcome (uncancel() runs whenever phase is set). A
+            # cancel() from outside after ours leaves the count above its value at entry: that
+            # one wins and propagates as CancelledError, as with asyncio.Timeout.
+            if (
+                phase is not None
+                and task.uncancel() <= cancelling
+                and isinstance(exc, asyncio.CancelledError)
+            ):
                 raise self._timeout_error(phase) from exc
             raise
+        self._reader = None
+        if self._expired_phase is not None:
+            # The read returned despite our cancel(): withdraw it, or it would hit the caller's
+            # next await.
+            self._expired_phase = None
+            task.uncancel()
+        return chunk
+
+    def _arm(self, when: float) -> None:
+        self._disarm()
+        assert self._loop is not None
+        self._watchdog_at = when
+        # A weak reference: a pending timer must not keep an abandoned stream alive (its
+        # ``__del__`` closes the connection).
+        self._watchdog = self._loop.call_at(when, _fire_watchdog, weakref.ref(self))
+
+    def _disarm(self) -> None:
+        handle, self._watchdog = self._watchdog, None
+        if handle is not None:
+            handle.cancel()
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        if self._resp is None:
+            return  # between attempts or ended; the next read arms it again
+        deadline, phase = self._deadline()
+        if deadline is None:
+            return
+        if deadline > self._watchdog_at:
+            # Tokens arrived since it was armed: the deadline moved on.
+            self._arm(deadline)
+            return
+        reader = self._reader
+        if reader is not None and self._expired_phase is None:
+            self._expired_phase = phase
+            reader.cancel()
+        # Expired outside a read (the caller is busy with a token): stay disarmed. The next read
+        # re-arms at the passed deadline, which fires on the next loop iteration, so a chunk
+        # already buffered is still returned first, as under ``asyncio.timeout_at``.
 
     async def _handle(self, event: StreamEvent) -> StreamEvent | None:
         """Apply one decoded event; returns the event to hand out, or ``None`` to read on."""
@@ -488,6 +569,7 @@ class TokenStream(AsyncResource):
             assert isinstance(event, Done)
             self._acc.finish(done_text=event.text)
             self._state = _ENDED
+            self._disarm()
             resp, self._resp = self._resp, None
             if resp is not None:
                 resp.finish()
@@ -587,6 +669,12 @@ class TokenStream(AsyncResource):
         if cause is not None:
             message = f"{message}: {cause.message}"
         raise IncompleteStreamError(message, partial_text=self.text, job_id=self.job_id) from cause
+
+
+def _fire_watchdog(ref: weakref.ref[TokenStream]) -> None:
+    stream = ref()
+    if stream is not None:
+        stream._on_watchdog()
 
 
 class _EventIterator:

@@ -4,7 +4,8 @@ events, timing, node disconnects (transparent retry, raise, restart), reconnects
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 import pytest
 
@@ -392,6 +393,159 @@ async def test_total_timeout_covers_the_whole_stream(server: DevServer) -> None:
             await stream.final_text()
     assert info.value.phase == "total" and isinstance(info.value, TimeoutError)
     assert len(info.value.partial_text) < len(ANSWER) and info.value.partial_text == stream.text
+
+
+# -- the deadline watchdog: one timer per stream, re-armed lazily ----------------------------------
+
+
+async def test_tokens_just_under_the_stall_timeout_keep_it_from_firing_until_they_stop() -> None:
+    # Six tokens 0.15 s apart span 2.5 stall periods: a watchdog that fired at the deadline it was
+    # first armed with, instead of re-arming, would cut the stream after the second or third.
+    texts = [f"t{i} " for i in range(6)]
+    paced: list[bytes | float] = []
+    for event in data_events(*texts, done=False):
+        paced += [event, 0.15]
+    pings: list[bytes | float] = [b": ping\n\n", 0.02] * 60  # heartbeats do not count
+    loop = asyncio.get_running_loop()
+    async with raw_server(sse_handler(paced + pings)) as url:
+        client = client_for(url, timeouts=Timeouts(read=5, stall=0.3))
+        async with client, client.stream(model=MODEL, messages=MSG) as stream:
+            received: list[str] = []
+            with pytest.raises(APITimeoutError) as info:
+                async for token in stream:
+                    received.append(token)
+                    last = loop.time()
+            silent = loop.time() - last
+    assert received == texts
+    assert info.value.phase == "stall" and info.value.partial_text == stream.text == "".join(texts)
+    assert stream.terminal_reason == "timeout" and stream._watchdog is None
+    assert silent >= 0.29  # never before the deadline; how late depends on the machine's load
+
+
+async def test_the_first_token_brings_a_short_stall_deadline_forward() -> None:
+    # The watchdog armed for first_token (5 s) must be re-armed earlier for the stall (0.2 s).
+    handler = sse_handler(data_events("Hel", done=False) + [b": ping\n\n", 0.02] * 100)
+    async with raw_server(handler) as url:
+        client = client_for(url, timeouts=Timeouts(read=5, first_token=5, stall=0.2))
+        async with client, client.stream(model=MODEL, messages=MSG) as stream:
+            with pytest.raises(APITimeoutError) as info:
+                async with asyncio.timeout(1.5):
+                    await stream.final_text()
+    assert info.value.phase == "stall" and info.value.partial_text == "Hel"
+
+
+class _ScriptedResponse:
+    """A ``StreamResponse`` whose reads follow a script: bytes are returned at once, as a chunk
+    already buffered would be; ``None`` blocks until cancelled."""
+
+    content_type = "text/event-stream"
+    status = 200
+    headers: dict[str, str] = {}
+
+    def __init__(self, script: list[bytes | None], on_block: Callable[[], None] | None) -> None:
+        self._script = script
+        self._on_block = on_block
+        self.closed = False
+
+    async def read_chunk(self) -> bytes:
+        step = self._script.pop(0) if self._script else None
+        if step is not None:
+            return step
+        waiter = asyncio.get_running_loop().create_future()
+        if self._on_block is not None:
+            on_block = self._on_block
+            # Runs when the read is cancelled, before the reading task resumes.
+            waiter.add_done_callback(lambda _: on_block())
+        await waiter
+        raise AssertionError("unreachable: nothing completes the waiter")
+
+    def close(self) -> None:
+        self.closed = True
+
+    def finish(self) -> None:
+        self.closed = True
+
+
+class _ScriptedTransport:
+    def __init__(self, timeouts: Timeouts, resp: _ScriptedResponse) -> None:
+        self.timeouts = timeouts
+        self.retry = fast_retry()
+        self.resp = resp
+
+    async def open_stream(self, method: str, path: str, **_: Any) -> _ScriptedResponse:
+        return self.resp
+
+
+def _scripted_stream(
+    timeouts: Timeouts, script: list[bytes | None], on_block: Callable[[], None] | None = None
+) -> tuple[TokenStream, _ScriptedResponse]:
+    resp = _ScriptedResponse(script, on_block)
+    return TokenStream(cast(Any, _ScriptedTransport(timeouts, resp)), job_id="job_x"), resp
+
+
+async def test_a_chunk_buffered_when_the_deadline_has_passed_is_still_returned() -> None:
+    a, b = data_events("A", "B", done=False)
+    stream, resp = _scripted_stream(Timeouts(stall=0.05), [a, b, None])
+    async with stream:
+        assert await stream.__anext__() == "A"
+        await asyncio.sleep(0.12)  # the stall deadline passes while the caller is busy
+        assert await stream.__anext__() == "B"  # already there: no read has to wait
+        with pytest.raises(APITimeoutError) as info:
+            await stream.__anext__()
+    assert info.value.phase == "stall" and info.value.partial_text == "AB" and resp.closed
+    assert stream._watchdog is None
+
+
+async def test_a_cancel_from_outside_racing_the_watchdog_wins() -> None:
+    # The watchdog cancels the reading task; before the task resumes, someone else cancels it too.
+    # That cancellation must reach the caller as CancelledError, not turn into a timeout.
+    reader: asyncio.Task[Any] | None = None
+
+    def cancel_from_outside() -> None:
+        assert reader is not None
+        reader.cancel()
+
+    stream, resp = _scripted_stream(Timeouts(first_token=0.05), [], cancel_from_outside)
+
+    async def consume() -> None:
+        async with stream:
+            await stream.final_text()
+
+    reader = asyncio.create_task(consume())
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert reader.cancelling() == 1  # ours was withdrawn; the outside one stands
+    assert stream.terminal_reason == "cancelled" and resp.closed and stream._watchdog is None
+
+
+async def test_the_watchdog_timeout_leaves_the_task_uncancelled() -> None:
+    stream, resp = _scripted_stream(Timeouts(first_token=0.05), [])
+    async with stream:
+        with pytest.raises(APITimeoutError) as info:
+            await stream.final_text()
+    assert info.value.phase == "first_token" and info.value.partial_text == ""
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0)  # and no stray cancellation is pending
+    assert resp.closed and stream._watchdog is None
+
+
+async def test_a_cancel_from_outside_mid_read_propagates_and_disarms() -> None:
+    stream, resp = _scripted_stream(Timeouts(stall=5), [*data_events("A", done=False), None])
+
+    async def consume() -> None:
+        async with stream:
+            await stream.final_text()
+
+    task = asyncio.create_task(consume())
+    while stream.token_count == 0:
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)  # now inside the blocking read, with the watchdog armed
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert stream.text == "A" and stream.terminal_reason == "cancelled"
+    assert resp.closed and stream._watchdog is None
 
 
 # -- after the end ---------------------------------------------------------------------------------
