@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 _EXCERPT_LIMIT = 200
+_MESSAGE_LIMIT = 1000
 
 
 class InfernetError(Exception):
@@ -314,6 +315,12 @@ def error_for_response(
 def stream_error_for_code(
     code: str | None, message: str, *, partial_text: str, job_id: str | None
 ) -> StreamError:
-    """Build the ``StreamError`` for an in-stream error event (the HTTP status there is 200)."""
+    """Build the ``StreamError`` for an in-stream error event (the HTTP status there is 200).
+
+    The message comes from the server and may be as large as an event (megabytes): it is cut to
+    ``_MESSAGE_LIMIT`` characters so that a log line or a traceback stays readable.
+    """
+    if len(message) > _MESSAGE_LIMIT:
+        message = message[: _MESSAGE_LIMIT - 1] + "…"
     cls = _STREAM_ERRORS_BY_CODE.get(code or "", StreamError)
     return cls(message, partial_text=partial_text, job_id=job_id, code=code)

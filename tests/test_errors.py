@@ -301,3 +301,24 @@ async def test_mocked_transport_failures_reach_the_caller_as_sdk_errors() -> Non
     assert fds.value.request_sent is False
     assert cut.value.request_sent is not False  # the job may exist: not safe to resubmit
     assert not isinstance(fds.value.__cause__, InfernetError)
+
+
+def test_a_huge_in_stream_error_message_is_cut_but_the_partial_text_is_whole() -> None:
+    from infernet_async.errors import stream_error_for_code
+
+    partial = "x" * 100_000
+    error = stream_error_for_code(
+        "node_disconnected", "m" * 5_000_000, partial_text=partial, job_id="job_1"
+    )
+    assert type(error).__name__ == "NodeDisconnectedError"
+    assert len(error.message) == 1000 and error.message.endswith("…")
+    assert len(str(error)) <= 1000
+    assert error.partial_text == partial
+
+
+def test_a_short_in_stream_error_message_is_kept_as_sent() -> None:
+    from infernet_async.errors import stream_error_for_code
+
+    error = stream_error_for_code("oops", "Node went offline", partial_text="", job_id=None)
+    assert error.message == "Node went offline"
+    assert error.code == "oops"
