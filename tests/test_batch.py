@@ -26,6 +26,7 @@ from infernet_async._batch import (
 )
 from infernet_async.cli import main
 from infernet_async.devserver import DevServer
+from tests._signals import default_sigint
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "qwen2.5:14b"
@@ -185,6 +186,7 @@ def spawn_batch(source: Path, out: Path, server: DevServer, *extra: str) -> subp
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
 
 

@@ -19,6 +19,7 @@ import pytest
 from infernet_async import InfernetClient
 from infernet_async.cli import main
 from infernet_async.devserver import DevServer, Fault
+from tests._signals import default_sigint
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "What is the capital of France?"
@@ -312,6 +313,7 @@ async def interrupt_chat(server: DevServer, *extra: str) -> tuple[int, str, str]
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        preexec_fn=default_sigint,
     )
     assert proc.stdout is not None and proc.stderr is not None
     try:

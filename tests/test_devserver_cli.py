@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from infernet_async.cli import main
+from tests._signals import default_sigint
 
 from .devserver_helpers import Api, texts
 
@@ -41,6 +42,7 @@ async def test_serve_prints_url_and_token_serves_and_stops_on_sigint() -> None:
         stderr=asyncio.subprocess.PIPE,
         cwd=ROOT,
         env=env,
+        preexec_fn=default_sigint,
     )
     assert process.stdout is not None
     try:
