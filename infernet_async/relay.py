@@ -12,10 +12,14 @@ A back end that calls Infernet passes the answer through in a few lines::
 
 The browser receives ``data: {"text": ...}`` per token, ``data: [DONE]`` after a clean finish, or
 one error event ``data: {"error": "<code>", "message": ...}`` when the upstream stream fails (the
-text it already has stays valid: nothing is ever retracted). Rules: the upstream stream is closed
-whenever the relay ends, at once when the browser goes away (before the first token as well as after
-it), and ``CancelledError`` is never swallowed. This module imports neither aiohttp.web nor
-starlette at import time.
+text it already has stays valid: nothing is ever retracted). While nothing is written (a job
+pending before its first token, a slow node between tokens) a ``: keep-alive`` comment goes out
+every ``keepalive`` seconds, so a proxy's idle timeout (nginx's 60 s ``proxy_read_timeout``) does
+not cut the connection; browsers and the guide's fetch loop skip comment lines. Rules: the upstream
+stream is closed whenever the relay ends, at once when the browser goes away (before the first token
+as well as after it), a keep-alive never cancels or disturbs the upstream read, and
+``CancelledError`` is never swallowed. This module imports neither aiohttp.web nor starlette at
+import time.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ SSE_HEADERS: Mapping[str, str] = {
 """Headers for an SSE response: the content type, no caching and no proxy buffering."""
 
 _DONE_BYTES = b"data: [DONE]\n\n"
+_KEEPALIVE_BYTES = b": keep-alive\n\n"
 
 
 class TokenSource(Protocol):
@@ -115,6 +120,32 @@ def error_event_for(exc: BaseException) -> ErrorEvent:
     return ErrorEvent("internal_error", "The relay failed.")
 
 
+def _check_keepalive(keepalive: float | None) -> None:
+    if keepalive is not None and not keepalive > 0:  # "not >" also rejects NaN
+        raise ValueError(
+            f"keepalive must be a positive number of seconds or None, not {keepalive!r}"
+        )
+
+
+async def _next_token(iterator: AsyncIterator[str]) -> str | None:
+    """One upstream read; ``None`` at the end of the stream."""
+    try:
+        return await anext(iterator)
+    except StopAsyncIteration:
+        return None
+
+
+async def _stop_read(read: asyncio.Task[str | None]) -> None:
+    read.cancel()
+    # Shielded like _close_quietly: the upstream must not be closed while its read is unwinding.
+    with anyio.CancelScope(shield=True):
+        await asyncio.wait({read})
+    if not read.cancelled() and (exc := read.exception()) is not None:
+        # The read failed just as the relay ended for another reason; retrieving the exception
+        # keeps asyncio from logging "Task exception was never retrieved".
+        logger.debug("relay: upstream read failed while the relay was ending: %r", exc)
+
+
 async def _close_quietly(stream: TokenSource) -> None:
     # Shielded: a body iterator cancelled by Starlette's anyio task group is cancelled again at
     # every await (level-triggered cancellation), and the upstream must be released regardless.
@@ -122,13 +153,21 @@ async def _close_quietly(stream: TokenSource) -> None:
         await stream.aclose()
 
 
-async def sse_body(stream: TokenSource) -> AsyncGenerator[bytes, None]:
+async def sse_body(
+    stream: TokenSource, *, keepalive: float | None = 15.0
+) -> AsyncGenerator[bytes, None]:
     """The SSE bytes of ``stream``, one event per chunk, for Starlette's ``StreamingResponse``.
 
     Tokens become ``data: {"text": ...}``; a clean end ``data: [DONE]``. An ``InfernetError`` from
     the stream becomes one error event and a clean end of the body. Any other exception is a bug:
     the browser still gets an ``internal_error`` event, then the exception propagates so the server
     logs it.
+
+    When ``keepalive`` seconds pass without a chunk, the body yields the comment
+    ``: keep-alive\n\n`` (again every ``keepalive`` seconds while the wait lasts); ``None`` turns
+    this off. The upstream read runs on in its own task meanwhile: timing it out would cancel it,
+    and a cancelled read ends a ``TokenStream``. A ``keepalive`` that is not positive raises
+    ``ValueError`` on the first iteration (the stream is closed first).
 
     The upstream stream is closed when the body ends, fails, is closed (``aclose()``, or garbage
     collection through asyncio's async-generator hooks) or is cancelled. Starlette cancels the body
@@ -140,9 +179,27 @@ async def sse_body(stream: TokenSource) -> AsyncGenerator[bytes, None]:
     way to tell a browser to discard text, so with ``on_node_disconnect="restart"`` the restarted
     answer would be appended to the abandoned one.
     """
+    iterator = aiter(stream)
+    read: asyncio.Task[str | None] | None = None
     try:
+        _check_keepalive(keepalive)
         try:
-            async for token in stream:
+            while True:
+                if keepalive is None:
+                    token = await _next_token(iterator)
+                else:
+                    if read is None:
+                        read = asyncio.create_task(
+                            _next_token(iterator), name="infernet_async relay read"
+                        )
+                    await asyncio.wait({read}, timeout=keepalive)
+                    if not read.done():
+                        yield _KEEPALIVE_BYTES
+                        continue
+                    finished, read = read, None
+                    token = finished.result()
+                if token is None:
+                    break
                 if token:
                     yield sse_encode(Token(token))
         except InfernetError as exc:
@@ -155,6 +212,8 @@ async def sse_body(stream: TokenSource) -> AsyncGenerator[bytes, None]:
             raise
         yield _DONE_BYTES
     finally:
+        if read is not None:
+            await _stop_read(read)
         await _close_quietly(stream)
 
 
@@ -163,9 +222,9 @@ def _client_gone(request: web.BaseRequest) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def _pump(response: web.StreamResponse, stream: TokenSource) -> bool:
+async def _pump(response: web.StreamResponse, stream: TokenSource, keepalive: float | None) -> bool:
     """Write the stream's events; returns False when the client went away mid-write."""
-    async with contextlib.aclosing(sse_body(stream)) as body:
+    async with contextlib.aclosing(sse_body(stream, keepalive=keepalive)) as body:
         async for chunk in body:
             try:
                 await response.write(chunk)
@@ -184,6 +243,7 @@ async def relay_to_aiohttp(
     *,
     headers: Mapping[str, str] | None = None,
     disconnect_poll_interval: float = 0.05,
+    keepalive: float | None = 15.0,
 ) -> web.StreamResponse:
     """Relay ``stream`` to the client of an aiohttp handler as SSE; returns the prepared response.
 
@@ -195,16 +255,26 @@ async def relay_to_aiohttp(
             aiohttp tells a handler about a disconnect only by cancelling it, and only with
             ``handler_cancellation=True``; without it a handler waiting for a slow first token would
             never notice, so the relay also watches the connection's transport.
+        keepalive: seconds without a write after which the comment ``: keep-alive`` is sent (and
+            again every ``keepalive`` seconds), so a proxy's idle timeout does not cut a job that
+            waits for its first token; ``None`` sends none. It never interrupts the upstream read.
 
     Returns:
         The ``web.StreamResponse``, already finished; return it from the handler.
 
     Raises:
         asyncio.CancelledError: when the handler is cancelled (the upstream stream is closed first).
+        ValueError: when ``keepalive`` is not positive (before anything is sent).
         Exception: only for a bug in the stream (not an ``InfernetError``), after the browser got an
             ``internal_error`` event.
     """
     from aiohttp import web
+
+    try:
+        _check_keepalive(keepalive)
+    except ValueError:
+        await _close_quietly(stream)
+        raise
 
     response = web.StreamResponse(headers={**SSE_HEADERS, **(headers or {})})
     try:
@@ -213,7 +283,7 @@ async def relay_to_aiohttp(
         await _close_quietly(stream)
         return response
 
-    pump = asyncio.create_task(_pump(response, stream), name="infernet_async relay")
+    pump = asyncio.create_task(_pump(response, stream, keepalive), name="infernet_async relay")
     client_left = False
     try:
         while not pump.done():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -37,6 +38,50 @@ from infernet_async.relay import (
 from tests.relay_fakes import FakeTokenStream
 
 DISCONNECT_DEADLINE = 3.0  # generous bound for "at once": the relay polls every 50 ms
+KEEPALIVE = b": keep-alive\n\n"
+# A first token after 0.45 s with keep-alives every 0.1 s: four comments on time, and at least two
+# even on a loaded machine.
+FIRST_TOKEN_PAUSE = 0.45
+KEEPALIVE_INTERVAL = 0.1
+
+
+class PacedTokenStream(FakeTokenStream):
+    """A ``FakeTokenStream`` whose n-th read first waits ``pauses[n]`` seconds (a pending job, a
+    slow node), and which records every read started, so a test can tell that keep-alives neither
+    cancelled a read nor started a second one beside it.
+    """
+
+    def __init__(self, tokens: list[str], pauses: list[float], **kwargs: object) -> None:
+        super().__init__(tokens, **kwargs)  # type: ignore[arg-type]
+        self._pauses = list(pauses)
+        self.reads = 0
+        self.overlapping_reads = 0
+        self._reading = False
+
+    async def __anext__(self) -> str:
+        if self._reading:
+            self.overlapping_reads += 1
+        self._reading = True
+        pause = self._pauses[self.reads] if self.reads < len(self._pauses) else 0.0
+        self.reads += 1
+        try:
+            if pause:
+                await asyncio.sleep(pause)
+            return await super().__anext__()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        finally:
+            self._reading = False
+
+
+def split_keepalives(body: bytes) -> tuple[int, bytes]:
+    """The number of keep-alive comments at the start of ``body``, and the rest."""
+    count = 0
+    while body.startswith(KEEPALIVE):
+        body = body[len(KEEPALIVE) :]
+        count += 1
+    return count, body
 
 
 def parse_guide_events(body: bytes) -> list[object]:
@@ -150,6 +195,63 @@ async def test_sse_body_closed_early_closes_upstream() -> None:
     body = sse_body(source)
     assert parse_guide_events(await anext(body)) == [{"text": "a"}]
     await body.aclose()
+    assert source.closed.is_set()
+
+
+async def test_sse_body_sends_keepalives_while_the_first_token_is_pending() -> None:
+    source = PacedTokenStream(["Paris", " is"], pauses=[FIRST_TOKEN_PAUSE])
+    chunks = [c async for c in sse_body(source, keepalive=KEEPALIVE_INTERVAL)]
+    count, rest = split_keepalives(b"".join(chunks))
+    assert count >= 2, chunks
+    assert rest == b'data: {"text": "Paris"}\n\ndata: {"text": " is"}\n\ndata: [DONE]\n\n'
+    assert all(c == KEEPALIVE for c in chunks[:count])  # each comment is a chunk of its own
+    # The one read that was pending all along delivered the token: nothing cancelled or doubled it.
+    assert not source.cancelled and source.overlapping_reads == 0 and source.reads == 3
+    assert source.closed.is_set()
+
+
+async def test_sse_body_sends_keepalives_for_a_slow_node_then_its_error() -> None:
+    error = NodeDisconnectedError("Node went offline", code="node_disconnected")
+    source = PacedTokenStream(["Par"], pauses=[0.0, 0.3], error=error)
+    chunks = [c async for c in sse_body(source, keepalive=KEEPALIVE_INTERVAL)]
+    assert chunks[0] == b'data: {"text": "Par"}\n\n'
+    assert chunks[1:-1] and all(c == KEEPALIVE for c in chunks[1:-1]), chunks
+    assert parse_guide_events(chunks[-1]) == [
+        {"error": "node_disconnected", "message": "Node went offline"}
+    ]
+    assert not source.cancelled and source.closed.is_set()
+
+
+async def test_sse_body_without_keepalive_sends_no_comments() -> None:
+    source = PacedTokenStream(["Paris"], pauses=[0.25])
+    chunks = [c async for c in sse_body(source, keepalive=None)]
+    assert chunks == [b'data: {"text": "Paris"}\n\n', b"data: [DONE]\n\n"]
+    assert source.closed.is_set()
+
+
+@pytest.mark.parametrize("how", ["cancel", "aclose"])
+async def test_sse_body_stopped_during_a_keepalive_wait_cancels_the_read(how: str) -> None:
+    source = FakeTokenStream(["tok"], hang=True)
+    body = sse_body(source, keepalive=0.02)
+    assert await anext(body) == b'data: {"text": "tok"}\n\n'
+    assert await anext(body) == KEEPALIVE
+    assert source.waiting.is_set() and not source.closed.is_set()
+    if how == "aclose":
+        await body.aclose()
+    else:
+        task = asyncio.create_task(anext(body))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert source.cancelled and source.closed.is_set() and source.aclose_calls == 1
+
+
+@pytest.mark.parametrize("keepalive", [0.0, -1.0, math.nan])
+async def test_sse_body_rejects_a_keepalive_that_is_not_positive(keepalive: float) -> None:
+    source = FakeTokenStream(["a"])
+    with pytest.raises(ValueError, match="keepalive"):
+        await anext(sse_body(source, keepalive=keepalive))
     assert source.closed.is_set()
 
 
@@ -336,11 +438,88 @@ async def test_aiohttp_relay_reraises_a_bug_after_telling_the_browser(
     assert source.closed.is_set()
 
 
+@pytest.mark.parametrize("keepalive", [KEEPALIVE_INTERVAL, None])
+async def test_aiohttp_relay_sends_keepalives_while_the_first_token_is_pending(
+    keepalive: float | None,
+) -> None:
+    source = PacedTokenStream(["Paris", " is"], pauses=[FIRST_TOKEN_PAUSE])
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await relay_to_aiohttp(request, source, keepalive=keepalive)
+
+    async with (
+        aiohttp_server(handler) as url,
+        aiohttp.ClientSession() as session,
+        session.post(url) as resp,
+    ):
+        body = await resp.read()
+    count, rest = split_keepalives(body)
+    if keepalive is None:
+        assert count == 0 and KEEPALIVE not in body
+    else:
+        assert count >= 2, body
+    assert rest == b'data: {"text": "Paris"}\n\ndata: {"text": " is"}\n\ndata: [DONE]\n\n'
+    assert parse_guide_events(body) == [{"text": "Paris"}, {"text": " is"}, "[DONE]"]
+    assert not source.cancelled and source.overlapping_reads == 0
+    assert source.closed.is_set()
+
+
+@pytest.mark.parametrize("handler_cancellation", [False, True])
+@pytest.mark.parametrize("tokens_first", [0, 2])
+async def test_aiohttp_relay_stops_upstream_when_client_leaves_during_keepalives(
+    handler_cancellation: bool, tokens_first: int
+) -> None:
+    source = FakeTokenStream(["tok"] * tokens_first, hang=True)
+    handler_done = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            return await relay_to_aiohttp(request, source, keepalive=0.02)
+        finally:
+            handler_done.set()
+
+    async with aiohttp_server(handler, handler_cancellation=handler_cancellation) as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        sock = raw_post(port)
+        try:
+            received = await read_until(sock, KEEPALIVE)
+            assert received.count(b'data: {"text": "tok"}') == tokens_first
+            assert source.waiting.is_set()
+        finally:
+            sock.close()
+        await asyncio.wait_for(source.closed.wait(), DISCONNECT_DEADLINE)
+        await asyncio.wait_for(handler_done.wait(), DISCONNECT_DEADLINE)
+    assert source.cancelled, "the pending upstream read was cancelled, not left running"
+    assert source.aclose_calls >= 1
+
+
+async def test_aiohttp_relay_rejects_a_keepalive_that_is_not_positive() -> None:
+    source = FakeTokenStream(["a"])
+    raised: list[ValueError] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            return await relay_to_aiohttp(request, source, keepalive=0)
+        except ValueError as exc:
+            raised.append(exc)
+            return web.Response(status=500)
+
+    async with (
+        aiohttp_server(handler) as url,
+        aiohttp.ClientSession() as session,
+        session.post(url) as resp,
+    ):
+        assert resp.status == 500
+    assert len(raised) == 1 and source.closed.is_set()
+
+
 # --- sse_body under Starlette + uvicorn: the disconnect listener cancels the body ---
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_server(source: FakeTokenStream) -> AsyncIterator[int]:
+async def uvicorn_server(
+    source: FakeTokenStream, *, keepalive: float | None = 15.0
+) -> AsyncIterator[int]:
     uvicorn = pytest.importorskip("uvicorn")
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -348,7 +527,7 @@ async def uvicorn_server(source: FakeTokenStream) -> AsyncIterator[int]:
     from starlette.routing import Route
 
     async def chat(request: Request) -> StreamingResponse:
-        return StreamingResponse(sse_body(source), headers=dict(SSE_HEADERS))
+        return StreamingResponse(sse_body(source, keepalive=keepalive), headers=dict(SSE_HEADERS))
 
     app = Starlette(routes=[Route("/chat", chat, methods=["POST"])])
     sock = socket.socket()
@@ -390,6 +569,33 @@ async def test_starlette_disconnect_listener_cancels_the_upstream(tokens_first: 
             received = await read_until(sock, marker)
             assert received.startswith(b"HTTP/1.1 200")
             await asyncio.wait_for(source.waiting.wait(), DISCONNECT_DEADLINE)
+        finally:
+            sock.close()
+        await asyncio.wait_for(source.closed.wait(), DISCONNECT_DEADLINE)
+    assert source.cancelled
+
+
+async def test_starlette_streaming_response_sends_keepalives_before_the_first_token() -> None:
+    source = PacedTokenStream(["Paris", " is"], pauses=[FIRST_TOKEN_PAUSE])
+    async with (
+        uvicorn_server(source, keepalive=KEEPALIVE_INTERVAL) as port,
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{port}/chat") as resp,
+    ):
+        body = await resp.read()
+    count, rest = split_keepalives(body)
+    assert count >= 2, body
+    assert parse_guide_events(rest) == [{"text": "Paris"}, {"text": " is"}, "[DONE]"]
+    assert not source.cancelled and source.closed.is_set()
+
+
+async def test_starlette_disconnect_during_keepalives_cancels_the_upstream() -> None:
+    source = FakeTokenStream([], hang=True)
+    async with uvicorn_server(source, keepalive=0.02) as port:
+        sock = raw_post(port)
+        try:
+            received = await read_until(sock, KEEPALIVE)
+            assert received.startswith(b"HTTP/1.1 200")
         finally:
             sock.close()
         await asyncio.wait_for(source.closed.wait(), DISCONNECT_DEADLINE)
