@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "positive_int",
+    "whole_number",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -158,12 +159,19 @@ def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return EXIT_ERROR
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts: a whole number of at least 1."""
+def whole_number(text: str, *, low: int = 1, high: int | None = None) -> int:
+    """argparse type for counts: a whole number from ``low`` to ``high`` (None: no bound)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if high is not None and not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be within {low}..{high}, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts: a whole number of at least 1."""
+    return whole_number(text)

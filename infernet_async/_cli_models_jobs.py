@@ -12,7 +12,14 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._cli_common import EXIT_OK, add_connection_arguments, open_client, run, write_out
+from ._cli_common import (
+    EXIT_OK,
+    add_connection_arguments,
+    open_client,
+    run,
+    whole_number,
+    write_out,
+)
 
 if TYPE_CHECKING:
     from .models import Job
@@ -31,13 +38,7 @@ def _positive_float(text: str) -> float:
 
 
 def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be within 1..100, got {value}")
-    return value
+    return whole_number(text, high=100)
 
 
 def register(subparsers: Any) -> None:
