@@ -56,6 +56,7 @@ class _TokenStreamLike(Protocol):
         tb: TracebackType | None,
     ) -> Any: ...
     def __aiter__(self) -> AsyncIterator[str]: ...
+    async def final_text(self) -> str: ...
 
 
 class StreamingClient(Protocol):
@@ -146,9 +147,8 @@ def stream_job_runner(
                 stream = client.stream(**arguments)
                 async with stream:
                     # The stream counts tokens and times the first one itself: nothing to do here
-                    # per token.
-                    async for _ in stream:
-                        pass
+                    # per token, so it may take them without waking this task for each.
+                    await stream.final_text()
             except anyio.get_cancelled_exc_class():
                 on_cancel(figures.outcome(index, request, "cancelled", stream))
                 raise

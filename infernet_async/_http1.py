@@ -56,7 +56,13 @@ __all__ = ["ProtocolError", "ResponseHead", "ResponseParser", "encode_request"]
 
 
 class ProtocolError(Exception):
-    """The server's bytes are not a valid HTTP/1.1 response (the message says what)."""
+    """The server's bytes are not a valid HTTP/1.1 response (the message says what).
+
+    ``body`` holds the body bytes the same ``feed`` decoded before the fault: they were valid,
+    and a reader must not lose them.
+    """
+
+    body: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +228,7 @@ class ResponseParser:
                 pos = self._run(src, 0, pieces)
         except ProtocolError as exc:
             self._fail(str(exc))
+            exc.body = b"".join(pieces)
             raise
         if src is buf:
             del buf[:pos]

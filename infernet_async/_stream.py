@@ -1,8 +1,11 @@
 """``TokenStream``: the single read loop from response bytes to tokens, with cancellation-aware
 accumulation.
 
-Shape: ``StreamResponse.read_chunk()`` (``iter_any()``) -> ``events.TokenDecoder.feed()`` ->
-interpret -> the ``Accumulator`` -> the caller. ``TokenStream`` is an explicit async iterator, not
+Shape: the response pumps body bytes into ``_on_body`` -> ``events.TokenDecoder.feed()`` ->
+interpret -> the ``Accumulator`` -> the caller. On our own connections (``_connection``) the pump
+runs ``_on_body`` inside the protocol's ``data_received``; when nobody looks at single tokens
+(``final_text()``, the fan-out) tokens are accumulated right there and the reading task wakes only
+for the other events, the end above all. ``TokenStream`` is an explicit async iterator, not
 an async generator, so no cleanup hides in a generator ``finally``: on every terminal condition
 (done, error event, EOF, timeout, an exception, cancellation) ``_next_event`` itself closes the
 response *before* it raises, and records the state first, so ``text``/``partial_text`` are right
@@ -37,7 +40,7 @@ from .errors import (
 from .events import Done, ErrorEvent, JobInfo, Restart, StreamEvent, Token, TokenDecoder
 
 if TYPE_CHECKING:
-    from ._transport import StreamResponse, Transport
+    from ._transport import OpenStream, Transport
 
 __all__ = ["NodeDisconnectPolicy", "TokenStream"]
 
@@ -89,7 +92,9 @@ class TokenStream(AsyncResource):
         self._reconnect = reconnect
         self._acc = Accumulator()
         self._acc.set_job_id(job_id)
-        self._resp: StreamResponse | None = None
+        self._resp: OpenStream | None = None
+        # True while the reader only wants the whole answer: tokens are taken in ``_on_body``.
+        self._collect = False
         self._decoder = TokenDecoder()
         self._pending: deque[StreamEvent] = deque()
         self._state = _NEW
@@ -107,7 +112,7 @@ class TokenStream(AsyncResource):
         self._attempt_started_at: float | None = None
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
-        # The deadline watchdog (see ``_read_chunk``): one timer per stream instead of an
+        # The deadline watchdog (see ``_pump``): one timer per stream instead of an
         # ``asyncio.timeout`` per read. ``_reader`` is the task while it is inside a read, and
         # ``_expired_phase`` is set once the watchdog has cancelled that task for a deadline.
         self._watchdog: asyncio.TimerHandle | None = None
@@ -208,8 +213,12 @@ class TokenStream(AsyncResource):
             StreamError: the stream failed (the same error iteration raised), or was closed before
             ``[DONE]``.
         """
-        async for _ in self:
-            pass
+        self._collect = True
+        try:
+            async for _ in self:
+                pass
+        finally:
+            self._collect = False
         if self._acc.finished:
             return self._acc.text
         if self._error is not None:
@@ -288,15 +297,13 @@ class TokenStream(AsyncResource):
                     if out is not None:
                         return out
                 try:
-                    chunk = await self._read_chunk()
+                    more = await self._pump()
                 except APITimeoutError:
                     raise
                 except APIConnectionError as exc:
                     await self._connection_lost(exc)
                     continue
-                if chunk:
-                    self._pending.extend(self._decoder.feed(chunk))
-                else:
+                if not more:
                     self._pending.extend(self._decoder.close())
                     if not self._pending:
                         await self._connection_lost(None)
@@ -375,7 +382,7 @@ class TokenStream(AsyncResource):
             raise
         self._attach(resp)
 
-    async def _follow_job_object(self, resp: StreamResponse) -> StreamResponse:
+    async def _follow_job_object(self, resp: OpenStream) -> OpenStream:
         try:
             body = json.loads(await resp.read_all())
         except ValueError:
@@ -403,7 +410,7 @@ class TokenStream(AsyncResource):
         assert job_id is not None
         await self._open("GET", job_path(job_id, "/stream"), headers=headers)
 
-    def _attach(self, resp: StreamResponse) -> None:
+    def _attach(self, resp: OpenStream) -> None:
         self._resp = resp
         self._decoder = TokenDecoder()
         self._pending.clear()
@@ -459,14 +466,36 @@ class TokenStream(AsyncResource):
     # cancels the task only while it is inside a read, and the read turns that cancellation into
     # ``APITimeoutError`` only if nobody else asked for one.
 
-    async def _read_chunk(self) -> bytes:
+    def _on_body(self, chunk: bytes) -> bool:
+        """Decode body bytes; returns True when the reader has events to take.
+
+        While collecting, tokens are taken here, in the order they came, until another event
+        waits in ``_pending``: a replay filter after a reconnect, or a non-token event, sends the
+        rest through ``_handle``.
+        """
+        events = self._decoder.feed(chunk)
+        pending = self._pending
+        if self._collect and not pending and self._resume is None:
+            for event in events:
+                if not pending and type(event) is Token:
+                    self._take_token(event)
+                else:
+                    pending.append(event)
+        else:
+            pending.extend(events)
+        return bool(pending)
+
+    async def _pump(self) -> bool:
+        """Run the response's pump (under the deadline watchdog); False at the end of the body."""
         resp = self._resp
         if resp is None:
             raise APIConnectionError("the stream's connection was closed", request_sent=True)
         deadline, _ = self._deadline()
-        if deadline is None:
-            return await resp.read_chunk()
-        if self._watchdog is None or self._watchdog_at > deadline:
+        if deadline is None and not self._collect:
+            return await resp.pump(self._on_body)
+        # Collecting, the first token may bring a deadline (stall) while this pump runs: the
+        # watchdog needs the reader registered even when no deadline is in force yet.
+        if deadline is not None and (self._watchdog is None or self._watchdog_at > deadline):
             self._arm(deadline)
         task = asyncio.current_task()
         if task is None:
@@ -474,7 +503,7 @@ class TokenStream(AsyncResource):
         cancelling = task.cancelling()
         self._reader = task
         try:
-            chunk = await resp.read_chunk()
+            more = await resp.pump(self._on_body)
         except BaseException as exc:
             self._reader = None
             phase, self._expired_phase = self._expired_phase, None
@@ -494,7 +523,7 @@ class TokenStream(AsyncResource):
             # next await.
             self._expired_phase = None
             task.uncancel()
-        return chunk
+        return more
 
     def _arm(self, when: float) -> None:
         self._disarm()
@@ -549,21 +578,7 @@ class TokenStream(AsyncResource):
         kind = type(event)
         if kind is Token:
             assert isinstance(event, Token)
-            # Append before handing out: ``text`` covers every token the caller may have seen.
-            self._acc.add_token(event.text)
-            assert self._loop is not None
-            now = self._loop.time()
-            if self._first_token_at is None:
-                self._first_token_at = now
-            self._last_token_at = now
-            if event.id is not None:
-                # WHATWG ids persist across events: a server that sent one ``id:`` line tags every
-                # later token with it. Resuming by id needs one id per token; otherwise count
-                # tokens.
-                if event.id == self._last_token_id:
-                    self._ids_usable = False
-                self._last_token_id = event.id
-                self._last_id = event.id
+            self._take_token(event)
             return event
         if kind is Done:
             assert isinstance(event, Done)
@@ -583,6 +598,30 @@ class TokenStream(AsyncResource):
         if getattr(event, "id", None) is not None:
             self._last_id = getattr(event, "id", None)
         return event
+
+    def _take_token(self, event: Token) -> None:
+        # Appended before it is handed out: ``text`` covers every token the caller may have seen.
+        self._acc.add_token(event.text)
+        assert self._loop is not None
+        now = self._loop.time()
+        self._last_token_at = now
+        if self._first_token_at is None:
+            self._first_token_at = now
+            if self._reader is not None:
+                # Taken inside a pump (collecting): the stall deadline starts now, and may be
+                # earlier than the one the watchdog was armed for.
+                deadline, _ = self._deadline()
+                if deadline is not None and (
+                    self._watchdog is None or self._watchdog_at > deadline
+                ):
+                    self._arm(deadline)
+        if event.id is not None:
+            # WHATWG ids persist across events: a server that sent one ``id:`` line tags every
+            # later token with it. Resuming by id needs one id per token; otherwise count tokens.
+            if event.id == self._last_token_id:
+                self._ids_usable = False
+            self._last_token_id = event.id
+            self._last_id = event.id
 
     async def _error_event(self, event: ErrorEvent) -> StreamEvent:
         if (

@@ -30,6 +30,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from ._config import RetryPolicy, Secret, Timeouts
+from ._connection import BodySink, NativeResponse, StreamPool
 from ._ratelimit import active_limiter
 from ._retry import decide_retry, parse_retry_after, server_retry_after
 from ._version import __version__
@@ -43,6 +44,7 @@ from .errors import (
 )
 
 __all__ = [
+    "OpenStream",
     "StreamResponse",
     "Transport",
     "job_path",
@@ -230,6 +232,16 @@ class StreamResponse:
             except StopAsyncIteration:
                 return b""
 
+    async def pump(self, sink: BodySink) -> bool:
+        """Read chunks into ``sink`` until it asks for a wake-up (True) or the body ends
+        (False)."""
+        while True:
+            chunk = await self.read_chunk()
+            if not chunk:
+                return False
+            if sink(chunk):
+                return True
+
     async def read_all(self, limit: int = _ERROR_BODY_LIMIT) -> bytes:
         with map_transport_errors(phase="read"):
             return await self._resp.content.read(limit)
@@ -247,7 +259,12 @@ class StreamResponse:
             self._resp.close()
 
 
-async def _loop_sentinel(session: aiohttp.ClientSession) -> AsyncIterator[None]:
+# A stream's open response: on our own connection (``_connection``), or on a caller's aiohttp
+# session.
+OpenStream = StreamResponse | NativeResponse
+
+
+async def _loop_sentinel(session: aiohttp.ClientSession, pool: StreamPool) -> AsyncIterator[None]:
     # An async generator parked at its yield is closed by the loop's shutdown_asyncgens(), which
     # asyncio.run() and asyncio.Runner (so pytest-asyncio) call before closing the loop: the one
     # hook we get to close the session inside its own loop when the caller never called aclose(). No
@@ -255,6 +272,7 @@ async def _loop_sentinel(session: aiohttp.ClientSession) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        pool.close()
         if not session.closed:
             await session.close()
 
@@ -263,6 +281,7 @@ async def _loop_sentinel(session: aiohttp.ClientSession) -> AsyncIterator[None]:
 class _Binding:
     loop: asyncio.AbstractEventLoop
     session: aiohttp.ClientSession
+    pool: StreamPool
     sentinel: AsyncIterator[None] = field(repr=False)
 
 
@@ -337,8 +356,9 @@ class Transport:
             timeout=aiohttp.ClientTimeout(total=None),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        sentinel = _loop_sentinel(session)
-        self._binding = _Binding(loop, session, sentinel)
+        pool = StreamPool(loop, ssl=self._ssl, limit=self._max_connections)
+        sentinel = _loop_sentinel(session, pool)
+        self._binding = _Binding(loop, session, pool, sentinel)
         await anext(sentinel)
         logger.debug("created an aiohttp session for loop %#x", id(loop))
         return session
@@ -353,6 +373,7 @@ class Transport:
         except RuntimeError:  # pragma: no cover - aclose is a coroutine, so a loop runs
             running = None
         if binding.loop is running:
+            binding.pool.close()
             try:
                 await binding.session.close()
             finally:
@@ -397,27 +418,41 @@ class Transport:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         stream: bool,
-    ) -> aiohttp.ClientResponse:
+    ) -> aiohttp.ClientResponse | NativeResponse:
         """One request, redirects followed by hand; an error status becomes an ``APIError`` (body
-        read).
+        read). Streams go over our own connections unless the session is the caller's.
         """
         session = await self.session()
+        native = stream and self._binding is not None and self._caller_session is None
         timeout = self._client_timeout(stream=stream)
         for _ in range(_MAX_REDIRECTS + 1):
-            kwargs: dict[str, Any] = {
-                "headers": self._headers(url, headers),
-                "timeout": timeout,
-                "allow_redirects": False,
-            }
-            if json_body is not None:
-                kwargs["json"] = json_body
-            if params:
-                kwargs["params"] = params
-            if self._ssl is not None:
-                kwargs["ssl"] = self._ssl
             started = time.monotonic()
-            with map_transport_errors(phase="request"):
-                resp = await session.request(method, url, **kwargs)
+            resp: aiohttp.ClientResponse | NativeResponse
+            if native:
+                assert self._binding is not None
+                resp = await self._binding.pool.request(
+                    method,
+                    url,
+                    headers=self._headers(url, headers),
+                    json_body=json_body,
+                    params=params,
+                    connect_timeout=self.timeouts.connect,
+                    read_timeout=self.timeouts.read,
+                )
+            else:
+                kwargs: dict[str, Any] = {
+                    "headers": self._headers(url, headers),
+                    "timeout": timeout,
+                    "allow_redirects": False,
+                }
+                if json_body is not None:
+                    kwargs["json"] = json_body
+                if params:
+                    kwargs["params"] = params
+                if self._ssl is not None:
+                    kwargs["ssl"] = self._ssl
+                with map_transport_errors(phase="request"):
+                    resp = await session.request(method, url, **kwargs)
             logger.debug(
                 "%s %s -> %s in %.0f ms",
                 method,
@@ -451,7 +486,16 @@ class Transport:
             return resp
         raise APIError(f"more than {_MAX_REDIRECTS} redirects", status=310)
 
-    async def _raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
+    async def _raise_for_status(self, resp: aiohttp.ClientResponse | NativeResponse) -> None:
+        if isinstance(resp, NativeResponse):
+            try:
+                raw = await resp.read_all(_ERROR_BODY_LIMIT)
+            except BaseException:
+                resp.close()
+                raise
+            # A whole error body leaves the connection reusable: a fan-out's 429s cost no sockets.
+            resp.finish()
+            raise parse_error_response(resp.status, raw, resp.headers)
         try:
             with map_transport_errors(phase="read"):
                 raw = await resp.content.read(_ERROR_BODY_LIMIT)
@@ -471,7 +515,7 @@ class Transport:
         headers: Mapping[str, str] | None,
         stream: bool,
         retry: bool,
-    ) -> aiohttp.ClientResponse:
+    ) -> aiohttp.ClientResponse | NativeResponse:
         """``_send_once`` under the rate limiter of the current fan-out worker, if there is one.
 
         The limiter waits before the request (pacing, a 429 pause, a model's no_capacity backoff)
@@ -509,6 +553,8 @@ class Transport:
             return connector.limit if connector is not None else limit
         self._max_connections = max(self._max_connections, limit)
         binding = self._binding
+        if binding is not None and not binding.pool.closed:
+            binding.pool.set_limit(max(binding.pool.limit, self._max_connections))
         if binding is not None and not binding.session.closed:
             connector = binding.session.connector
             if connector is not None and 0 < connector.limit < self._max_connections:
@@ -527,7 +573,7 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         stream: bool,
         read_body: bool = False,
-    ) -> tuple[aiohttp.ClientResponse, bytes]:
+    ) -> tuple[aiohttp.ClientResponse | NativeResponse, bytes]:
         """Send with retries; with ``read_body`` the body is read inside the retried block too, so
         a GET whose body is cut off is retried like one that failed earlier."""
         url = self.url(path)
@@ -545,6 +591,7 @@ class Transport:
                 )
                 if not read_body:
                     return resp, b""
+                assert isinstance(resp, aiohttp.ClientResponse)
                 try:
                     with map_transport_errors(phase="read"):
                         return resp, await _read_capped(resp, _JSON_BODY_LIMIT)
@@ -604,7 +651,7 @@ class Transport:
         *,
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
-    ) -> StreamResponse:
+    ) -> OpenStream:
         """Open an event stream (with retries for the opening only); the caller must ``close()``
         it.
         """
@@ -614,7 +661,7 @@ class Transport:
         resp, _ = await self._with_retries(
             method, path, json_body=json_body, headers=stream_headers, stream=True
         )
-        return StreamResponse(resp)
+        return resp if isinstance(resp, NativeResponse) else StreamResponse(resp)
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:

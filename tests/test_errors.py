@@ -264,7 +264,9 @@ async def test_other_in_stream_errors_are_stream_errors(event: bytes, code: str 
     assert (info.value.code, info.value.message, info.value.partial_text) == (code, "boom", "Hello")
 
 
-async def test_mocked_html_gateway_error_on_a_stream() -> None:
+async def test_mocked_html_gateway_error_on_a_stream_over_a_callers_session() -> None:
+    # A caller's aiohttp session carries the stream (our own connections do otherwise; the same
+    # page over them is in test_hardening_faults.py).
     with aioresponses() as mock:
         mock.post(
             "https://api.example.test/api/v1/jobs",
@@ -273,9 +275,13 @@ async def test_mocked_html_gateway_error_on_a_stream() -> None:
             content_type="text/html",
             response_class=MockResponse,
         )
-        async with client_for(
-            "https://api.example.test", retry=fast_retry(max_retries=0)
-        ) as client:
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        async with (
+            session,
+            client_for(
+                "https://api.example.test", retry=fast_retry(max_retries=0), session=session
+            ) as client,
+        ):
             with pytest.raises(InternalServerError) as info:
                 async with client.stream(model=MODEL, messages=MSG):
                     pass

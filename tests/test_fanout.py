@@ -59,6 +59,11 @@ class FakeStream:
     def __aiter__(self) -> AsyncIterator[str]:
         return self._tokens()
 
+    async def final_text(self) -> str:
+        async for _ in self:
+            pass
+        return self.text
+
     async def _tokens(self) -> AsyncIterator[str]:
         client, script = self._client, self._script
         client.open += 1
@@ -299,12 +304,13 @@ def client_for(server: DevServer, **options: Any) -> InfernetClient:
 
 
 def connections_in_use(client: InfernetClient) -> int:
-    # aiohttp has no public counter of a pool's busy connections.
+    # Streams go over the client's own pool; anything else over aiohttp's, which has no public
+    # counter of its busy connections.
     binding = client._transport._binding
     assert binding is not None
     connector = binding.session.connector
     assert connector is not None
-    return len(connector._acquired)  # type: ignore[attr-defined]
+    return binding.pool.in_use + len(connector._acquired)  # type: ignore[attr-defined]
 
 
 def peak_overlap(records: list[StreamRecord]) -> int:
@@ -405,8 +411,9 @@ async def test_concurrency_bounds_the_streams_the_server_sees_and_grows_the_pool
     ):
         requests = (BatchRequest(model=MODEL, prompt=f"q{i}") for i in range(15))
         outcomes = await client.gather(requests, concurrency=5)
-        connector = client._transport._binding.session.connector  # type: ignore[union-attr]
-        assert connector is not None and connector.limit == 5
+        binding = client._transport._binding
+        assert binding is not None and binding.pool.limit == 5
+        assert binding.session.connector is not None and binding.session.connector.limit == 5
     assert all(o.ok for o in outcomes)
     assert peak_overlap(list(server.streams)) == 5
 

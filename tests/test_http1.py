@@ -913,3 +913,11 @@ print(body.decode(), parser.complete)
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ok", "True"]
+
+
+def test_body_decoded_before_a_fault_in_the_same_feed_rides_on_the_error() -> None:
+    parser = ResponseParser()
+    parser.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(b"3\r\nabc\r\n2\r\nde\r\nzz\r\n")
+    assert info.value.body == b"abcde"

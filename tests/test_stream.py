@@ -459,6 +459,14 @@ class _ScriptedResponse:
         await waiter
         raise AssertionError("unreachable: nothing completes the waiter")
 
+    async def pump(self, sink: Callable[[bytes], bool]) -> bool:
+        while True:
+            chunk = await self.read_chunk()
+            if not chunk:
+                return False
+            if sink(chunk):
+                return True
+
     def close(self) -> None:
         self.closed = True
 

@@ -1,0 +1,657 @@
+"""Event streams over our own HTTP/1.1 connections: an ``asyncio.Protocol`` that parses responses
+with ``_http1`` and hands body bytes to the stream's decoder inside ``data_received``, and the pool
+that owns those connections.
+
+Why not aiohttp for streams: per HTTP chunk (one token at model speed) aiohttp runs its protocol
+and payload layers in Python, re-arms the ``sock_read`` timer, wakes a ``StreamReader`` future and
+resumes the reading task through ``iter_any``; here a chunk costs one ``feed`` of the HTTP parser
+and one of the SSE decoder, and the reading task wakes only when the stream's consumer has
+something to take (for ``final_text`` and the fan-out: only at the end). benchmarks/README.md has
+the figures. JSON requests, and streams on a session the caller passed in, stay on aiohttp.
+
+Rules: the pool bounds the connections open at once (``limit``); a connection goes back to the
+pool only after a whole, length-delimited, keep-alive response; every error that leaves this module
+is an ``APIConnectionError`` or ``APITimeoutError``. ``close()`` is synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import ssl as ssl_module
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from ._http1 import ProtocolError, ResponseHead, ResponseParser, encode_request
+from .errors import APIConnectionError, APITimeoutError
+
+__all__ = ["BodySink", "NativeResponse", "StreamPool"]
+
+# Takes body bytes; returns True when the reading task should wake up for them.
+BodySink = Callable[[bytes], bool]
+Origin = tuple[str, str, int]
+
+# A consumer that does not come back for its events stops the socket being read past this many
+# bytes (the kernel's buffers and the server's flow control take over).
+_HIGH_WATER = 256 * 1024
+# A connection whose body ended after the consumer was done (the terminating chunk came late)
+# waits this long for it before being closed instead of reused.
+_DRAIN_GRACE = 1.0
+_FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+# We ask for identity; a server (or proxy) that compresses anyway is decoded, in pieces of at most
+# this many bytes, so a small compressed read never becomes one huge buffer (a gzip bomb stops at
+# the decoder's event size limit).
+_INFLATE_PIECE = 64 * 1024
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_IDLE, _ACTIVE, _DRAINING, _CLOSED = range(4)
+
+
+def _fd_message(exc: OSError) -> str | None:
+    if exc.errno in _FD_ERRNOS:
+        which = errno.errorcode.get(exc.errno, "EMFILE")
+        return (
+            f"too many open files ({which}): the process has no file descriptor left for a new "
+            "connection; close streams you no longer read, share one client, or raise the limit "
+            "(ulimit -n)"
+        )
+    return None
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection; one request at a time."""
+
+    def __init__(self, pool: StreamPool, origin: Origin) -> None:
+        self._pool = pool
+        self.origin = origin
+        self._loop = pool.loop
+        self._transport: asyncio.Transport | None = None
+        self._state = _ACTIVE
+        self._parser: ResponseParser | None = None
+        self._head_waiter: asyncio.Future[ResponseHead] | None = None
+        self._sink: BodySink | None = None
+        self._early: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._signaled = False
+        self._ended = False
+        self._error: BaseException | None = None
+        self._paused = False
+        self._unread = 0
+        self._read_timeout: float | None = None
+        self._last_data_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.reused = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            # Bytes while idle (or after the response): nothing is waiting for them, so the
+            # connection cannot be trusted with another request.
+            self.close()
+            return
+        self._last_data_at = time.monotonic()
+        try:
+            body = parser.feed(data)
+        except ProtocolError as exc:
+            # What came before the fault (the head, tokens) is still the reader's to take.
+            self._head_arrived(parser)
+            if exc.body:
+                self._deliver(exc.body)
+            self._fail(
+                APIConnectionError(
+                    f"the response is malformed: {exc}",
+                    request_sent=True if parser.head is not None else None,
+                )
+            )
+            return
+        if self._head_waiter is not None and not self._head_arrived(parser):
+            return
+        if body:
+            self._deliver(body)
+            if self._error is not None:
+                return
+        if parser.complete:
+            self._end()
+        elif (
+            (self._signaled or self._sink is None)
+            and self._unread > _HIGH_WATER
+            and not self._paused
+        ):
+            self._paused = True
+            if self._transport is not None:
+                self._transport.pause_reading()
+        if self._signaled or self._ended or self._error is not None:
+            self._wake()
+
+    def _head_arrived(self, parser: ResponseParser) -> bool:
+        head = parser.head
+        if head is None:
+            return False
+        waiter, self._head_waiter = self._head_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(head)
+        return True
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost does the rest
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        state = self._state
+        self._state = _CLOSED
+        self._cancel_timer()
+        self._pool._forget(self)
+        if state != _ACTIVE or self._ended or self._error is not None:
+            self._wake()
+            return
+        parser = self._parser
+        if parser is None or parser.head is None:
+            self._fail(
+                APIConnectionError(
+                    "the server closed the connection before answering", request_sent=None
+                )
+            )
+            return
+        try:
+            tail = parser.feed_eof()
+        except ProtocolError as cut:
+            reason = f": {exc}" if exc is not None else ""
+            self._fail(
+                APIConnectionError(
+                    f"the server closed the connection mid-response ({cut}){reason}",
+                    request_sent=True,
+                )
+            )
+            return
+        if tail:
+            self._deliver(tail)
+        self._end()
+        self._wake()
+
+    # -- the request -------------------------------------------------------------------------------
+
+    def usable(self) -> bool:
+        transport = self._transport
+        return self._state == _IDLE and transport is not None and not transport.is_closing()
+
+    async def send(
+        self, request: bytes, *, method: str, read_timeout: float | None
+    ) -> ResponseHead:
+        """Send one request and wait for the response's head."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise APIConnectionError("the connection closed before the request", request_sent=False)
+        self._cancel_timer()
+        self._state = _ACTIVE
+        self._parser = ResponseParser(method=method)
+        self._read_timeout = read_timeout
+        self._last_data_at = time.monotonic()
+        waiter: asyncio.Future[ResponseHead] = self._loop.create_future()
+        self._head_waiter = waiter
+        transport.write(request)
+        if read_timeout is not None:
+            self._arm(read_timeout)
+        try:
+            return await waiter
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self._head_waiter = None
+
+    async def pump(self, sink: BodySink) -> bool:
+        """Hand body bytes to ``sink`` until it asks for a wake-up (True) or the body ends
+        (False).
+
+        The sink is held only while a pump runs (bytes in between wait in ``_early``): the
+        connection, which the event loop keeps alive, must not keep an abandoned stream alive.
+        """
+        if self._early:
+            early, self._early = self._early, []
+            for data in early:
+                self._feed_sink(sink, data)
+        while True:
+            if self._signaled:
+                self._signaled = False
+                self._consumed()
+                return True
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                return False
+            self._consumed()
+            waiter = self._loop.create_future()
+            self._waiter = waiter
+            self._sink = sink
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                self._sink = None
+
+    def finish(self) -> None:
+        """The consumer is done with a stream that ended cleanly: reuse the connection once the
+        body has ended, else close it."""
+        self._sink = None
+        self._early = []
+        if self._state != _ACTIVE or self._error is not None:
+            self.close()
+        elif self._ended:
+            self._release()
+        else:
+            # The terminating chunk is usually in the next read: wait for it briefly.
+            self._state = _DRAINING
+            self._arm(_DRAIN_GRACE)
+
+    def close(self) -> None:
+        """Close the connection now (the consumer's or the pool's call): unread bytes go too."""
+        self._sink = None
+        self._early = []
+        if self._error is None and not self._ended:
+            self._error = APIConnectionError(
+                "the stream's connection was closed", request_sent=True
+            )
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        self._cancel_timer()
+        self._wake()
+        transport = self._transport
+        if transport is not None and not self._loop.is_closed():
+            transport.close()
+        self._pool._forget(self)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _deliver(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is None:
+            if self._state == _ACTIVE:
+                self._early.append(body)
+                self._unread += len(body)
+            return
+        self._unread += len(body)
+        self._feed_sink(sink, body)
+
+    def _feed_sink(self, sink: BodySink, body: bytes) -> None:
+        try:
+            if sink(body):
+                self._signaled = True
+        except Exception as exc:
+            # The decoder's error (an oversized event): the reader's to raise, after it has taken
+            # the events decoded before it.
+            self._signaled = True
+            self._fail(exc)
+
+    def _consumed(self) -> None:
+        self._unread = 0
+        if self._paused:
+            self._paused = False
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.resume_reading()
+
+    def _end(self) -> None:
+        self._ended = True
+        if self._state == _DRAINING:
+            self._release()
+
+    def _release(self) -> None:
+        parser = self._parser
+        self._cancel_timer()
+        if parser is None or not parser.reusable or self._loop.is_closed():
+            self.close()
+            return
+        self._state = _IDLE
+        self._parser = None
+        self._sink = None
+        self._early = []
+        self._ended = False
+        self._signaled = False
+        self._error = None
+        self._consumed()
+        self._pool._idle_again(self)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        waiter, self._head_waiter = self._head_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        # Bytes not yet pumped stay: the reader takes their events before the error.
+        self._wake()
+        self._shutdown()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # The read timeout: one timer per connection, re-armed lazily when data moved the deadline
+    # (as the stream's own watchdog does) instead of a timer per chunk.
+    def _arm(self, delay: float) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._state == _DRAINING:
+            self.close()
+        elif self._state == _IDLE:
+            self.close()  # kept alive long enough
+        elif self._state == _ACTIVE and self._read_timeout is not None:
+            remaining = self._last_data_at + self._read_timeout - time.monotonic()
+            if remaining > 0:
+                self._arm(remaining)
+                return
+            self._fail(
+                APITimeoutError(
+                    "timed out waiting for data from the server (read timeout)",
+                    phase="read",
+                    request_sent=True,
+                )
+            )
+
+    def idle(self, keepalive: float) -> None:
+        self._arm(keepalive)
+
+
+class _Inflater:
+    """Incremental gzip/deflate decoding of a body, in bounded pieces."""
+
+    def __init__(self, coding: str) -> None:
+        self._coding = coding
+        self._inflate = zlib.decompressobj(_WBITS[coding])
+        self._first = True
+
+    def feed(self, data: bytes, sink: BodySink) -> bool:
+        wake = False
+        try:
+            out = (
+                self._inflate_first(data)
+                if self._first
+                else self._inflate.decompress(data, _INFLATE_PIECE)
+            )
+            while True:
+                if out and sink(out):
+                    wake = True
+                tail = self._inflate.unconsumed_tail
+                if not tail:
+                    return wake
+                out = self._inflate.decompress(tail, _INFLATE_PIECE)
+        except zlib.error as exc:
+            raise APIConnectionError(
+                f"the response body is not valid {self._coding}: {exc}", request_sent=True
+            ) from exc
+
+    def _inflate_first(self, data: bytes) -> bytes:
+        self._first = False
+        try:
+            return self._inflate.decompress(data, _INFLATE_PIECE)
+        except zlib.error:
+            if self._coding != "deflate":
+                raise
+            # "deflate" is often sent raw, without the zlib wrapper RFC 9110 asks for.
+            self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+            return self._inflate.decompress(data, _INFLATE_PIECE)
+
+
+class NativeResponse:
+    """An open response on one of our connections: the same surface as ``StreamResponse``."""
+
+    __slots__ = ("_conn", "_done", "_inflater", "content_type", "headers", "status", "url")
+
+    def __init__(self, conn: _Connection, head: ResponseHead, url: URL) -> None:
+        self._conn = conn
+        self._done = False
+        self.status = head.status
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(head.headers))
+        self.url = str(url)
+        media = self.headers.get("Content-Type", "application/octet-stream")
+        self.content_type = media.split(";", 1)[0].strip().lower()
+        coding = self.headers.get("Content-Encoding", "identity").strip().lower()
+        self._inflater = _Inflater(coding) if coding in _WBITS else None
+        if self._inflater is None and coding not in ("identity", ""):
+            conn.close()
+            raise APIConnectionError(
+                f"the server encoded the response with {coding!r}, which we did not ask for "
+                "and cannot decode",
+                request_sent=True,
+            )
+
+    @property
+    def closed(self) -> bool:
+        return self._done or self._conn._state == _CLOSED
+
+    async def pump(self, sink: BodySink) -> bool:
+        inflater = self._inflater
+        if inflater is None:
+            return await self._conn.pump(sink)
+        return await self._conn.pump(lambda data: inflater.feed(data, sink))
+
+    async def read_all(self, limit: int = 64 * 1024) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+
+        def collect(data: bytes) -> bool:
+            parts.append(data)
+            return True
+
+        try:
+            while size < limit and await self.pump(collect):
+                size = sum(map(len, parts))
+        except APIConnectionError:
+            pass  # an error body cut short still says what it can
+        return b"".join(parts)[:limit]
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._conn.close()
+
+    def finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._conn.finish()
+
+
+class StreamPool:
+    """Our connections, by origin: at most ``limit`` open at once, idle ones kept for
+    ``keepalive`` seconds."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        ssl: ssl_module.SSLContext | bool | None,
+        limit: int,
+        keepalive: float = 15.0,
+    ) -> None:
+        self.loop = loop
+        self.limit = limit
+        self._ssl = ssl
+        self._ssl_context: ssl_module.SSLContext | None = None
+        self._keepalive = keepalive
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._open: set[_Connection] = set()
+        self._connecting = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.closed = False
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open) + self._connecting
+
+    @property
+    def in_use(self) -> int:
+        """Connections carrying a request now (open, not idle in the pool)."""
+        return len(self._open) - sum(map(len, self._idle.values()))
+
+    def set_limit(self, limit: int) -> None:
+        grown = limit - self.limit
+        self.limit = limit
+        for _ in range(max(grown, 0)):
+            self._wake_one()
+
+    async def request(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: Mapping[str, str],
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+    ) -> NativeResponse:
+        """Send one request on a pooled or new connection; returns once the head is in."""
+        if params:
+            url = url.update_query(params)
+        origin: Origin = (url.scheme, url.raw_host or "", url.port or 0)
+        body = None
+        header_items: list[tuple[str, str]] = [("Host", url.host_port_subcomponent or "")]
+        header_items.extend(headers.items())
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            header_items.append(("Content-Type", "application/json"))
+        try:
+            request = encode_request(method, url.raw_path_qs, header_items, body)
+        except ValueError as exc:
+            raise APIConnectionError(f"cannot send the request: {exc}", request_sent=False) from exc
+        conn = await self._acquire(origin, connect_timeout)
+        head = await conn.send(request, method=method, read_timeout=read_timeout)
+        return NativeResponse(conn, head, url)
+
+    def close(self) -> None:
+        """Close every connection, idle or in use; the pool takes no more requests."""
+        self.closed = True
+        for conn in list(self._open):
+            conn.close()
+        self._idle.clear()
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- connections -------------------------------------------------------------------------------
+
+    async def _acquire(self, origin: Origin, connect_timeout: float | None) -> _Connection:
+        while True:
+            if self.closed:
+                raise APIConnectionError("the client is closed", request_sent=False)
+            idle = self._idle.get(origin)
+            while idle:
+                conn = idle.pop()
+                if conn.usable():
+                    conn.reused = True
+                    return conn
+                conn.close()
+            if self.open_connections < self.limit:
+                return await self._connect(origin, connect_timeout)
+            if self._close_one_idle():
+                continue
+            # A semaphore's wait: one waiter is woken per freed slot, in order; a woken waiter
+            # that is cancelled passes its turn on, and a cancelled one stays in the queue to be
+            # skipped (no O(n) removal when a fan-out of thousands is cancelled at once).
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()
+                raise
+
+    def _close_one_idle(self) -> bool:
+        for conns in self._idle.values():
+            if conns:
+                conns.pop(0).close()
+                return True
+        return False
+
+    async def _connect(self, origin: Origin, connect_timeout: float | None) -> _Connection:
+        scheme, host, port = origin
+        context = self._context() if scheme == "https" else None
+        self._connecting += 1
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: _Connection(self, origin),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context is not None else None,
+                )
+        except BaseException as exc:
+            self._connecting -= 1
+            self._wake_one()
+            if isinstance(exc, TimeoutError):
+                raise APITimeoutError(
+                    f"timed out connecting to {host}:{port}", phase="connect", request_sent=False
+                ) from exc
+            if isinstance(exc, OSError):
+                message = (
+                    _fd_message(exc) or f"connection failed: cannot connect to {host}:{port}: {exc}"
+                )
+                raise APIConnectionError(message, request_sent=False) from exc
+            raise
+        self._connecting -= 1
+        self._open.add(conn)
+        if self.closed:
+            conn.close()
+            raise APIConnectionError("the client is closed", request_sent=False)
+        return conn
+
+    def _context(self) -> ssl_module.SSLContext:
+        if isinstance(self._ssl, ssl_module.SSLContext):
+            return self._ssl
+        if self._ssl_context is None:
+            context = ssl_module.create_default_context()
+            if self._ssl is False:
+                context.check_hostname = False
+                context.verify_mode = ssl_module.CERT_NONE
+            self._ssl_context = context
+        return self._ssl_context
+
+    def _idle_again(self, conn: _Connection) -> None:
+        if self.closed:
+            conn.close()
+            return
+        self._idle.setdefault(conn.origin, []).append(conn)
+        conn.idle(self._keepalive)
+        self._wake_one()
+
+    def _forget(self, conn: _Connection) -> None:
+        if conn not in self._open:
+            return
+        self._open.discard(conn)
+        idle = self._idle.get(conn.origin)
+        if idle and conn in idle:
+            idle.remove(conn)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return

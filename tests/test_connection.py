@@ -1,0 +1,428 @@
+"""Our own stream connections (``_connection``): reuse, the pool's limit, the read timeout, flow
+control, and the release of every socket.
+
+Streams on a client that owns its session go over these connections; the wire faults (resets,
+broken framing, odd bodies) are in test_hardening_faults.py, which runs over them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from infernet_async import (
+    APITimeoutError,
+    IncompleteStreamError,
+    InfernetClient,
+    RateLimitError,
+    Timeouts,
+)
+from infernet_async._connection import NativeResponse
+from infernet_async.devserver import DevServer
+
+from .client_support import MODEL, MSG, client_for, data_events, raw_server, sse_handler
+
+BOUND = 10.0
+
+
+def peer_port(request: web.Request) -> int:
+    assert request.transport is not None
+    peer = request.transport.get_extra_info("peername")
+    return int(peer[1])
+
+
+@asynccontextmanager
+async def tcp_server(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """A loopback TCP server whose ``handle`` writes raw bytes; yields its origin."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await handle(reader, writer)
+        finally:
+            writer.close()
+            tasks.discard(task)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return head + await reader.readexactly(length)
+
+
+async def test_sequential_streams_reuse_one_connection() -> None:
+    ports: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ports.append(peer_port(request))
+        return await sse_handler(data_events("a", "b"))(request)
+
+    async with raw_server(handler) as url, client_for(url) as client:
+        for _ in range(3):
+            assert await client.complete(model=MODEL, messages=MSG) == "ab"
+    assert len(ports) == 3 and len(set(ports)) == 1
+
+
+async def test_a_stream_left_early_closes_its_connection_and_the_next_gets_a_new_one() -> None:
+    ports: list[int] = []
+    gone = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ports.append(peer_port(request))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            for n in range(1000):
+                await resp.write(f"data: {json.dumps({'text': str(n)})}\n\n".encode())
+                await asyncio.sleep(0.005)
+        except (ConnectionResetError, asyncio.CancelledError):
+            gone.set()
+            raise
+        return resp
+
+    async with raw_server(handler) as url, client_for(url) as client:
+        async with client.stream(model=MODEL, messages=MSG) as stream:
+            async for _ in stream:
+                break
+        async with asyncio.timeout(BOUND):
+            await gone.wait()
+        async with client.stream(model=MODEL, messages=MSG) as stream:
+            async for _ in stream:
+                break
+    assert len(ports) == 2 and ports[0] != ports[1]
+
+
+async def test_an_error_answer_read_whole_leaves_the_connection_reusable() -> None:
+    ports: list[int] = []
+    calls = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        ports.append(peer_port(request))
+        if calls == 1:
+            return web.json_response(
+                {"error": "rate_limited", "error_message": "slow down"},
+                status=429,
+                headers={"Retry-After": "0"},
+            )
+        return await sse_handler(data_events("ok"))(request)
+
+    async with raw_server(handler) as url, client_for(url) as client:
+        assert await client.complete(model=MODEL, messages=MSG) == "ok"
+    assert calls == 2 and ports[0] == ports[1]
+
+
+async def test_the_pool_limit_bounds_connections_and_queues_the_rest() -> None:
+    open_now = peak = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal open_now, peak
+        open_now += 1
+        peak = max(peak, open_now)
+        try:
+            return await sse_handler([0.05, *data_events("x")])(request)
+        finally:
+            open_now -= 1
+
+    async with raw_server(handler) as url, client_for(url, max_connections=2) as client:
+        async with asyncio.timeout(BOUND):
+            texts = await asyncio.gather(
+                *(client.complete(model=MODEL, messages=MSG) for _ in range(7))
+            )
+    assert texts == ["x"] * 7
+    assert peak == 2
+
+
+async def test_a_waiter_cancelled_in_the_queue_takes_no_slot() -> None:
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await release.wait()
+        for chunk in data_events("x"):
+            await resp.write(chunk)
+        return resp
+
+    async with raw_server(handler) as url, client_for(url, max_connections=1) as client:
+        first = asyncio.create_task(client.complete(model=MODEL, messages=MSG))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(client.complete(model=MODEL, messages=MSG))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        third = asyncio.create_task(client.complete(model=MODEL, messages=MSG))
+        release.set()
+        async with asyncio.timeout(BOUND):
+            assert await first == "x"
+            assert await third == "x"
+
+
+async def test_an_http10_close_delimited_stream() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+        for chunk in data_events("Par", "is"):
+            writer.write(chunk)
+            await writer.drain()
+
+    async with tcp_server(handle) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            assert await client.complete(model=MODEL, messages=MSG) == "Paris"
+
+
+async def test_a_content_length_stream_and_its_connection_is_reused() -> None:
+    requests = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            requests += 1
+            body = b"".join(data_events("o", "k"))
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+
+    async with tcp_server(handle) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            assert await client.complete(model=MODEL, messages=MSG) == "ok"
+            assert await client.complete(model=MODEL, messages=MSG) == "ok"
+    assert requests == 2  # both on the one connection the handler loops on
+
+
+async def test_a_server_that_never_answers_hits_the_read_timeout() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await reader.read()
+
+    timeouts = Timeouts(read=0.2)
+    async with tcp_server(handle) as url, client_for(url, timeouts=timeouts) as client:
+        async with asyncio.timeout(BOUND):
+            with pytest.raises(APITimeoutError) as info:
+                await client.complete(model=MODEL, messages=MSG)
+    assert info.value.phase == "read"
+
+
+async def test_a_server_that_hangs_up_without_answering() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+
+    async with tcp_server(handle) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            with pytest.raises(Exception, match="closed the connection before answering"):
+                await client.complete(model=MODEL, messages=MSG)
+
+
+async def test_a_malformed_status_line_is_a_connection_error() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/9 200 OK\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with tcp_server(handle) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            with pytest.raises(Exception, match="malformed"):
+                await client.complete(model=MODEL, messages=MSG)
+
+
+async def test_a_consumer_that_stops_reading_stops_the_socket_being_read() -> None:
+    # 4 MiB of tokens as fast as the socket takes them; the consumer takes one and waits.
+    event = f"data: {json.dumps({'text': 'x' * 1000})}\n\n".encode()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for _ in range(4096):
+            await resp.write(event)
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async with raw_server(handler) as url, client_for(url) as client:
+        async with client.stream(model=MODEL, messages=MSG) as stream:
+            async for _ in stream:
+                break
+            await asyncio.sleep(0.3)
+            resp = stream._resp
+            assert isinstance(resp, NativeResponse)
+            assert resp._conn._paused
+            assert resp._conn._unread < 1024 * 1024
+            async with asyncio.timeout(BOUND):
+                rest = [token async for token in stream]
+        assert len(rest) == 4095 and stream.finished
+
+
+async def test_closing_the_client_closes_its_idle_connections() -> None:
+    closed = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        body = b"".join(data_events("ok"))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        await reader.read()  # returns when the client closes the kept-alive connection
+        closed.set()
+
+    async with tcp_server(handle) as url:
+        client = client_for(url)
+        async with client:
+            assert await client.complete(model=MODEL, messages=MSG) == "ok"
+            await asyncio.sleep(0.05)
+            assert not closed.is_set()  # kept alive in the pool
+        async with asyncio.timeout(BOUND):
+            await closed.wait()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        body = b"".join(data_events("ok"))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        # and hang up: the pooled connection is dead
+
+    async with tcp_server(handle) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            assert await client.complete(model=MODEL, messages=MSG) == "ok"
+            await asyncio.sleep(0.05)
+            assert await client.complete(model=MODEL, messages=MSG) == "ok"
+
+
+async def test_an_abandoned_stream_is_released_by_the_garbage_collector() -> None:
+    async with DevServer(tokens_per_second=50, time_to_first_token=0) as server:
+        client = InfernetClient(server.base_url, token=server.token)
+        async with client:
+            stream = client.stream(model=MODEL, messages=MSG, max_tokens=200)
+            async for _ in stream:
+                break
+            with pytest.warns(ResourceWarning, match="garbage-collected"):
+                del stream
+                gc.collect()
+            async with asyncio.timeout(BOUND):
+                record = await server.wait_for_stream_close()
+            assert record.closed_by_client
+
+
+async def test_the_stall_timeout_applies_while_collecting_the_whole_answer() -> None:
+    # Default-like timeouts (no first-token limit, a long total): the first token starts the
+    # stall clock inside the one wait that collects the answer.
+    chunks = [*data_events("a", done=False), 5.0]
+    async with raw_server(sse_handler(chunks)) as url:
+        client = client_for(url, timeouts=Timeouts(stall=0.2, total=30))
+        async with client, asyncio.timeout(BOUND):
+            with pytest.raises(APITimeoutError) as info:
+                await client.complete(model=MODEL, messages=MSG)
+    assert info.value.phase == "stall"
+    assert info.value.partial_text == "a"
+
+
+async def test_a_caller_session_streams_over_aiohttp() -> None:
+    async with (
+        raw_server(sse_handler(data_events("a", "b"))) as url,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session,
+    ):
+        client = client_for(url, session=session)
+        async with client, client.stream(model=MODEL, messages=MSG) as stream:
+            assert not isinstance(stream._resp, NativeResponse)
+            assert await stream.final_text() == "ab"
+
+
+async def test_a_cut_stream_keeps_its_partial_text() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        for chunk in data_events("Par", "is", done=False):
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        await writer.drain()
+
+    async with tcp_server(handle) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            with pytest.raises(IncompleteStreamError) as info:
+                await client.complete(model=MODEL, messages=MSG)
+    assert info.value.partial_text == "Paris"
+    assert "chunk" in str(info.value)
+
+
+async def test_rate_limited_stream_opening_raises_the_typed_error() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {"error": "rate_limited", "error_message": "slow down"},
+            status=429,
+            headers={"Retry-After": "7"},
+        )
+
+    async with raw_server(handler) as url, client_for(url) as client:
+        with pytest.raises(RateLimitError) as info:
+            async with client.stream(model=MODEL, messages=MSG):
+                pass
+    assert info.value.retry_after == 7
+
+
+@pytest.mark.parametrize("collect", [True, False], ids=["final_text", "tokens"])
+async def test_tokens_in_the_same_read_as_a_framing_fault_are_kept(collect: bool) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in data_events("Par", "is", done=False))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + body + b"zz\r\nnot a size\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+
+    async with (
+        tcp_server(handle) as url,
+        client_for(url) as client,
+        asyncio.timeout(BOUND),
+        client.stream(model=MODEL, messages=MSG) as stream,
+    ):
+        with pytest.raises(IncompleteStreamError) as info:
+            if collect:
+                await stream.final_text()
+            else:
+                async for _ in stream:
+                    pass
+    assert info.value.partial_text == "Paris" == stream.text
+    assert "malformed" in str(info.value)
