@@ -8,7 +8,10 @@ every job at once, no rate limit worth the name, heartbeats off):
   one shared ``AsyncClient`` (the guide builds one per call, which would only cost it more);
 - ``httpx_sse``: httpx + httpx-sse (``aconnect_sse`` / ``aiter_sse``);
 - ``aiohttp_sse_client2``: aiohttp + aiohttp-sse-client2's ``EventSource`` (POST);
-- ``aiohttp_floor``: not a peer, the floor: aiohttp's ``iter_any`` with no SSE parsing at all.
+- ``aiohttp_floor``: not a peer: aiohttp's ``iter_any`` with no SSE parsing at all;
+- ``asyncio_floor``: not a peer, the floor of any asyncio client: a bare ``asyncio.Protocol`` that
+  sends the request and counts ``\n\n`` in what it receives, with no HTTP or SSE parsing and no
+  task woken per read. What it costs per token is the event loop's and the kernel's share.
 
 Peers run their K streams with ``asyncio.gather`` on one shared client with a pool of K.
 
@@ -52,7 +55,14 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bench-model"
 TOKEN = "bench-token"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-CLIENTS = ("infernet_async", "httpx_guide", "httpx_sse", "aiohttp_sse_client2", "aiohttp_floor")
+CLIENTS = (
+    "infernet_async",
+    "httpx_guide",
+    "httpx_sse",
+    "aiohttp_sse_client2",
+    "aiohttp_floor",
+    "asyncio_floor",
+)
 
 
 # ---------------------------------------------------------------- the server process
@@ -288,12 +298,68 @@ async def run_aiohttp_floor(url: str, k: int, max_tokens: int) -> list[StreamTim
         return list(await asyncio.gather(*(one(i) for i in range(k))))
 
 
+class _CountingProtocol(asyncio.Protocol):
+    """The asyncio floor: counts event ends, parses nothing, wakes its task only at the end."""
+
+    def __init__(self, record: StreamTimes, done: asyncio.Future[None]) -> None:
+        self.record = record
+        self.done = done
+
+    def data_received(self, data: bytes) -> None:
+        events = data.count(b"\n\n")
+        if events:
+            if self.record.first is None:
+                self.record.first = time.perf_counter()
+            self.record.tokens += events
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def run_asyncio_floor(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
+    """Not a peer: the event loop's own cost per token (see the module docstring)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    loop = asyncio.get_running_loop()
+
+    async def one(i: int) -> StreamTimes:
+        record = StreamTimes(time.perf_counter())
+        try:
+            body = json.dumps(_body(max_tokens, i)).encode()
+            request = (
+                f"POST {parts.path.rstrip('/')}/jobs HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                f"Authorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n"
+                "Content-Type: application/json\r\nConnection: close\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            done: asyncio.Future[None] = loop.create_future()
+            transport, _ = await loop.create_connection(
+                lambda: _CountingProtocol(record, done), host, port
+            )
+            try:
+                transport.write(request)
+                await done  # the server closes after the response (Connection: close)
+            finally:
+                transport.close()
+            record.tokens -= 1  # [DONE]
+        except Exception as exc:
+            record.error = repr(exc)
+        record.ended = time.perf_counter()
+        return record
+
+    return list(await asyncio.gather(*(one(i) for i in range(k))))
+
+
 RUNNERS: dict[str, Callable[[str, int, int], Awaitable[list[StreamTimes]]]] = {
     "infernet_async": run_infernet_async,
     "httpx_guide": run_httpx_guide,
     "httpx_sse": run_httpx_sse,
     "aiohttp_sse_client2": run_aiohttp_sse_client2,
     "aiohttp_floor": run_aiohttp_floor,
+    "asyncio_floor": run_asyncio_floor,
 }
 PEERS = ("httpx_guide", "httpx_sse", "aiohttp_sse_client2")
 
@@ -489,7 +555,10 @@ def _ratio_table(results: list[dict[str, Any]], regime: str, ks: list[int]) -> s
         ours = next((r for r in at_k if r["client"] == "infernet_async"), None)
         for r in at_k:
             ratio = f"{r['cpu_us_per_token'] / ours['cpu_us_per_token']:.2f}x" if ours else "n/a"
-            name = r["client"] if r["client"] != "aiohttp_floor" else "(aiohttp, no parsing)"
+            name = {
+                "aiohttp_floor": "(aiohttp, no parsing)",
+                "asyncio_floor": "(bare asyncio.Protocol, no parsing)",
+            }.get(r["client"], r["client"])
             rows.append(
                 f"| {k} | {name} | {r['cpu_us_per_token']:.1f} | {ratio} | "
                 f"{r['tokens_per_s']:.0f} | {r['rss_per_stream_kib']:.1f} | {r['max_open']} | "

@@ -51,6 +51,7 @@ _FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 _INFLATE_PIECE = 64 * 1024
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 _IDLE, _ACTIVE, _DRAINING, _CLOSED = range(4)
+_monotonic = time.monotonic
 
 
 def _fd_message(exc: OSError) -> str | None:
@@ -101,7 +102,7 @@ class _Connection(asyncio.Protocol):
             # connection cannot be trusted with another request.
             self.close()
             return
-        self._last_data_at = time.monotonic()
+        self._last_data_at = _monotonic()
         try:
             body = parser.feed(data)
         except ProtocolError as exc:
@@ -119,7 +120,12 @@ class _Connection(asyncio.Protocol):
         if self._head_waiter is not None and not self._head_arrived(parser):
             return
         if body:
-            self._deliver(body)
+            sink = self._sink
+            if sink is not None:  # the reader is pumping: the common case, inlined
+                self._unread += len(body)
+                self._feed_sink(sink, body)
+            else:
+                self._deliver(body)
             if self._error is not None:
                 return
         if parser.complete:
@@ -196,7 +202,7 @@ class _Connection(asyncio.Protocol):
         self._state = _ACTIVE
         self._parser = ResponseParser(method=method)
         self._read_timeout = read_timeout
-        self._last_data_at = time.monotonic()
+        self._last_data_at = _monotonic()
         waiter: asyncio.Future[ResponseHead] = self._loop.create_future()
         self._head_waiter = waiter
         transport.write(request)
@@ -358,7 +364,7 @@ class _Connection(asyncio.Protocol):
         elif self._state == _IDLE:
             self.close()  # kept alive long enough
         elif self._state == _ACTIVE and self._read_timeout is not None:
-            remaining = self._last_data_at + self._read_timeout - time.monotonic()
+            remaining = self._last_data_at + self._read_timeout - _monotonic()
             if remaining > 0:
                 self._arm(remaining)
                 return
