@@ -19,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import socket
 import ssl as ssl_module
 import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
+import aiohappyeyeballs
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -92,8 +94,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # No isinstance check: uvloop's transports have the interface without the base class.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -136,6 +138,9 @@ class _Connection(asyncio.Protocol):
             and not self._paused
         ):
             self._paused = True
+            # Nothing can arrive while we hold the socket back: the wait is the consumer's, not
+            # the server's, so the read timeout stops until reading resumes (as aiohttp's does).
+            self._cancel_timer()
             if self._transport is not None:
                 self._transport.pause_reading()
         if self._signaled or self._ended or self._error is not None:
@@ -251,6 +256,7 @@ class _Connection(asyncio.Protocol):
         body has ended, else close it."""
         self._sink = None
         self._early = []
+        self._consumed()  # a paused socket must be read again to see the body's end
         if self._state != _ACTIVE or self._error is not None:
             self.close()
         elif self._ended:
@@ -268,6 +274,11 @@ class _Connection(asyncio.Protocol):
             self._error = APIConnectionError(
                 "the stream's connection was closed", request_sent=True
             )
+        # A request waiting for its head (the pool closed under it) fails now: connection_lost
+        # will find the state _CLOSED and leave the waiter alone, and the read timer is gone.
+        waiter, self._head_waiter = self._head_waiter, None
+        if waiter is not None and not waiter.done() and self._error is not None:
+            waiter.set_exception(self._error)
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -278,7 +289,13 @@ class _Connection(asyncio.Protocol):
         self._wake()
         transport = self._transport
         if transport is not None and not self._loop.is_closed():
-            transport.close()
+            if self.origin[0] == "https":
+                # No close_notify exchange: whatever the server still sends is discarded, and a
+                # peer that never answers would hold the socket for ssl_shutdown_timeout (30 s),
+                # past the loop's end. aiohttp (ssl_shutdown_timeout=0) aborts too.
+                transport.abort()
+            else:
+                transport.close()
         self._pool._forget(self)
 
     # -- internals ---------------------------------------------------------------------------------
@@ -309,11 +326,18 @@ class _Connection(asyncio.Protocol):
             self._paused = False
             if self._transport is not None and not self._transport.is_closing():
                 self._transport.resume_reading()
+            if self._state == _ACTIVE and not self._ended and self._read_timeout is not None:
+                self._last_data_at = time.monotonic()
+                self._arm(self._read_timeout)
 
     def _end(self) -> None:
         self._ended = True
         if self._state == _DRAINING:
             self._release()
+        elif self._state == _ACTIVE:
+            # The body is whole: a consumer slower than the read timeout must not cost the
+            # connection (finish() reuses it).
+            self._cancel_timer()
 
     def _release(self) -> None:
         parser = self._parser
@@ -533,7 +557,11 @@ class StreamPool:
             url = url.update_query(params)
         origin: Origin = (url.scheme, url.raw_host or "", url.port or 0)
         body = None
-        header_items: list[tuple[str, str]] = [("Host", url.host_port_subcomponent or "")]
+        header_items: list[tuple[str, str]] = []
+        if not any(name.lower() == "host" for name in headers):
+            # The caller's Host (a tunnel, a virtual host) replaces ours, as with aiohttp: two
+            # Host fields are a 400 (RFC 9112 §3.2).
+            header_items.append(("Host", url.host_port_subcomponent or ""))
         header_items.extend(headers.items())
         if json_body is not None:
             body = json.dumps(json_body).encode()
@@ -599,10 +627,17 @@ class StreamPool:
         self._connecting += 1
         try:
             async with asyncio.timeout(connect_timeout):
+                # RFC 8305, as aiohttp's connector does: a name whose first address black-holes
+                # (broken IPv6) still connects through the next within the connect timeout.
+                # aiohappyeyeballs rather than create_connection(happy_eyeballs_delay=...), whose
+                # staggered_race leaks the winning socket when cancelled on Python < 3.12.
+                infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                sock = await aiohappyeyeballs.start_connection(
+                    infos, happy_eyeballs_delay=0.25, interleave=1, loop=self.loop
+                )
                 _, conn = await self.loop.create_connection(
                     lambda: _Connection(self, origin),
-                    host,
-                    port,
+                    sock=sock,
                     ssl=context,
                     server_hostname=host if context is not None else None,
                 )
