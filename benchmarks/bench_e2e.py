@@ -402,18 +402,32 @@ def _max_open(times: list[StreamTimes]) -> int:
     return peak
 
 
+def _runner_for(loop: str) -> Callable[[Any], Any]:
+    """``asyncio.run`` on the default loop, or on uvloop's (what uvicorn picks when installed)."""
+    if loop == "asyncio":
+        return asyncio.run
+    import uvloop
+
+    def run(coro: Any) -> Any:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+
+    return run
+
+
 def client(args: argparse.Namespace) -> None:
     """Run one client for K streams and print its figures as one JSON line."""
     sys.path.insert(0, str(ROOT))
     runner = RUNNERS[args.client]
     # Warm up in the same process (imports, lazy initialisation) before measuring.
-    asyncio.run(runner(args.url, min(args.k, 8), args.max_tokens))
+    run = _runner_for(args.loop)
+    run(runner(args.url, min(args.k, 8), args.max_tokens))
     rss_before = _rss()
     sampler = _RssSampler()
     sampler.start()
     cpu_before = _cpu()
     wall_before = time.perf_counter()
-    times = asyncio.run(runner(args.url, args.k, args.max_tokens))
+    times = run(runner(args.url, args.k, args.max_tokens))
     wall = time.perf_counter() - wall_before
     cpu = _cpu() - cpu_before
     peak = sampler.finish()
@@ -503,6 +517,8 @@ class Bench:
             str(k),
             "--max-tokens",
             str(max_tokens),
+            "--loop",
+            self.args.loop,
         ]
         try:
             done = subprocess.run(
@@ -606,8 +622,8 @@ def drive(args: argparse.Namespace) -> None:
     regimes = [r for r in args.regimes.split(",") if r]
     bench = Bench(args)
     print(
-        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; server: the DevServer in its "
-        f"own process; time to first token {args.ttft * 1e3:g} ms",
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.loop} loop; server: "
+        f"the DevServer in its own process; time to first token {args.ttft * 1e3:g} ms",
         flush=True,
     )
 
@@ -683,7 +699,14 @@ def main() -> None:
     p_client.add_argument("--url", required=True)
     p_client.add_argument("--k", type=int, required=True)
     p_client.add_argument("--max-tokens", type=int, required=True)
+    p_client.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--ks", default="100,1000")
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the clients' event loop, the same for every client (uvloop: pip install uvloop)",
+    )
     parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument(
         "--server-rate", type=float, default=2500.0, help="paced: tokens/s the server sends in all"
