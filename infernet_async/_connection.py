@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import json
 import socket
 import ssl as ssl_module
@@ -39,6 +40,9 @@ __all__ = ["BodySink", "NativeResponse", "StreamPool"]
 # Takes body bytes; returns True when the reading task should wake up for them.
 BodySink = Callable[[bytes], bool]
 Origin = tuple[str, str, int]
+# (family, type, proto, canonname, sockaddr), as getaddrinfo gives them.
+AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
+_DNS_TTL = 10.0
 
 # A consumer that does not come back for its events stops the socket being read past this many
 # bytes (the kernel's buffers and the server's flow control take over).
@@ -65,6 +69,18 @@ def _fd_message(exc: OSError) -> str | None:
             "(ulimit -n)"
         )
     return None
+
+
+def _ip_literal(host: str, port: int) -> list[AddrInfo] | None:
+    if "%" in host:
+        return None  # a scoped IPv6 address needs getaddrinfo for its scope id
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.version == 6:
+        return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
+    return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
 
 
 class _Connection(asyncio.Protocol):
@@ -524,6 +540,8 @@ class StreamPool:
         self._open: set[_Connection] = set()
         self._connecting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._dns: dict[tuple[str, int], tuple[list[AddrInfo], float]] = {}
+        self._lookups: dict[tuple[str, int], asyncio.Future[list[AddrInfo]]] = {}
         self.closed = False
 
     @property
@@ -631,7 +649,7 @@ class StreamPool:
                 # (broken IPv6) still connects through the next within the connect timeout.
                 # aiohappyeyeballs rather than create_connection(happy_eyeballs_delay=...), whose
                 # staggered_race leaks the winning socket when cancelled on Python < 3.12.
-                infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                infos = await self._resolve(host, port)
                 sock = await aiohappyeyeballs.start_connection(
                     infos, happy_eyeballs_delay=0.25, interleave=1, loop=self.loop
                 )
@@ -660,6 +678,34 @@ class StreamPool:
             conn.close()
             raise APIConnectionError("the client is closed", request_sent=False)
         return conn
+
+    async def _resolve(self, host: str, port: int) -> list[AddrInfo]:
+        """The addresses of ``host``: an IP literal as is; a name from a cache kept ``_DNS_TTL``
+        seconds (as aiohttp's connector does), one lookup at a time per name, so a fan-out of a
+        thousand streams costs one ``getaddrinfo`` in the executor, not a thousand."""
+        literal = _ip_literal(host, port)
+        if literal is not None:
+            return literal
+        key = (host, port)
+        cached = self._dns.get(key)
+        if cached is not None and cached[1] > self.loop.time():
+            return cached[0]
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._getaddrinfo(host, port))
+            self._lookups[key] = lookup
+            lookup.add_done_callback(lambda done: self._resolved(key, done))
+        # Shielded: one caller's cancellation must not cancel the lookup the others wait for.
+        return await asyncio.shield(lookup)
+
+    async def _getaddrinfo(self, host: str, port: int) -> list[AddrInfo]:
+        infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return [(family, kind, proto, name, addr) for family, kind, proto, name, addr in infos]
+
+    def _resolved(self, key: tuple[str, int], lookup: asyncio.Future[list[AddrInfo]]) -> None:
+        self._lookups.pop(key, None)
+        if not lookup.cancelled() and lookup.exception() is None:
+            self._dns[key] = (lookup.result(), self.loop.time() + _DNS_TTL)
 
     def _context(self) -> ssl_module.SSLContext:
         if isinstance(self._ssl, ssl_module.SSLContext):

@@ -426,3 +426,60 @@ async def test_tokens_in_the_same_read_as_a_framing_fault_are_kept(collect: bool
                     pass
     assert info.value.partial_text == "Paris" == stream.text
     assert "malformed" in str(info.value)
+
+
+async def test_names_are_looked_up_once_for_many_streams_and_ip_literals_never() -> None:
+    lookups: list[str] = []
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+
+    async def counting(host: str, port: int, **kw: object) -> object:
+        lookups.append(host)
+        await asyncio.sleep(0.02)  # every stream opens while the first lookup runs
+        return await real("127.0.0.1", port, **kw)  # type: ignore[arg-type]
+
+    async with raw_server(sse_handler(data_events("ok"))) as url:
+        port = int(url.rsplit(":", 1)[1])
+        loop.getaddrinfo = counting  # type: ignore[method-assign, assignment]
+        try:
+            async with client_for(
+                f"http://api.infernet.test:{port}", allow_insecure=True
+            ) as client:
+                texts = await asyncio.gather(
+                    *(client.complete(model=MODEL, messages=MSG) for _ in range(20))
+                )
+            assert texts == ["ok"] * 20 and lookups == ["api.infernet.test"]
+            async with client_for(url) as client:
+                assert await client.complete(model=MODEL, messages=MSG) == "ok"
+            assert lookups == ["api.infernet.test"]  # 127.0.0.1 needs no lookup
+        finally:
+            del loop.getaddrinfo
+
+
+async def test_a_caller_cancelled_during_the_lookup_does_not_cancel_it_for_the_others() -> None:
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+    release = asyncio.Event()
+
+    async def slow(host: str, port: int, **kw: object) -> object:
+        await release.wait()
+        return await real("127.0.0.1", port, **kw)  # type: ignore[arg-type]
+
+    async with raw_server(sse_handler(data_events("ok"))) as url:
+        port = int(url.rsplit(":", 1)[1])
+        loop.getaddrinfo = slow  # type: ignore[method-assign, assignment]
+        try:
+            async with client_for(
+                f"http://api.infernet.test:{port}", allow_insecure=True
+            ) as client:
+                first = asyncio.create_task(client.complete(model=MODEL, messages=MSG))
+                second = asyncio.create_task(client.complete(model=MODEL, messages=MSG))
+                await asyncio.sleep(0.02)
+                first.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await first
+                release.set()
+                async with asyncio.timeout(BOUND):
+                    assert await second == "ok"
+        finally:
+            del loop.getaddrinfo
