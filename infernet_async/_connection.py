@@ -683,13 +683,14 @@ class StreamPool:
         """The addresses of ``host``: an IP literal as is; a name from a cache kept ``_DNS_TTL``
         seconds (as aiohttp's connector does), one lookup at a time per name, so a fan-out of a
         thousand streams costs one ``getaddrinfo`` in the executor, not a thousand."""
-        literal = _ip_literal(host, port)
-        if literal is not None:
-            return literal
         key = (host, port)
         cached = self._dns.get(key)
         if cached is not None and cached[1] > self.loop.time():
             return cached[0]
+        literal = _ip_literal(host, port)
+        if literal is not None:
+            self._dns[key] = (literal, float("inf"))  # parsing it again costs as much as a lookup
+            return literal
         lookup = self._lookups.get(key)
         if lookup is None:
             lookup = asyncio.ensure_future(self._getaddrinfo(host, port))
