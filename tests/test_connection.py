@@ -77,6 +77,15 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+def length_delimited_stream(*texts: str) -> bytes:
+    """A whole 200 event stream of ``texts`` framed by Content-Length (kept alive)."""
+    body = b"".join(data_events(*texts))
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+
+
 async def test_sequential_streams_reuse_one_connection() -> None:
     ports: list[int] = []
 
@@ -211,11 +220,7 @@ async def test_a_content_length_stream_and_its_connection_is_reused() -> None:
             except asyncio.IncompleteReadError:
                 return
             requests += 1
-            body = b"".join(data_events("o", "k"))
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
+            writer.write(length_delimited_stream("o", "k"))
             await writer.drain()
 
     async with tcp_server(handle) as url, client_for(url) as client:
@@ -292,11 +297,7 @@ async def test_closing_the_client_closes_its_idle_connections() -> None:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        body = b"".join(data_events("ok"))
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        writer.write(length_delimited_stream("ok"))
         await writer.drain()
         await reader.read()  # returns when the client closes the kept-alive connection
         closed.set()
@@ -314,11 +315,7 @@ async def test_closing_the_client_closes_its_idle_connections() -> None:
 async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        body = b"".join(data_events("ok"))
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        writer.write(length_delimited_stream("ok"))
         await writer.drain()
         # and hang up: the pooled connection is dead
 

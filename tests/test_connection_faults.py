@@ -17,7 +17,7 @@ from aiohttp import web
 from infernet_async import APIConnectionError, InfernetClient, RetryPolicy, Timeouts
 from infernet_async._connection import NativeResponse
 from tests.client_support import MODEL, MSG, data_events, raw_server
-from tests.test_connection import peer_port, read_request, tcp_server
+from tests.test_connection import length_delimited_stream, peer_port, read_request, tcp_server
 
 BOUND = 5.0
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -222,11 +222,7 @@ async def test_a_host_header_given_by_the_caller_replaces_ours() -> None:
                 if line.lower().startswith(b"host:")
             ]
         )
-        body = b"".join(data_events("ok"))
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        writer.write(length_delimited_stream("ok"))
         await writer.drain()
         await reader.read()
 
