@@ -35,7 +35,7 @@ from yarl import URL
 from ._http1 import ProtocolError, ResponseHead, ResponseParser, encode_request
 from .errors import APIConnectionError, APITimeoutError
 
-__all__ = ["BodySink", "NativeResponse", "StreamPool"]
+__all__ = ["BodySink", "NativeResponse", "StreamPool", "fd_exhaustion_message"]
 
 # Takes body bytes; returns True when the reading task should wake up for them.
 BodySink = Callable[[bytes], bool]
@@ -60,9 +60,10 @@ _IDLE, _ACTIVE, _DRAINING, _CLOSED = range(4)
 _monotonic = time.monotonic
 
 
-def _fd_message(exc: OSError) -> str | None:
-    if exc.errno in _FD_ERRNOS:
-        which = errno.errorcode.get(exc.errno, "EMFILE")
+def fd_exhaustion_message(exc: OSError) -> str | None:
+    """The message for a connection that failed for want of a file descriptor, else ``None``."""
+    if exc.errno in _FD_ERRNOS or "too many open files" in str(exc).lower():
+        which = errno.errorcode.get(exc.errno or errno.EMFILE, "EMFILE")
         return (
             f"too many open files ({which}): the process has no file descriptor left for a new "
             "connection; close streams you no longer read, share one client, or raise the limit "
@@ -105,7 +106,6 @@ class _Connection(asyncio.Protocol):
         self._read_timeout: float | None = None
         self._last_data_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self.reused = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -498,12 +498,14 @@ class NativeResponse:
         size = 0
 
         def collect(data: bytes) -> bool:
+            nonlocal size
             parts.append(data)
+            size += len(data)
             return True
 
         try:
             while size < limit and await self.pump(collect):
-                size = sum(map(len, parts))
+                pass
         except APIConnectionError:
             pass  # an error body cut short still says what it can
         return b"".join(parts)[:limit]
@@ -613,7 +615,6 @@ class StreamPool:
             while idle:
                 conn = idle.pop()
                 if conn.usable():
-                    conn.reused = True
                     return conn
                 conn.close()
             if self.open_connections < self.limit:
@@ -667,8 +668,8 @@ class StreamPool:
                     f"timed out connecting to {host}:{port}", phase="connect", request_sent=False
                 ) from exc
             if isinstance(exc, OSError):
-                message = (
-                    _fd_message(exc) or f"connection failed: cannot connect to {host}:{port}: {exc}"
+                message = fd_exhaustion_message(exc) or (
+                    f"connection failed: cannot connect to {host}:{port}: {exc}"
                 )
                 raise APIConnectionError(message, request_sent=False) from exc
             raise

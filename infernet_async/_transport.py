@@ -12,7 +12,6 @@ never raises.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import re
@@ -30,7 +29,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from ._config import RetryPolicy, Secret, Timeouts
-from ._connection import BodySink, NativeResponse, StreamPool
+from ._connection import BodySink, NativeResponse, StreamPool, fd_exhaustion_message
 from ._ratelimit import active_limiter
 from ._retry import decide_retry, parse_retry_after, server_retry_after
 from ._version import __version__
@@ -63,7 +62,6 @@ _ERROR_BODY_LIMIT = 64 * 1024
 # A JSON answer (a job, a page of at most 100 jobs, the models) is far smaller; a body past this is
 # refused rather than read into memory whole, whatever the server (or a proxy) sends.
 _JSON_BODY_LIMIT = 32 * 1024 * 1024
-_FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 # Job ids are opaque to us but go into URL paths: letters, digits and ``_-.:``, no leading dot,
 # bounded length. Anything else ("../", "?", "#", "%2F", "/") is refused, so an id can never reach
 # another path.
@@ -82,17 +80,6 @@ def job_path(job_id: str, suffix: str = "") -> str:
     quoted.
     """
     return f"/jobs/{quote(validate_job_id(job_id), safe='')}{suffix}"
-
-
-def _fd_exhaustion_message(exc: OSError) -> str | None:
-    if exc.errno in _FD_ERRNOS or "too many open files" in str(exc).lower():
-        which = errno.errorcode.get(exc.errno or errno.EMFILE, "EMFILE")
-        return (
-            f"too many open files ({which}): the process has no file descriptor left for a new "
-            "connection; close streams you no longer read, share one client, or raise the limit "
-            "(ulimit -n)"
-        )
-    return None
 
 
 def _os_error_of(exc: BaseException) -> OSError | None:
@@ -130,7 +117,7 @@ def map_transport_errors(*, phase: str = "request") -> Iterator[None]:
         raise APITimeoutError(f"timed out: {exc}", phase="read", request_sent=None) from exc
     except aiohttp.ClientConnectorError as exc:
         # Raised while establishing the connection: nothing of the request left this process.
-        message = _fd_exhaustion_message(exc.os_error) or f"connection failed: {exc}"
+        message = fd_exhaustion_message(exc.os_error) or f"connection failed: {exc}"
         raise APIConnectionError(message, request_sent=False) from exc
     except aiohttp.ServerDisconnectedError as exc:
         raise APIConnectionError(
@@ -151,7 +138,7 @@ def map_transport_errors(*, phase: str = "request") -> Iterator[None]:
         ) from exc
     except aiohttp.ClientError as exc:
         os_error = _os_error_of(exc)
-        message = (_fd_exhaustion_message(os_error) if os_error is not None else None) or (
+        message = (fd_exhaustion_message(os_error) if os_error is not None else None) or (
             f"connection error: {type(exc).__name__}: {exc}"
         )
         raise APIConnectionError(message, request_sent=True if read_phase else None) from exc
@@ -161,7 +148,7 @@ def map_transport_errors(*, phase: str = "request") -> Iterator[None]:
             "the request exceeded its total timeout", phase="total", request_sent=None
         ) from exc
     except OSError as exc:
-        message = _fd_exhaustion_message(exc) or f"connection error: {exc}"
+        message = fd_exhaustion_message(exc) or f"connection error: {exc}"
         raise APIConnectionError(message, request_sent=True if read_phase else None) from exc
 
 

@@ -266,19 +266,20 @@ async def test_a_malformed_status_line_is_a_connection_error() -> None:
                 await client.complete(model=MODEL, messages=MSG)
 
 
-async def test_a_consumer_that_stops_reading_stops_the_socket_being_read() -> None:
-    # 4 MiB of tokens as fast as the socket takes them; the consumer takes one and waits.
+async def flood(request: web.Request) -> web.StreamResponse:
+    """4096 tokens of 1000 characters (4 MiB), as fast as the socket takes them, then [DONE]."""
     event = f"data: {json.dumps({'text': 'x' * 1000})}\n\n".encode()
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for _ in range(4096):
+        await resp.write(event)
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for _ in range(4096):
-            await resp.write(event)
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
 
-    async with raw_server(handler) as url, client_for(url) as client:
+async def test_a_consumer_that_stops_reading_stops_the_socket_being_read() -> None:
+    # The consumer takes one token of the flood and waits.
+    async with raw_server(flood) as url, client_for(url) as client:
         async with client.stream(model=MODEL, messages=MSG) as stream:
             async for _ in stream:
                 break

@@ -4,7 +4,6 @@ timeout while paused or after the body ended, TLS close, happy eyeballs, a calle
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import ssl
 import threading
@@ -17,7 +16,13 @@ from aiohttp import web
 from infernet_async import APIConnectionError, InfernetClient, RetryPolicy, Timeouts
 from infernet_async._connection import NativeResponse
 from tests.client_support import MODEL, MSG, data_events, raw_server
-from tests.test_connection import length_delimited_stream, peer_port, read_request, tcp_server
+from tests.test_connection import (
+    flood,
+    length_delimited_stream,
+    peer_port,
+    read_request,
+    tcp_server,
+)
 
 BOUND = 5.0
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -54,19 +59,10 @@ async def test_a_paused_connection_does_not_hit_the_read_timeout() -> None:
     # Bug 2: while we pause reading (the consumer is away), no data can arrive, so the read
     # timer fires although the server is sending as fast as it may; aiohttp drops its sock_read
     # timer on pause_reading for this reason.
-    event = f"data: {json.dumps({'text': 'x' * 1000})}\n\n".encode()
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for _ in range(4096):
-            await resp.write(event)
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
 
     timeouts = Timeouts(read=0.2, stall=30.0, total=30.0)
     async with (
-        raw_server(handler) as url,
+        raw_server(flood) as url,
         InfernetClient(url, token="t", timeouts=timeouts, retry=NO_RETRY) as client,
         client.stream(model=MODEL, messages=MSG) as stream,
     ):

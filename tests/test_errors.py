@@ -198,11 +198,16 @@ async def test_out_of_file_descriptors_for_real() -> None:
                 assert exc.errno == errno.EMFILE
             with pytest.raises(APIConnectionError) as info:
                 await client.list_models()
+            # A stream goes over the SDK's own connections: the same message there.
+            with pytest.raises(APIConnectionError) as stream_info:
+                await client.complete(model=MODEL, messages=MSG)
         finally:
             for fd in held:
                 os.close(fd)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert "too many open files" in str(info.value)
+    assert "too many open files" in str(stream_info.value)
+    assert stream_info.value.request_sent is False
 
 
 # -- against the control plane ---------------------------------------------------------------------
