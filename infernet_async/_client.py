@@ -26,7 +26,15 @@ from ._config import (
     resolve_base_url,
     resolve_token,
 )
-from ._fanout import BatchOutcome, FanOut, OutcomeCallback, Requests, gather, stream_job_runner
+from ._fanout import (
+    DEFAULT_READ_INTERVAL,
+    BatchOutcome,
+    FanOut,
+    OutcomeCallback,
+    Requests,
+    gather,
+    stream_job_runner,
+)
 from ._ratelimit import RateLimiter, RateLimitState
 from ._resource import AsyncResource
 from ._retry import backoff_delay
@@ -409,6 +417,7 @@ class InfernetClient(AsyncResource):
         concurrency: int = 8,
         max_attempts: int = 3,
         on_outcome: OutcomeCallback | None = None,
+        read_interval: float = DEFAULT_READ_INTERVAL,
         **stream_options: Any,
     ) -> FanOut:
         """Stream many ``BatchRequest``s, at most ``concurrency`` at once; outcomes as they end.
@@ -418,12 +427,19 @@ class InfernetClient(AsyncResource):
         a slot is free; every job's requests go through ``rate_limiter``; the connection pool
         grows to ``concurrency``. A failed job is an outcome; leaving the block cancels the rest
         (their partial texts are then in ``FanOut.cancelled``). ``stream_options`` go to
-        ``stream()`` (default: follow a re-queued job, replay a dropped connection). See
-        ``FanOut`` and ``stream_job_runner``.
+        ``stream()`` (default: follow a re-queued job, replay a dropped connection). Once a job's
+        tokens flow, its socket is read at most every ``read_interval`` seconds, many tokens a
+        read (see ``TokenStream.final_text``; 0 reads each chunk as it comes). See ``FanOut`` and
+        ``stream_job_runner``.
         """
         self._ensure_open()
         return FanOut(
-            stream_job_runner(self, max_attempts=max_attempts, stream_options=stream_options),
+            stream_job_runner(
+                self,
+                max_attempts=max_attempts,
+                stream_options=stream_options,
+                read_interval=read_interval,
+            ),
             requests,
             concurrency=concurrency,
             on_outcome=on_outcome,
@@ -438,6 +454,7 @@ class InfernetClient(AsyncResource):
         concurrency: int = 8,
         max_attempts: int = 3,
         on_outcome: OutcomeCallback | None = None,
+        read_interval: float = DEFAULT_READ_INTERVAL,
         **stream_options: Any,
     ) -> list[BatchOutcome]:
         """Like ``map()``, to the end: the outcomes in input order. Failed jobs do not raise.
@@ -450,6 +467,7 @@ class InfernetClient(AsyncResource):
             concurrency=concurrency,
             max_attempts=max_attempts,
             on_outcome=on_outcome,
+            read_interval=read_interval,
             **stream_options,
         )
         return await gather(fan_out)

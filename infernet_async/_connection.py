@@ -106,6 +106,9 @@ class _Connection(asyncio.Protocol):
         self._read_timeout: float | None = None
         self._last_data_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # > 0: after each read, the socket rests this long before the next (read_at_intervals).
+        self._read_interval = 0.0
+        self._resting = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -159,6 +162,8 @@ class _Connection(asyncio.Protocol):
             self._cancel_timer()
             if self._transport is not None:
                 self._transport.pause_reading()
+        elif self._read_interval and self._sink is not None and not self._signaled:
+            self._rest()
         if self._signaled or self._ended or self._error is not None:
             self._wake()
 
@@ -267,11 +272,27 @@ class _Connection(asyncio.Protocol):
                 self._waiter = None
                 self._sink = None
 
+    def read_at_intervals(self, interval: float) -> None:
+        """Read the socket at most once per ``interval`` seconds from now on, for this response.
+
+        For a stream nobody reads token by token (``final_text``, the fan-out): at model speed
+        every token comes in a read of its own, and a read costs the event loop a wake-up, a
+        ``recv`` and a callback whatever it carries. Resting the socket between reads lets the
+        kernel gather the tokens, so one read takes many. The price: the body's end is seen up to
+        ``interval`` late. A read timeout still sees the data in time: the rest is at most a
+        quarter of it.
+        """
+        if self._read_timeout is not None:
+            interval = min(interval, self._read_timeout / 4)
+        self._read_interval = max(interval, 0.0)
+
     def finish(self) -> None:
         """The consumer is done with a stream that ended cleanly: reuse the connection once the
         body has ended, else close it."""
         self._sink = None
         self._early = []
+        self._read_interval = 0.0
+        self._stop_resting()  # the terminating chunk, if still to come, should not wait
         self._consumed()  # a paused socket must be read again to see the body's end
         if self._state != _ACTIVE or self._error is not None:
             self.close()
@@ -345,6 +366,22 @@ class _Connection(asyncio.Protocol):
             if self._state == _ACTIVE and not self._ended and self._read_timeout is not None:
                 self._last_data_at = time.monotonic()
                 self._arm(self._read_timeout)
+
+    def _rest(self) -> None:
+        if self._resting or self._paused or self._transport is None:
+            return
+        self._resting = True
+        self._transport.pause_reading()
+        self._pool._rest(self, self._read_interval)
+
+    def _stop_resting(self) -> None:
+        """Read again (the pool's timer, or the response is done with); a no-op if not resting."""
+        if not self._resting:
+            return
+        self._resting = False
+        transport = self._transport
+        if transport is not None and not self._paused and not transport.is_closing():
+            transport.resume_reading()
 
     def _end(self) -> None:
         self._ended = True
@@ -487,6 +524,9 @@ class NativeResponse:
     def closed(self) -> bool:
         return self._done or self._conn._state == _CLOSED
 
+    def read_at_intervals(self, interval: float) -> None:
+        self._conn.read_at_intervals(interval)
+
     async def pump(self, sink: BodySink) -> bool:
         inflater = self._inflater
         if inflater is None:
@@ -545,6 +585,9 @@ class StreamPool:
         self._dns: dict[tuple[str, int], tuple[list[AddrInfo], float]] = {}
         self._lookups: dict[tuple[str, int], asyncio.Future[list[AddrInfo]]] = {}
         self.closed = False
+        # Resting connections (read_at_intervals), by interval: one timer per interval wakes
+        # them all, so their reads come together in one turn of the event loop.
+        self._resting: dict[float, tuple[list[_Connection], asyncio.TimerHandle]] = {}
 
     @property
     def open_connections(self) -> int:
@@ -600,6 +643,9 @@ class StreamPool:
         for conn in list(self._open):
             conn.close()
         self._idle.clear()
+        for _, timer in self._resting.values():
+            timer.cancel()
+        self._resting.clear()
         waiters, self._waiters = self._waiters, deque()
         for waiter in waiters:
             if not waiter.done():
@@ -727,6 +773,18 @@ class StreamPool:
         self._idle.setdefault(conn.origin, []).append(conn)
         conn.idle(self._keepalive)
         self._wake_one()
+
+    def _rest(self, conn: _Connection, interval: float) -> None:
+        batch = self._resting.get(interval)
+        if batch is None:
+            timer = self.loop.call_later(interval, self._end_rest, interval)
+            self._resting[interval] = batch = ([], timer)
+        batch[0].append(conn)
+
+    def _end_rest(self, interval: float) -> None:
+        conns, _ = self._resting.pop(interval)
+        for conn in conns:
+            conn._stop_resting()
 
     def _forget(self, conn: _Connection) -> None:
         if conn not in self._open:

@@ -219,6 +219,9 @@ class StreamResponse:
             except StopAsyncIteration:
                 return b""
 
+    def read_at_intervals(self, interval: float) -> None:
+        """Not on a caller's session: aiohttp reads each chunk as it comes."""
+
     async def pump(self, sink: BodySink) -> bool:
         """Read chunks into ``sink`` until it asks for a wake-up (True) or the body ends
         (False)."""

@@ -59,7 +59,8 @@ class FakeStream:
     def __aiter__(self) -> AsyncIterator[str]:
         return self._tokens()
 
-    async def final_text(self) -> str:
+    async def final_text(self, *, read_interval: float = 0.0) -> str:
+        self.read_interval = read_interval
         async for _ in self:
             pass
         return self.text

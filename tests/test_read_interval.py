@@ -1,0 +1,193 @@
+"""Resting sockets: ``final_text(read_interval=)`` and the fan-out read a stream's socket at most
+once per interval once its tokens flow, so one read takes many tokens.
+
+What must hold: every token arrives, in order; the time to first token is not delayed; reads are
+immediate again when the interval is 0, and once the response is done (a pooled connection must
+see the server close it); the rest never outlasts a quarter of the stall or read timeout;
+cancelling a resting stream releases its connection at once and keeps its text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from infernet_async import BatchRequest, InfernetClient, Timeouts
+from infernet_async._connection import NativeResponse, _Connection
+from infernet_async._fanout import DEFAULT_READ_INTERVAL
+
+from .client_support import MODEL, MSG, client_for, data_events, raw_server, sse_handler
+
+BOUND = 10.0
+TOKENS = [f"t{i} " for i in range(30)]
+
+
+def paced(texts: list[str], gap: float, *, first_after: float = 0.0) -> list[bytes | float]:
+    """The data-only dialect for ``texts``, one event every ``gap`` seconds."""
+    events = data_events(*texts)
+    chunks: list[bytes | float] = [first_after] if first_after else []
+    for event in events:
+        chunks += [event, gap]
+    return chunks[:-1]
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts the reads that reach our connections (one ``data_received`` each)."""
+    count = [0]
+    original = _Connection.data_received
+
+    def counted(self: _Connection, data: bytes) -> None:
+        count[0] += 1
+        original(self, data)
+
+    monkeypatch.setattr(_Connection, "data_received", counted)
+    yield count
+
+
+async def collect(client: InfernetClient, *, read_interval: float) -> tuple[str, float | None]:
+    stream = client.stream(model=MODEL, messages=MSG)
+    async with stream:
+        text = await stream.final_text(read_interval=read_interval)
+    return text, stream.time_to_first_token
+
+
+async def test_a_resting_socket_takes_many_tokens_a_read(reads: list[int]) -> None:
+    async with raw_server(sse_handler(paced(TOKENS, 0.005))) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            text, _ = await collect(client, read_interval=0.2)
+    assert text == "".join(TOKENS)
+    # 31 events 5 ms apart (150 ms): the first read, then one or two after a rest of 200 ms.
+    assert reads[0] <= 6
+
+
+async def test_read_interval_zero_reads_every_chunk_as_it_comes(reads: list[int]) -> None:
+    async with raw_server(sse_handler(paced(TOKENS, 0.005))) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            text, _ = await collect(client, read_interval=0.0)
+    assert text == "".join(TOKENS)
+    assert reads[0] >= 10
+
+
+async def test_the_first_token_is_not_delayed() -> None:
+    # A ping, then the first token 100 ms later: resting from the ping on would see it at 1 s.
+    chunks: list[bytes | float] = [b": ping\n\n", 0.1, *paced(TOKENS[:3], 0.0)]
+    async with raw_server(sse_handler(chunks)) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            text, first = await collect(client, read_interval=1.0)
+    assert text == "".join(TOKENS[:3])
+    assert first is not None and first < 0.8
+
+
+async def test_the_connection_reads_again_once_back_in_the_pool() -> None:
+    async with raw_server(sse_handler(paced(TOKENS, 0.002))) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            stream = client.stream(model=MODEL, messages=MSG)
+            async with stream:
+                resp = stream._resp
+                assert isinstance(resp, NativeResponse)
+                conn = resp._conn
+                await stream.final_text(read_interval=0.5)
+            # Idle, it must watch the socket, or it would never see the server close it.
+            transport = conn._transport
+            assert transport is not None and transport.is_reading()
+            assert not conn._resting and conn._read_interval == 0.0
+            again, _ = await collect(client, read_interval=0.0)
+            assert again == "".join(TOKENS)
+            assert client._transport._binding is not None
+            assert client._transport._binding.pool.open_connections == 1  # reused
+
+
+async def test_the_rest_is_at_most_a_quarter_of_the_stall_timeout() -> None:
+    # Tokens every 20 ms for 0.6 s against a 0.2 s stall timeout: a 5 s rest would time out.
+    chunks = paced(TOKENS, 0.02)
+    timeouts = Timeouts(stall=0.2)
+    async with raw_server(sse_handler(chunks)) as url, client_for(url, timeouts=timeouts) as client:
+        async with asyncio.timeout(BOUND):
+            text, _ = await collect(client, read_interval=5.0)
+    assert text == "".join(TOKENS)
+
+
+async def test_the_rest_is_at_most_a_quarter_of_the_read_timeout() -> None:
+    chunks = paced(TOKENS, 0.02)
+    timeouts = Timeouts(read=0.2, stall=None)
+    async with raw_server(sse_handler(chunks)) as url, client_for(url, timeouts=timeouts) as client:
+        async with asyncio.timeout(BOUND):
+            text, _ = await collect(client, read_interval=5.0)
+    assert text == "".join(TOKENS)
+
+
+async def test_cancelling_a_resting_stream_releases_its_connection_and_keeps_its_text() -> None:
+    chunks = paced(TOKENS, 0.01)
+    async with raw_server(sse_handler(chunks)) as url, client_for(url) as client:
+        stream = client.stream(model=MODEL, messages=MSG)
+        async with stream:
+            task = asyncio.create_task(stream.final_text(read_interval=10.0))
+            async with asyncio.timeout(BOUND):
+                while stream.token_count == 0:
+                    await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)  # the socket rests now, with tokens waiting in the kernel
+            resp = stream._resp
+            assert isinstance(resp, NativeResponse) and resp._conn._resting
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert stream.text.startswith(TOKENS[0])
+        assert client._transport._binding is not None
+        assert client._transport._binding.pool.open_connections == 0
+
+
+async def test_closing_the_client_while_a_socket_rests_leaves_nothing_behind() -> None:
+    chunks = paced(TOKENS, 0.01)
+    async with raw_server(sse_handler(chunks)) as url:
+        client = client_for(url)
+        async with client:
+            stream = client.stream(model=MODEL, messages=MSG)
+            await stream.__aenter__()
+            task = asyncio.create_task(stream.final_text(read_interval=10.0))
+            async with asyncio.timeout(BOUND):
+                while stream.token_count == 0:
+                    await asyncio.sleep(0.005)
+            await asyncio.sleep(0.02)
+        # The client closed the connection under the reader: the read fails, it does not hang.
+        async with asyncio.timeout(BOUND):
+            with pytest.raises(Exception, match="closed"):
+                await task
+        await stream.__aexit__(None, None, None)
+        assert client._transport._binding is None or (
+            client._transport._binding.pool._resting == {}
+        )
+        gc.collect()  # -W error: an unclosed transport would warn here
+
+
+async def test_the_fan_out_rests_sockets_by_default(reads: list[int]) -> None:
+    requests = [BatchRequest(id=str(i), model=MODEL, prompt="q") for i in range(4)]
+    async with raw_server(sse_handler(paced(TOKENS, 0.005))) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            outcomes = await client.gather(requests, concurrency=4)
+    assert [o.text for o in outcomes] == ["".join(TOKENS)] * 4
+    # 4 x 31 events; each stream rests 50 ms between reads over its 150 ms.
+    assert DEFAULT_READ_INTERVAL == 0.05
+    assert reads[0] <= 4 * 10
+
+
+async def test_the_fan_out_reads_every_chunk_with_read_interval_zero(reads: list[int]) -> None:
+    requests = [BatchRequest(id=str(i), model=MODEL, prompt="q") for i in range(2)]
+    async with raw_server(sse_handler(paced(TOKENS, 0.005))) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            outcomes = await client.gather(requests, concurrency=2, read_interval=0)
+    assert [o.text for o in outcomes] == ["".join(TOKENS)] * 2
+    assert reads[0] >= 2 * 10
+
+
+async def test_a_negative_read_interval_is_refused() -> None:
+    async with raw_server(sse_handler(paced(TOKENS[:1], 0.0))) as url, client_for(url) as client:
+        stream = client.stream(model=MODEL, messages=MSG)
+        async with stream:
+            with pytest.raises(ValueError, match="read_interval"):
+                await stream.final_text(read_interval=-1)
+        with pytest.raises(ValueError, match="read_interval"):
+            client.map([], read_interval=-0.1)
