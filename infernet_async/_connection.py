@@ -35,7 +35,7 @@ from yarl import URL
 from ._http1 import ProtocolError, ResponseHead, ResponseParser, encode_request
 from .errors import APIConnectionError, APITimeoutError
 
-__all__ = ["BodySink", "NativeResponse", "StreamPool", "fd_exhaustion_message"]
+__all__ = ["BodySink", "NativeResponse", "StreamPool", "fd_exhaustion_message", "rest_length"]
 
 # Takes body bytes; returns True when the reading task should wake up for them.
 BodySink = Callable[[bytes], bool]
@@ -56,6 +56,10 @@ _FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 # the decoder's event size limit).
 _INFLATE_PIECE = 64 * 1024
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+# read_at_intervals: a rest lasts at most this share of the time since reads went sparse, and is
+# not taken below the interval divided by this.
+_REST_SHARE = 0.1
+_REST_HALVINGS = 16
 _IDLE, _ACTIVE, _DRAINING, _CLOSED = range(4)
 _monotonic = time.monotonic
 
@@ -70,6 +74,26 @@ def fd_exhaustion_message(exc: OSError) -> str | None:
             "(ulimit -n)"
         )
     return None
+
+
+def rest_length(interval: float, sparse_for: float, gap: float) -> float:
+    """How long a socket read at intervals rests after a read; 0.0: not at all.
+
+    ``interval`` is the longest rest; ``sparse_for`` the time since reads went sparse; ``gap`` the
+    time since the previous read (or the end of the previous rest). The rest is ``interval``
+    halved until it is at most ``_REST_SHARE`` of ``sparse_for`` (none below a sixteenth of
+    ``interval``), and none when data comes slower than the rest would last.
+    """
+    if interval <= 0.0:
+        return 0.0
+    rest = interval
+    shortest = interval / _REST_HALVINGS
+    grown = sparse_for * _REST_SHARE
+    while rest > grown:
+        rest /= 2  # exact in binary, so the pool can group rests by length
+        if rest < shortest:
+            return 0.0
+    return rest if gap < rest else 0.0
 
 
 def _ip_literal(host: str, port: int) -> list[AddrInfo] | None:
@@ -106,8 +130,11 @@ class _Connection(asyncio.Protocol):
         self._read_timeout: float | None = None
         self._last_data_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        # > 0: after each read, the socket rests this long before the next (read_at_intervals).
+        # > 0: between reads the socket may rest up to this long (read_at_intervals), from
+        # _sparse_since on; _read_ref is the time of the last read or of the end of the last rest.
         self._read_interval = 0.0
+        self._sparse_since = 0.0
+        self._read_ref = 0.0
         self._resting = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
@@ -123,7 +150,7 @@ class _Connection(asyncio.Protocol):
             # connection cannot be trusted with another request.
             self.close()
             return
-        self._last_data_at = _monotonic()
+        now = self._last_data_at = _monotonic()
         try:
             body = parser.feed(data)
         except ProtocolError as exc:
@@ -163,7 +190,8 @@ class _Connection(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.pause_reading()
         elif self._read_interval and self._sink is not None and not self._signaled:
-            self._rest()
+            self._rest(now)
+        self._read_ref = now
         if self._signaled or self._ended or self._error is not None:
             self._wake()
 
@@ -279,12 +307,16 @@ class _Connection(asyncio.Protocol):
         every token comes in a read of its own, and a read costs the event loop a wake-up, a
         ``recv`` and a callback whatever it carries. Resting the socket between reads lets the
         kernel gather the tokens, so one read takes many. The price: the body's end is seen up to
-        ``interval`` late. A read timeout still sees the data in time: the rest is at most a
-        quarter of it.
+        a rest late. So a rest is taken only when data comes faster than it lasts (a slow stream
+        would gain nothing and pay the pause and the resume), and it grows with the response:
+        at most a tenth of the time since this call, in halvings of ``interval`` down to a
+        sixteenth of it, so that a short answer is hardly delayed. A read timeout still sees the
+        data in time: the rest is at most a quarter of it.
         """
         if self._read_timeout is not None:
             interval = min(interval, self._read_timeout / 4)
         self._read_interval = max(interval, 0.0)
+        self._sparse_since = _monotonic()
 
     def finish(self) -> None:
         """The consumer is done with a stream that ended cleanly: reuse the connection once the
@@ -367,18 +399,22 @@ class _Connection(asyncio.Protocol):
                 self._last_data_at = time.monotonic()
                 self._arm(self._read_timeout)
 
-    def _rest(self) -> None:
+    def _rest(self, now: float) -> None:
         if self._resting or self._paused or self._transport is None:
+            return
+        rest = rest_length(self._read_interval, now - self._sparse_since, now - self._read_ref)
+        if not rest:
             return
         self._resting = True
         self._transport.pause_reading()
-        self._pool._rest(self, self._read_interval)
+        self._pool._rest(self, rest)
 
     def _stop_resting(self) -> None:
         """Read again (the pool's timer, or the response is done with); a no-op if not resting."""
         if not self._resting:
             return
         self._resting = False
+        self._read_ref = _monotonic()
         transport = self._transport
         if transport is not None and not self._paused and not transport.is_closing():
             transport.resume_reading()
@@ -585,8 +621,8 @@ class StreamPool:
         self._dns: dict[tuple[str, int], tuple[list[AddrInfo], float]] = {}
         self._lookups: dict[tuple[str, int], asyncio.Future[list[AddrInfo]]] = {}
         self.closed = False
-        # Resting connections (read_at_intervals), by interval: one timer per interval wakes
-        # them all, so their reads come together in one turn of the event loop.
+        # Resting connections (read_at_intervals), by the rest's length: one timer per length
+        # wakes them all, so their reads come together in one turn of the event loop.
         self._resting: dict[float, tuple[list[_Connection], asyncio.TimerHandle]] = {}
 
     @property

@@ -114,9 +114,9 @@ class _JobClock:
 DEFAULT_STREAM_OPTIONS: dict[str, Any] = {"on_node_disconnect": "restart", "reconnect": True}
 
 # Nobody sees a job's tokens before its end: its socket may rest between reads, so one read takes
-# many tokens (TokenStream.final_text). 50 ms, against answers that take seconds;
-# benchmarks/README.md has what it saves.
-DEFAULT_READ_INTERVAL = 0.05
+# many tokens (TokenStream.final_text). A job's end is then seen at most 100 ms late, and at most a
+# tenth of its streaming time late; benchmarks/README.md has what it saves.
+DEFAULT_READ_INTERVAL = 0.1
 
 
 def stream_job_runner(

@@ -212,12 +212,13 @@ class TokenStream(AsyncResource):
         """Read the rest of the stream and return the whole answer.
 
         Args:
-            read_interval: once the first token is in, read the socket at most once per this many
-                seconds, so that one read takes many tokens: less CPU per token for a process
-                running many streams (the fan-out's default is 0.05), at the cost of seeing the
-                end of the answer up to ``read_interval`` late. The time to first token is not
-                affected. At most a quarter of the stall timeout. 0 (the default): every chunk is
-                read as it arrives.
+            read_interval: once the first token is in, let the socket rest up to this many
+                seconds between reads while tokens come faster than that, so that one read takes
+                many: less CPU per token for a process running many streams (the fan-out's
+                default is 0.1). The end of the answer is then seen up to ``read_interval`` late,
+                and never later than a tenth of the time since the first token; the time to first
+                token is not affected. At most a quarter of the stall and read timeouts. 0 (the
+                default): every chunk is read as it arrives.
 
         Raises:
             StreamError: the stream failed (the same error iteration raised), or was closed before

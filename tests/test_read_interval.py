@@ -1,10 +1,11 @@
 """Resting sockets: ``final_text(read_interval=)`` and the fan-out read a stream's socket at most
 once per interval once its tokens flow, so one read takes many tokens.
 
-What must hold: every token arrives, in order; the time to first token is not delayed; reads are
-immediate again when the interval is 0, and once the response is done (a pooled connection must
-see the server close it); the rest never outlasts a quarter of the stall or read timeout;
-cancelling a resting stream releases its connection at once and keeps its text.
+What must hold: every token arrives, in order; the time to first token is not delayed; a rest is
+taken only when data comes faster than it lasts, and grows with the response (``rest_length``);
+reads are immediate again when the interval is 0, and once the response is done (a pooled
+connection must see the server close it); the rest never outlasts a quarter of the stall or read
+timeout; cancelling a resting stream releases its connection at once and keeps its text.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from collections.abc import Iterator
 import pytest
 
 from infernet_async import BatchRequest, InfernetClient, Timeouts
-from infernet_async._connection import NativeResponse, _Connection
+from infernet_async._connection import NativeResponse, StreamPool, _Connection, rest_length
 from infernet_async._fanout import DEFAULT_READ_INTERVAL
 
 from .client_support import MODEL, MSG, client_for, data_events, raw_server, sse_handler
 
 BOUND = 10.0
 TOKENS = [f"t{i} " for i in range(30)]
+# A long answer: 200 tokens 2 ms apart. With a 80 ms interval the rests grow from 5 ms (after
+# 50 ms) to 40 ms (after 400 ms): at most a hundred reads or so, against one a token without.
+LONG = [f"w{i} " for i in range(200)]
 
 
 def paced(texts: list[str], gap: float, *, first_after: float = 0.0) -> list[bytes | float]:
@@ -48,6 +52,20 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     yield count
 
 
+@pytest.fixture
+def rests(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
+    """Records the length of every rest a connection takes."""
+    taken: list[float] = []
+    original = StreamPool._rest
+
+    def recorded(self: StreamPool, conn: _Connection, rest: float) -> None:
+        taken.append(rest)
+        original(self, conn, rest)
+
+    monkeypatch.setattr(StreamPool, "_rest", recorded)
+    yield taken
+
+
 async def collect(client: InfernetClient, *, read_interval: float) -> tuple[str, float | None]:
     stream = client.stream(model=MODEL, messages=MSG)
     async with stream:
@@ -55,21 +73,48 @@ async def collect(client: InfernetClient, *, read_interval: float) -> tuple[str,
     return text, stream.time_to_first_token
 
 
+@pytest.mark.parametrize(
+    ("interval", "sparse_for", "gap", "rest"),
+    [
+        (0.0, 100.0, 0.0, 0.0),  # off
+        (0.08, 100.0, 0.001, 0.08),  # a long response, data coming fast: the whole interval
+        (0.08, 0.5, 0.001, 0.04),  # at most a tenth of the time since reads went sparse
+        (0.08, 0.1, 0.001, 0.01),
+        (0.08, 0.05, 0.001, 0.005),  # the shortest: a sixteenth of the interval
+        (0.08, 0.049, 0.001, 0.0),  # shorter than that: no rest
+        (0.08, 0.0, 0.0, 0.0),  # reads just went sparse
+        (0.08, 100.0, 0.08, 0.0),  # data comes no faster than the rest would last
+        (0.08, 100.0, 0.079, 0.08),
+        (0.08, 0.1, 0.02, 0.0),  # the rest would be 10 ms; data comes every 20 ms
+    ],
+)
+def test_rest_length(interval: float, sparse_for: float, gap: float, rest: float) -> None:
+    assert rest_length(interval, sparse_for, gap) == rest
+
+
 async def test_a_resting_socket_takes_many_tokens_a_read(reads: list[int]) -> None:
-    async with raw_server(sse_handler(paced(TOKENS, 0.005))) as url, client_for(url) as client:
+    async with raw_server(sse_handler(paced(LONG, 0.002))) as url, client_for(url) as client:
         async with asyncio.timeout(BOUND):
-            text, _ = await collect(client, read_interval=0.2)
-    assert text == "".join(TOKENS)
-    # 31 events 5 ms apart (150 ms): the first read, then one or two after a rest of 200 ms.
-    assert reads[0] <= 6
+            text, _ = await collect(client, read_interval=0.08)
+    assert text == "".join(LONG)
+    assert reads[0] <= len(LONG) // 2
+
+
+async def test_a_slow_stream_is_read_as_it_comes(rests: list[float]) -> None:
+    # Tokens 30 ms apart never come faster than a rest (at most 25 ms here) would last.
+    async with raw_server(sse_handler(paced(TOKENS[:12], 0.03))) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            text, _ = await collect(client, read_interval=0.025)
+    assert text == "".join(TOKENS[:12])
+    assert rests == []
 
 
 async def test_read_interval_zero_reads_every_chunk_as_it_comes(reads: list[int]) -> None:
-    async with raw_server(sse_handler(paced(TOKENS, 0.005))) as url, client_for(url) as client:
+    async with raw_server(sse_handler(paced(LONG, 0.002))) as url, client_for(url) as client:
         async with asyncio.timeout(BOUND):
             text, _ = await collect(client, read_interval=0.0)
-    assert text == "".join(TOKENS)
-    assert reads[0] >= 10
+    assert text == "".join(LONG)
+    assert reads[0] > len(LONG) // 2
 
 
 async def test_the_first_token_is_not_delayed() -> None:
@@ -101,57 +146,62 @@ async def test_the_connection_reads_again_once_back_in_the_pool() -> None:
             assert client._transport._binding.pool.open_connections == 1  # reused
 
 
-async def test_the_rest_is_at_most_a_quarter_of_the_stall_timeout() -> None:
-    # Tokens every 20 ms for 0.6 s against a 0.2 s stall timeout: a 5 s rest would time out.
-    chunks = paced(TOKENS, 0.02)
-    timeouts = Timeouts(stall=0.2)
-    async with raw_server(sse_handler(chunks)) as url, client_for(url, timeouts=timeouts) as client:
+@pytest.mark.parametrize(
+    "timeouts", [Timeouts(stall=0.2), Timeouts(read=0.2, stall=None)], ids=["stall", "read"]
+)
+async def test_the_rest_is_at_most_a_quarter_of_the_timeouts(
+    rests: list[float], timeouts: Timeouts
+) -> None:
+    # Tokens every 20 ms for 0.6 s: asked for 5 s, the rests are at most 50 ms, and taken (from
+    # 0.25 s on, when they outlast the gap); a 5 s interval would take none this early.
+    async with (
+        raw_server(sse_handler(paced(TOKENS, 0.02))) as url,
+        client_for(url, timeouts=timeouts) as client,
+    ):
         async with asyncio.timeout(BOUND):
             text, _ = await collect(client, read_interval=5.0)
     assert text == "".join(TOKENS)
-
-
-async def test_the_rest_is_at_most_a_quarter_of_the_read_timeout() -> None:
-    chunks = paced(TOKENS, 0.02)
-    timeouts = Timeouts(read=0.2, stall=None)
-    async with raw_server(sse_handler(chunks)) as url, client_for(url, timeouts=timeouts) as client:
-        async with asyncio.timeout(BOUND):
-            text, _ = await collect(client, read_interval=5.0)
-    assert text == "".join(TOKENS)
+    assert rests and max(rests) <= 0.05
 
 
 async def test_cancelling_a_resting_stream_releases_its_connection_and_keeps_its_text() -> None:
-    chunks = paced(TOKENS, 0.01)
+    chunks = paced(LONG, 0.002)
     async with raw_server(sse_handler(chunks)) as url, client_for(url) as client:
         stream = client.stream(model=MODEL, messages=MSG)
         async with stream:
-            task = asyncio.create_task(stream.final_text(read_interval=10.0))
+            task = asyncio.create_task(stream.final_text(read_interval=0.16))
             async with asyncio.timeout(BOUND):
                 while stream.token_count == 0:
                     await asyncio.sleep(0.005)
-            await asyncio.sleep(0.05)  # the socket rests now, with tokens waiting in the kernel
             resp = stream._resp
-            assert isinstance(resp, NativeResponse) and resp._conn._resting
+            assert isinstance(resp, NativeResponse)
+            async with asyncio.timeout(BOUND):
+                while not resp._conn._resting:  # rests of 10 ms and more from 0.1 s on
+                    await asyncio.sleep(0.01)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert stream.text.startswith(TOKENS[0])
+            assert stream.text.startswith(LONG[0])
         assert client._transport._binding is not None
         assert client._transport._binding.pool.open_connections == 0
 
 
 async def test_closing_the_client_while_a_socket_rests_leaves_nothing_behind() -> None:
-    chunks = paced(TOKENS, 0.01)
+    chunks = paced(LONG, 0.002)
     async with raw_server(sse_handler(chunks)) as url:
         client = client_for(url)
         async with client:
             stream = client.stream(model=MODEL, messages=MSG)
             await stream.__aenter__()
-            task = asyncio.create_task(stream.final_text(read_interval=10.0))
+            task = asyncio.create_task(stream.final_text(read_interval=0.16))
             async with asyncio.timeout(BOUND):
                 while stream.token_count == 0:
                     await asyncio.sleep(0.005)
-            await asyncio.sleep(0.02)
+            resp = stream._resp
+            assert isinstance(resp, NativeResponse)
+            async with asyncio.timeout(BOUND):
+                while not resp._conn._resting:
+                    await asyncio.sleep(0.005)
         # The client closed the connection under the reader: the read fails, it does not hang.
         async with asyncio.timeout(BOUND):
             with pytest.raises(Exception, match="closed"):
@@ -165,22 +215,21 @@ async def test_closing_the_client_while_a_socket_rests_leaves_nothing_behind() -
 
 async def test_the_fan_out_rests_sockets_by_default(reads: list[int]) -> None:
     requests = [BatchRequest(id=str(i), model=MODEL, prompt="q") for i in range(4)]
-    async with raw_server(sse_handler(paced(TOKENS, 0.005))) as url, client_for(url) as client:
+    async with raw_server(sse_handler(paced(LONG, 0.002))) as url, client_for(url) as client:
         async with asyncio.timeout(BOUND):
             outcomes = await client.gather(requests, concurrency=4)
-    assert [o.text for o in outcomes] == ["".join(TOKENS)] * 4
-    # 4 x 31 events; each stream rests 50 ms between reads over its 150 ms.
-    assert DEFAULT_READ_INTERVAL == 0.05
-    assert reads[0] <= 4 * 10
+    assert [o.text for o in outcomes] == ["".join(LONG)] * 4
+    assert DEFAULT_READ_INTERVAL == 0.1
+    assert reads[0] <= 4 * len(LONG) * 2 // 3
 
 
 async def test_the_fan_out_reads_every_chunk_with_read_interval_zero(reads: list[int]) -> None:
     requests = [BatchRequest(id=str(i), model=MODEL, prompt="q") for i in range(2)]
-    async with raw_server(sse_handler(paced(TOKENS, 0.005))) as url, client_for(url) as client:
+    async with raw_server(sse_handler(paced(LONG, 0.002))) as url, client_for(url) as client:
         async with asyncio.timeout(BOUND):
             outcomes = await client.gather(requests, concurrency=2, read_interval=0)
-    assert [o.text for o in outcomes] == ["".join(TOKENS)] * 2
-    assert reads[0] >= 2 * 10
+    assert [o.text for o in outcomes] == ["".join(LONG)] * 2
+    assert reads[0] > 2 * len(LONG) * 2 // 3
 
 
 async def test_a_negative_read_interval_is_refused() -> None:
