@@ -3,7 +3,9 @@
 Each client runs in a fresh process of its own against a ``DevServer`` process (one node that runs
 every job at once, no rate limit worth the name, heartbeats off):
 
-- ``infernet_async``: ``client.map(requests, concurrency=K)`` (the fan-out of issue 5);
+- ``infernet_async``: ``client.map(requests, concurrency=K)`` (the fan-out of issue 5), whose
+  sockets rest between reads while tokens come fast (``read_interval``, 0.1 s by default);
+- ``infernet_async_eager``: the same with ``read_interval=0``: every chunk read as it comes;
 - ``httpx_guide``: the streaming guide's async httpx loop (``aiter_lines`` + ``json.loads``), with
   one shared ``AsyncClient`` (the guide builds one per call, which would only cost it more);
 - ``httpx_sse``: httpx + httpx-sse (``aconnect_sse`` / ``aiter_sse``);
@@ -57,6 +59,7 @@ TOKEN = "bench-token"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLIENTS = (
     "infernet_async",
+    "infernet_async_eager",
     "httpx_guide",
     "httpx_sse",
     "aiohttp_sse_client2",
@@ -123,7 +126,9 @@ def _body(max_tokens: int, i: int) -> dict[str, Any]:
     }
 
 
-async def run_infernet_async(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
+async def run_infernet_async(
+    url: str, k: int, max_tokens: int, **fan_out_options: Any
+) -> list[StreamTimes]:
     from infernet_async import BatchRequest, InfernetClient
 
     times: list[StreamTimes] = []
@@ -138,7 +143,7 @@ async def run_infernet_async(url: str, k: int, max_tokens: int) -> list[StreamTi
     )
     async with (
         InfernetClient(url, TOKEN, max_connections=k) as client,
-        client.map(requests, concurrency=k) as outcomes,
+        client.map(requests, concurrency=k, **fan_out_options) as outcomes,
     ):
         async for outcome in outcomes:
             ended = time.perf_counter()
@@ -151,6 +156,10 @@ async def run_infernet_async(url: str, k: int, max_tokens: int) -> list[StreamTi
             error = None if outcome.ok else f"{outcome.error}"
             times.append(StreamTimes(started, first, ended, outcome.tokens, error))
     return times
+
+
+async def run_infernet_async_eager(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
+    return await run_infernet_async(url, k, max_tokens, read_interval=0.0)
 
 
 async def run_httpx_guide(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
@@ -355,6 +364,7 @@ async def run_asyncio_floor(url: str, k: int, max_tokens: int) -> list[StreamTim
 
 RUNNERS: dict[str, Callable[[str, int, int], Awaitable[list[StreamTimes]]]] = {
     "infernet_async": run_infernet_async,
+    "infernet_async_eager": run_infernet_async_eager,
     "httpx_guide": run_httpx_guide,
     "httpx_sse": run_httpx_sse,
     "aiohttp_sse_client2": run_aiohttp_sse_client2,
@@ -574,6 +584,7 @@ def _ratio_table(results: list[dict[str, Any]], regime: str, ks: list[int]) -> s
             name = {
                 "aiohttp_floor": "(aiohttp, no parsing)",
                 "asyncio_floor": "(bare asyncio.Protocol, no parsing)",
+                "infernet_async_eager": "infernet_async, read_interval=0",
             }.get(r["client"], r["client"])
             rows.append(
                 f"| {k} | {name} | {r['cpu_us_per_token']:.1f} | {ratio} | "

@@ -56,8 +56,8 @@ _FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 # the decoder's event size limit).
 _INFLATE_PIECE = 64 * 1024
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-# read_at_intervals: a rest lasts at most this share of the time since reads went sparse, and is
-# not taken below the interval divided by this.
+# read_at_intervals: a rest lasts at most this share of the request's age, and none is taken
+# shorter than the interval divided by _REST_HALVINGS.
 _REST_SHARE = 0.1
 _REST_HALVINGS = 16
 _IDLE, _ACTIVE, _DRAINING, _CLOSED = range(4)
@@ -76,19 +76,19 @@ def fd_exhaustion_message(exc: OSError) -> str | None:
     return None
 
 
-def rest_length(interval: float, sparse_for: float, gap: float) -> float:
+def rest_length(interval: float, age: float, gap: float) -> float:
     """How long a socket read at intervals rests after a read; 0.0: not at all.
 
-    ``interval`` is the longest rest; ``sparse_for`` the time since reads went sparse; ``gap`` the
-    time since the previous read (or the end of the previous rest). The rest is ``interval``
-    halved until it is at most ``_REST_SHARE`` of ``sparse_for`` (none below a sixteenth of
-    ``interval``), and none when data comes slower than the rest would last.
+    ``interval`` is the longest rest; ``age`` the request's age; ``gap`` the time since the
+    previous read (or the end of the previous rest). The rest is ``interval`` halved until it is
+    at most ``_REST_SHARE`` of ``age`` (none below a sixteenth of ``interval``), and none when data
+    comes slower than the rest would last.
     """
     if interval <= 0.0:
         return 0.0
     rest = interval
     shortest = interval / _REST_HALVINGS
-    grown = sparse_for * _REST_SHARE
+    grown = age * _REST_SHARE
     while rest > grown:
         rest /= 2  # exact in binary, so the pool can group rests by length
         if rest < shortest:
@@ -130,10 +130,10 @@ class _Connection(asyncio.Protocol):
         self._read_timeout: float | None = None
         self._last_data_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        # > 0: between reads the socket may rest up to this long (read_at_intervals), from
-        # _sparse_since on; _read_ref is the time of the last read or of the end of the last rest.
+        # > 0: between reads the socket may rest up to this long (read_at_intervals); _asked_at is
+        # when the request began, _read_ref the time of the last read or of the end of a rest.
         self._read_interval = 0.0
-        self._sparse_since = 0.0
+        self._asked_at = 0.0
         self._read_ref = 0.0
         self._resting = False
 
@@ -300,23 +300,23 @@ class _Connection(asyncio.Protocol):
                 self._waiter = None
                 self._sink = None
 
-    def read_at_intervals(self, interval: float) -> None:
-        """Read the socket at most once per ``interval`` seconds from now on, for this response.
+    def read_at_intervals(self, interval: float, *, age: float = 0.0) -> None:
+        """Let the socket rest up to ``interval`` seconds between reads, for this response.
 
         For a stream nobody reads token by token (``final_text``, the fan-out): at model speed
         every token comes in a read of its own, and a read costs the event loop a wake-up, a
         ``recv`` and a callback whatever it carries. Resting the socket between reads lets the
         kernel gather the tokens, so one read takes many. The price: the body's end is seen up to
         a rest late. So a rest is taken only when data comes faster than it lasts (a slow stream
-        would gain nothing and pay the pause and the resume), and it grows with the response:
-        at most a tenth of the time since this call, in halvings of ``interval`` down to a
-        sixteenth of it, so that a short answer is hardly delayed. A read timeout still sees the
-        data in time: the rest is at most a quarter of it.
+        would gain nothing and pay the pause and the resume), and it grows with the request: at
+        most a tenth of its age (``age`` seconds now, retries and queueing included), in halvings
+        of ``interval`` down to a sixteenth of it, so that a quick answer is hardly delayed. A read
+        timeout still sees the data in time: the rest is at most a quarter of it.
         """
         if self._read_timeout is not None:
             interval = min(interval, self._read_timeout / 4)
         self._read_interval = max(interval, 0.0)
-        self._sparse_since = _monotonic()
+        self._asked_at = _monotonic() - max(age, 0.0)
 
     def finish(self) -> None:
         """The consumer is done with a stream that ended cleanly: reuse the connection once the
@@ -402,7 +402,7 @@ class _Connection(asyncio.Protocol):
     def _rest(self, now: float) -> None:
         if self._resting or self._paused or self._transport is None:
             return
-        rest = rest_length(self._read_interval, now - self._sparse_since, now - self._read_ref)
+        rest = rest_length(self._read_interval, now - self._asked_at, now - self._read_ref)
         if not rest:
             return
         self._resting = True
@@ -560,8 +560,8 @@ class NativeResponse:
     def closed(self) -> bool:
         return self._done or self._conn._state == _CLOSED
 
-    def read_at_intervals(self, interval: float) -> None:
-        self._conn.read_at_intervals(interval)
+    def read_at_intervals(self, interval: float, *, age: float = 0.0) -> None:
+        self._conn.read_at_intervals(interval, age=age)
 
     async def pump(self, sink: BodySink) -> bool:
         inflater = self._inflater

@@ -115,7 +115,7 @@ DEFAULT_STREAM_OPTIONS: dict[str, Any] = {"on_node_disconnect": "restart", "reco
 
 # Nobody sees a job's tokens before its end: its socket may rest between reads, so one read takes
 # many tokens (TokenStream.final_text). A job's end is then seen at most 100 ms late, and at most a
-# tenth of its streaming time late; benchmarks/README.md has what it saves.
+# tenth of its age late; benchmarks/README.md has what it saves.
 DEFAULT_READ_INTERVAL = 0.1
 
 

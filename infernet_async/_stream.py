@@ -216,8 +216,8 @@ class TokenStream(AsyncResource):
                 seconds between reads while tokens come faster than that, so that one read takes
                 many: less CPU per token for a process running many streams (the fan-out's
                 default is 0.1). The end of the answer is then seen up to ``read_interval`` late,
-                and never later than a tenth of the time since the first token; the time to first
-                token is not affected. At most a quarter of the stall and read timeouts. 0 (the
+                and never later than a tenth of the stream's age; the time to first token is not
+                affected. At most a quarter of the stall and read timeouts. 0 (the
                 default): every chunk is read as it arrives.
 
         Raises:
@@ -443,9 +443,10 @@ class TokenStream(AsyncResource):
 
     def _read_sparsely(self) -> None:
         """Apply ``_read_interval`` to the open response (0: read every chunk at once)."""
-        resp = self._resp
+        resp, loop, started = self._resp, self._loop, self._started_at
         if resp is not None and not resp.closed:
-            resp.read_at_intervals(self._read_interval)
+            age = loop.time() - started if loop is not None and started is not None else 0.0
+            resp.read_at_intervals(self._read_interval, age=age)
 
     def _set_job_id(self, job_id: str | None) -> None:
         if not job_id or self._acc.job_id is not None:

@@ -219,7 +219,7 @@ class StreamResponse:
             except StopAsyncIteration:
                 return b""
 
-    def read_at_intervals(self, interval: float) -> None:
+    def read_at_intervals(self, interval: float, *, age: float = 0.0) -> None:
         """Not on a caller's session: aiohttp reads each chunk as it comes."""
 
     async def pump(self, sink: BodySink) -> bool:

@@ -78,11 +78,11 @@ async def collect(client: InfernetClient, *, read_interval: float) -> tuple[str,
     [
         (0.0, 100.0, 0.0, 0.0),  # off
         (0.08, 100.0, 0.001, 0.08),  # a long response, data coming fast: the whole interval
-        (0.08, 0.5, 0.001, 0.04),  # at most a tenth of the time since reads went sparse
+        (0.08, 0.5, 0.001, 0.04),  # at most a tenth of the request's age
         (0.08, 0.1, 0.001, 0.01),
         (0.08, 0.05, 0.001, 0.005),  # the shortest: a sixteenth of the interval
         (0.08, 0.049, 0.001, 0.0),  # shorter than that: no rest
-        (0.08, 0.0, 0.0, 0.0),  # reads just went sparse
+        (0.08, 0.0, 0.0, 0.0),  # a request just sent
         (0.08, 100.0, 0.08, 0.0),  # data comes no faster than the rest would last
         (0.08, 100.0, 0.079, 0.08),
         (0.08, 0.1, 0.02, 0.0),  # the rest would be 10 ms; data comes every 20 ms
@@ -98,6 +98,18 @@ async def test_a_resting_socket_takes_many_tokens_a_read(reads: list[int]) -> No
             text, _ = await collect(client, read_interval=0.08)
     assert text == "".join(LONG)
     assert reads[0] <= len(LONG) // 2
+
+
+async def test_rests_grow_with_the_request_s_age_not_the_answer_s(reads: list[int]) -> None:
+    # The first token after 0.5 s (a queue, a prefill): the rests may be 40-80 ms at once, so 31
+    # events 2 ms apart take a few reads (one a token if the rests started from the first token).
+    chunks = paced(TOKENS, 0.002, first_after=0.5)
+    async with raw_server(sse_handler(chunks)) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            text, first = await collect(client, read_interval=0.08)
+    assert text == "".join(TOKENS)
+    assert first is not None and first >= 0.5
+    assert reads[0] <= 10
 
 
 async def test_a_slow_stream_is_read_as_it_comes(rests: list[float]) -> None:
