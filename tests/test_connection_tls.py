@@ -26,6 +26,7 @@ from aiohttp import web
 from infernet_async import (
     APIConnectionError,
     APITimeoutError,
+    BatchRequest,
     InfernetClient,
     InfernetError,
     RetryPolicy,
@@ -156,6 +157,38 @@ async def test_a_stream_over_tls_is_whole_and_its_connection_is_reused(ca: Any) 
         assert pool.open_connections == 1 and pool.in_use == 0
     assert len(seen.ports) == 2 and seen.ports[0] == seen.ports[1]
     assert seen.hosts[0] == url.split("/")[2]
+
+
+async def test_a_fan_out_over_tls_rests_its_sockets_and_loses_nothing(
+    ca: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Resting pauses the TLS transport, not the socket: what the TLS layer holds when a rest
+    # begins must come out, in order, when it ends.
+    rests: list[float] = []
+    original = StreamPool._rest
+
+    def recorded(self: StreamPool, conn: Any, rest: float) -> None:
+        rests.append(rest)
+        original(self, conn, rest)
+
+    monkeypatch.setattr(StreamPool, "_rest", recorded)
+    tokens = [f"t{i} " for i in range(150)]
+    chunks: list[bytes | float] = []
+    for event in data_events(*tokens):
+        chunks += [event, 0.002]
+    requests = [BatchRequest(id=str(i), model=MODEL, prompt="q") for i in range(3)]
+    with no_resource_warnings():
+        async with (
+            asyncio.timeout(BOUND),
+            serve(sse_handler(chunks), ssl_context=server_context(ca, "127.0.0.1")) as url,
+            InfernetClient(url, token=TOKEN, retry=NO_RETRY, ssl=trusting_context(ca)) as client,
+        ):
+            outcomes = await client.gather(requests, concurrency=3, read_interval=0.08)
+            # Every connection goes back to the pool (once its terminating chunk is in).
+            while pool_of(client).in_use:
+                await asyncio.sleep(0.01)
+    assert [o.text for o in outcomes] == ["".join(tokens)] * 3
+    assert rests
 
 
 async def test_an_untrusted_certificate_fails_before_the_request(ca: Any) -> None:

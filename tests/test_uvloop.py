@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from infernet_async import APITimeoutError, BatchRequest, InfernetClient, Timeouts
-from infernet_async._connection import NativeResponse
+from infernet_async._connection import NativeResponse, StreamPool
 from infernet_async.devserver import DevServer
 
 uvloop = pytest.importorskip("uvloop")
@@ -74,6 +74,35 @@ def test_a_fan_out_on_uvloop() -> None:
         assert all(o.ok and o.tokens == 8 and o.time_to_first_token is not None for o in outcomes)
 
     on_uvloop(main)
+
+
+def test_a_fan_out_rests_its_sockets_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # uvloop's transports pause and resume reading their own way: nothing may be lost or stuck.
+    rests: list[float] = []
+    original = StreamPool._rest
+
+    def recorded(self: StreamPool, conn: Any, rest: float) -> None:
+        rests.append(rest)
+        original(self, conn, rest)
+
+    monkeypatch.setattr(StreamPool, "_rest", recorded)
+
+    async def main() -> None:
+        async with (
+            DevServer(tokens_per_second=500, time_to_first_token=0.05, answer_tokens=100) as server,
+            InfernetClient(server.base_url, server.token) as client,
+        ):
+            requests = [BatchRequest(id=str(i), model=MODEL, prompt=f"q{i}") for i in range(5)]
+            outcomes = await client.gather(requests, concurrency=5, read_interval=0.08)
+            binding = client._transport._binding
+            assert binding is not None
+            # Every connection goes back to the pool (once its terminating chunk is in).
+            while binding.pool.in_use:
+                await asyncio.sleep(0.01)
+        assert all(o.ok and o.tokens == 100 and o.text for o in outcomes)
+
+    on_uvloop(main)
+    assert rests
 
 
 @pytest.mark.parametrize("collect", [True, False], ids=["final_text", "tokens"])
