@@ -238,8 +238,9 @@ class TokenStream(AsyncResource):
                 pass
         finally:
             self._collect = False
-            self._read_interval = 0.0
-            self._read_sparsely()
+            if self._read_interval:
+                self._read_interval = 0.0
+                self._read_sparsely()  # a caller iterating next wants each token as it comes
         if self._acc.finished:
             return self._acc.text
         if self._error is not None:

@@ -14,9 +14,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from infernet_async import InfernetClient, RetryPolicy
+from infernet_async._connection import StreamPool
 
 MODEL = "qwen2.5:14b"
 MSG = [{"role": "user", "content": "What is the capital of France?"}]
@@ -103,3 +105,16 @@ def data_events(*texts: str, done: bool = True) -> list[bytes]:
     if done:
         out.append(b"data: [DONE]\n\n")
     return out
+
+
+def record_rests(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Records the length of every rest a connection of ours takes (``read_interval``)."""
+    taken: list[float] = []
+    original = StreamPool._rest
+
+    def recorded(self: StreamPool, conn: Any, rest: float) -> None:
+        taken.append(rest)
+        original(self, conn, rest)
+
+    monkeypatch.setattr(StreamPool, "_rest", recorded)
+    return taken

@@ -34,7 +34,7 @@ from infernet_async import (
 )
 from infernet_async._connection import NativeResponse, StreamPool
 
-from .client_support import MODEL, MSG, Handler, data_events, sse_handler
+from .client_support import MODEL, MSG, Handler, data_events, record_rests, sse_handler
 
 trustme = pytest.importorskip("trustme")
 
@@ -164,14 +164,7 @@ async def test_a_fan_out_over_tls_rests_its_sockets_and_loses_nothing(
 ) -> None:
     # Resting pauses the TLS transport, not the socket: what the TLS layer holds when a rest
     # begins must come out, in order, when it ends.
-    rests: list[float] = []
-    original = StreamPool._rest
-
-    def recorded(self: StreamPool, conn: Any, rest: float) -> None:
-        rests.append(rest)
-        original(self, conn, rest)
-
-    monkeypatch.setattr(StreamPool, "_rest", recorded)
+    rests = record_rests(monkeypatch)
     tokens = [f"t{i} " for i in range(150)]
     chunks: list[bytes | float] = []
     for event in data_events(*tokens):

@@ -16,11 +16,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from infernet_async import BatchRequest, InfernetClient, Timeouts
-from infernet_async._connection import NativeResponse, StreamPool, _Connection, rest_length
+from infernet_async import BatchRequest, InfernetClient, Timeouts, TokenStream
+from infernet_async._connection import NativeResponse, _Connection, rest_length
 from infernet_async._fanout import DEFAULT_READ_INTERVAL
 
-from .client_support import MODEL, MSG, client_for, data_events, raw_server, sse_handler
+from .client_support import (
+    MODEL,
+    MSG,
+    client_for,
+    data_events,
+    raw_server,
+    record_rests,
+    sse_handler,
+)
 
 BOUND = 10.0
 TOKENS = [f"t{i} " for i in range(30)]
@@ -53,17 +61,18 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
 
 @pytest.fixture
-def rests(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
-    """Records the length of every rest a connection takes."""
-    taken: list[float] = []
-    original = StreamPool._rest
+def rests(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    return record_rests(monkeypatch)
 
-    def recorded(self: StreamPool, conn: _Connection, rest: float) -> None:
-        taken.append(rest)
-        original(self, conn, rest)
 
-    monkeypatch.setattr(StreamPool, "_rest", recorded)
-    yield taken
+async def start_resting(stream: TokenStream) -> asyncio.Task[str]:
+    """``final_text`` in a task, returned once the stream's socket rests (10 ms rests from 0.1 s
+    on, with tokens 2 ms apart)."""
+    task = asyncio.create_task(stream.final_text(read_interval=0.16))
+    async with asyncio.timeout(BOUND):
+        while not isinstance(stream._resp, NativeResponse) or not stream._resp._conn._resting:
+            await asyncio.sleep(0.005)
+    return task
 
 
 async def collect(client: InfernetClient, *, read_interval: float) -> tuple[str, float | None]:
@@ -181,15 +190,7 @@ async def test_cancelling_a_resting_stream_releases_its_connection_and_keeps_its
     async with raw_server(sse_handler(chunks)) as url, client_for(url) as client:
         stream = client.stream(model=MODEL, messages=MSG)
         async with stream:
-            task = asyncio.create_task(stream.final_text(read_interval=0.16))
-            async with asyncio.timeout(BOUND):
-                while stream.token_count == 0:
-                    await asyncio.sleep(0.005)
-            resp = stream._resp
-            assert isinstance(resp, NativeResponse)
-            async with asyncio.timeout(BOUND):
-                while not resp._conn._resting:  # rests of 10 ms and more from 0.1 s on
-                    await asyncio.sleep(0.01)
+            task = await start_resting(stream)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -205,15 +206,7 @@ async def test_closing_the_client_while_a_socket_rests_leaves_nothing_behind() -
         async with client:
             stream = client.stream(model=MODEL, messages=MSG)
             await stream.__aenter__()
-            task = asyncio.create_task(stream.final_text(read_interval=0.16))
-            async with asyncio.timeout(BOUND):
-                while stream.token_count == 0:
-                    await asyncio.sleep(0.005)
-            resp = stream._resp
-            assert isinstance(resp, NativeResponse)
-            async with asyncio.timeout(BOUND):
-                while not resp._conn._resting:
-                    await asyncio.sleep(0.005)
+            task = await start_resting(stream)
         # The client closed the connection under the reader: the read fails, it does not hang.
         async with asyncio.timeout(BOUND):
             with pytest.raises(Exception, match="closed"):

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
 from infernet_async import APITimeoutError, BatchRequest, InfernetClient, Timeouts
-from infernet_async._connection import NativeResponse, StreamPool
+from infernet_async._connection import NativeResponse
 from infernet_async.devserver import DevServer
+
+from .client_support import record_rests
 
 uvloop = pytest.importorskip("uvloop")
 
@@ -78,14 +80,7 @@ def test_a_fan_out_on_uvloop() -> None:
 
 def test_a_fan_out_rests_its_sockets_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
     # uvloop's transports pause and resume reading their own way: nothing may be lost or stuck.
-    rests: list[float] = []
-    original = StreamPool._rest
-
-    def recorded(self: StreamPool, conn: Any, rest: float) -> None:
-        rests.append(rest)
-        original(self, conn, rest)
-
-    monkeypatch.setattr(StreamPool, "_rest", recorded)
+    rests = record_rests(monkeypatch)
 
     async def main() -> None:
         async with (
