@@ -231,7 +231,7 @@ class TokenStream(AsyncResource):
             read_interval = min(read_interval, stall / 4)
         self._collect = True
         self._read_interval = read_interval
-        if self._first_token_at is not None:
+        if read_interval and self._first_token_at is not None:
             self._read_sparsely()
         try:
             async for _ in self:
@@ -439,7 +439,7 @@ class TokenStream(AsyncResource):
         header_id = resp.headers.get(_JOB_ID_HEADER)
         if header_id:
             self._set_job_id(header_id)
-        if self._first_token_at is not None:
+        if self._read_interval and self._first_token_at is not None:
             self._read_sparsely()  # a replay after a dropped connection: tokens flowed already
 
     def _read_sparsely(self) -> None:

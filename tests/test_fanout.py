@@ -60,7 +60,6 @@ class FakeStream:
         return self._tokens()
 
     async def final_text(self, *, read_interval: float = 0.0) -> str:
-        self.read_interval = read_interval
         async for _ in self:
             pass
         return self.text

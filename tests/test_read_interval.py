@@ -5,7 +5,9 @@ What must hold: every token arrives, in order; the time to first token is not de
 taken only when data comes faster than it lasts, and grows with the response (``rest_length``);
 reads are immediate again when the interval is 0, and once the response is done (a pooled
 connection must see the server close it); the rest never outlasts a quarter of the stall or read
-timeout; cancelling a resting stream releases its connection at once and keeps its text.
+timeout; cancelling a resting stream releases its connection at once and keeps its text; a
+stream handed to ``final_text`` after its first token, and a connection replaying a job after a
+drop, rest too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 from infernet_async import BatchRequest, InfernetClient, Timeouts, TokenStream
 from infernet_async._connection import NativeResponse, _Connection, rest_length
 from infernet_async._fanout import DEFAULT_READ_INTERVAL
+from infernet_async.devserver import DevServer, Fault
 
 from .client_support import (
     MODEL,
@@ -128,6 +131,48 @@ async def test_a_slow_stream_is_read_as_it_comes(rests: list[float]) -> None:
             text, _ = await collect(client, read_interval=0.025)
     assert text == "".join(TOKENS[:12])
     assert rests == []
+
+
+async def test_final_text_after_some_tokens_rests_at_once(rests: list[float]) -> None:
+    # The first token was taken by iteration: final_text must apply its interval itself.
+    async with raw_server(sse_handler(paced(LONG, 0.002))) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            stream = client.stream(model=MODEL, messages=MSG)
+            async with stream:
+                first = await anext(stream)
+                rest = await stream.final_text(read_interval=0.08)
+    assert first == LONG[0] and rest == "".join(LONG)
+    assert rests
+
+
+async def test_a_replay_after_a_dropped_connection_rests_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The connection drops after 3 tokens; the stream reconnects and replays the job. The new
+    # connection gets the interval although its first token is not the stream's first.
+    rested_on: set[int] = set()
+    original = _Connection.read_at_intervals
+
+    def noted(self: _Connection, interval: float, *, age: float = 0.0) -> None:
+        if interval:
+            rested_on.add(id(self))
+        original(self, interval, age=age)
+
+    monkeypatch.setattr(_Connection, "read_at_intervals", noted)
+    async with (
+        DevServer(tokens_per_second=500, time_to_first_token=0, answer_tokens=200) as server,
+        InfernetClient(server.base_url, token=server.token) as client,
+    ):
+        async with asyncio.timeout(BOUND):
+            job = await client.submit(model=MODEL, messages=MSG)
+            server.inject(Fault.disconnect(after_tokens=3, abort=True))
+            stream = client.stream_job(job.id)
+            async with stream:
+                text = await stream.final_text(read_interval=0.08)
+            answer = (await client.get_job(job.id)).result
+    assert answer is not None and text == answer.content
+    assert len([r for r in server.requests if r.path.endswith("/stream")]) == 2
+    assert len(rested_on) == 2  # both connections
 
 
 async def test_read_interval_zero_reads_every_chunk_as_it_comes(reads: list[int]) -> None:
