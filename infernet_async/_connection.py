@@ -676,9 +676,10 @@ class StreamPool:
     def close(self) -> None:
         """Close every connection, idle or in use; the pool takes no more requests."""
         self.closed = True
+        # Idle lists first: each closing connection looks itself up in them (O(n) each).
+        self._idle.clear()
         for conn in list(self._open):
             conn.close()
-        self._idle.clear()
         for _, timer in self._resting.values():
             timer.cancel()
         self._resting.clear()
@@ -733,9 +734,12 @@ class StreamPool:
                 # aiohappyeyeballs rather than create_connection(happy_eyeballs_delay=...), whose
                 # staggered_race leaks the winning socket when cancelled on Python < 3.12.
                 infos = await self._resolve(host, port)
-                sock = await aiohappyeyeballs.start_connection(
-                    infos, happy_eyeballs_delay=0.25, interleave=1, loop=self.loop
-                )
+                if len(infos) == 1:
+                    sock = await self._connect_socket(infos[0])
+                else:
+                    sock = await aiohappyeyeballs.start_connection(
+                        infos, happy_eyeballs_delay=0.25, interleave=1, loop=self.loop
+                    )
                 _, conn = await self.loop.create_connection(
                     lambda: _Connection(self, origin),
                     sock=sock,
@@ -761,6 +765,19 @@ class StreamPool:
             conn.close()
             raise APIConnectionError("the client is closed", request_sent=False)
         return conn
+
+    async def _connect_socket(self, info: AddrInfo) -> socket.socket:
+        """A connected socket to one address: no race to run (an IP literal, or a name with one
+        address), so none of its machinery is paid for on every connection of a fan-out."""
+        family, kind, proto, _, address = info
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await self.loop.sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     async def _resolve(self, host: str, port: int) -> list[AddrInfo]:
         """The addresses of ``host``: an IP literal as is; a name from a cache kept ``_DNS_TTL``

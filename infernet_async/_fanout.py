@@ -117,6 +117,7 @@ DEFAULT_STREAM_OPTIONS: dict[str, Any] = {"on_node_disconnect": "restart", "reco
 # many tokens (TokenStream.final_text). A job's end is then seen at most 100 ms late, and at most a
 # tenth of its age late; benchmarks/README.md has what it saves.
 DEFAULT_READ_INTERVAL = 0.1
+_JOB_TASK_NAME = "infernet_async fan-out job"
 
 
 def stream_job_runner(
@@ -275,7 +276,12 @@ class FanOut:
         if self._receive is None:
             raise RuntimeError("iterate a FanOut inside `async with`")
         try:
-            return await self._receive.receive()
+            # An outcome already waiting is taken without a trip through the event loop (as
+            # asyncio.Queue.get does).
+            try:
+                return self._receive.receive_nowait()
+            except anyio.WouldBlock:
+                return await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
 
@@ -304,7 +310,13 @@ class FanOut:
                     slots.release_on_behalf_of(borrower)
                     raise
                 task_group.start_soon(
-                    self._job, self.started, request, send.clone(), slots, borrower
+                    self._job,
+                    self.started,
+                    request,
+                    send.clone(),
+                    slots,
+                    borrower,
+                    name=_JOB_TASK_NAME,  # anyio derives one from the function otherwise, per job
                 )
                 self.started += 1
 
@@ -330,7 +342,10 @@ class FanOut:
                     self._on_outcome(outcome)
                 # The slot is held until the consumer has room: a slow consumer slows the
                 # fan-out instead of letting finished outcomes pile up.
-                await send.send(outcome)
+                try:
+                    send.send_nowait(outcome)
+                except anyio.WouldBlock:
+                    await send.send(outcome)
             finally:
                 slots.release_on_behalf_of(borrower)
 

@@ -32,7 +32,6 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 import anyio
-import anyio.lowlevel
 
 __all__ = [
     "RateLimitState",
@@ -328,7 +327,9 @@ class RateLimiter:
         ``retry`` says the request is a retry that already slept its backoff. A cancelled wait
         leaves no claim behind.
         """
-        await anyio.lowlevel.checkpoint()
+        # A request let through at once costs no trip through the event loop, as an uncontended
+        # lock's acquire does not: a fan-out of thousands starts them all in one turn, and the
+        # request's own awaits come next.
         while True:
             delay = self.state.reserve(model, retry=retry)
             if delay <= 0.0:

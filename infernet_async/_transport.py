@@ -414,7 +414,7 @@ class Transport:
         """
         session = await self.session()
         native = stream and self._binding is not None and self._caller_session is None
-        timeout = self._client_timeout(stream=stream)
+        timeout = None if native else self._client_timeout(stream=stream)
         for _ in range(_MAX_REDIRECTS + 1):
             started = time.monotonic()
             resp: aiohttp.ClientResponse | NativeResponse

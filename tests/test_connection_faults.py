@@ -4,6 +4,7 @@ timeout while paused or after the body ended, TLS close, happy eyeballs, a calle
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import ssl
 import threading
@@ -13,7 +14,13 @@ import pytest
 import trustme
 from aiohttp import web
 
-from infernet_async import APIConnectionError, InfernetClient, RetryPolicy, Timeouts
+from infernet_async import (
+    APIConnectionError,
+    APITimeoutError,
+    InfernetClient,
+    RetryPolicy,
+    Timeouts,
+)
 from infernet_async._connection import NativeResponse
 from tests.client_support import MODEL, MSG, data_events, raw_server
 from tests.test_connection import (
@@ -200,6 +207,58 @@ async def test_a_host_whose_first_address_hangs_connects_through_the_next() -> N
             for s in fillers:
                 s.close()
             full.close()
+
+
+async def test_one_address_that_hangs_times_out_and_leaves_no_socket_open() -> None:
+    # An IP literal is connected to directly, without happy eyeballs: the connect timeout must
+    # still bound it, and the socket it made must be closed (a leak is a ResourceWarning, an error
+    # here).
+    full = socket.socket()
+    try:
+        full.bind(("127.0.0.2", 0))
+    except OSError:
+        full.close()
+        pytest.skip("127.0.0.2 is not a loopback address here")
+    full.listen(0)
+    port = full.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            s.connect(("127.0.0.2", port))
+        except BlockingIOError:
+            pass
+        fillers.append(s)
+    try:
+        timeouts = Timeouts(connect=0.3, read=2.0, stall=2.0, total=5.0)
+        async with InfernetClient(
+            f"http://127.0.0.2:{port}", timeouts=timeouts, retry=NO_RETRY
+        ) as client:
+            with pytest.raises(APITimeoutError) as caught:
+                await asyncio.wait_for(client.complete(model=MODEL, messages=MSG), BOUND)
+            assert caught.value.phase == "connect"
+            assert client._transport._binding is not None
+            assert client._transport._binding.pool.open_connections == 0
+        gc.collect()
+    finally:
+        for s in fillers:
+            s.close()
+        full.close()
+
+
+async def test_one_address_that_refuses_is_a_connection_error_naming_it() -> None:
+    spare = socket.socket()
+    spare.bind(("127.0.0.1", 0))
+    port = spare.getsockname()[1]
+    spare.close()  # nothing listens there now
+    async with InfernetClient(f"http://127.0.0.1:{port}", retry=NO_RETRY) as client:
+        with pytest.raises(
+            APIConnectionError, match=f"cannot connect to 127.0.0.1:{port}"
+        ) as caught:
+            await client.complete(model=MODEL, messages=MSG)
+        assert caught.value.request_sent is False
+    gc.collect()
 
 
 async def test_a_host_header_given_by_the_caller_replaces_ours() -> None:

@@ -12,10 +12,16 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import HealthCheck, example, given, note, settings
+from hypothesis import HealthCheck, assume, example, given, note, settings
 from hypothesis import strategies as st
 
-from infernet_async._http1 import ProtocolError, ResponseHead, ResponseParser, encode_request
+from infernet_async._http1 import (
+    ProtocolError,
+    ResponseHead,
+    ResponseParser,
+    _parse_fields,
+    encode_request,
+)
 
 PROPERTY_SETTINGS = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -795,6 +801,40 @@ def test_garbage_raises_nothing_but_protocol_error(
         assert len(str(exc)) < 200
         with pytest.raises(ProtocolError):
             parser.feed(b"x")
+
+
+_FIELD_BYTES = st.sampled_from(
+    [b"a", b"X-Y", b":", b" ", b"\t", b"v", b"\x80", b"\x7f", b"\x00", b"\n"]
+)
+
+
+@PROPERTY_SETTINGS
+@given(st.lists(_FIELD_BYTES, max_size=40))
+@example([b"X-Y", b":", b" ", b"v", b" ", b"\n"])
+@example([b"X-Y", b":", b"v", b"\n", b" ", b"v", b"\n"])
+def test_any_field_block_parses_as_the_line_by_line_reading_says(pieces: list[bytes]) -> None:
+    """The one-pass reading of a plain head gives what the field-by-field one gives, or both
+    refuse: the fast path is an optimisation, never a second grammar."""
+    fields = b"".join(pieces)
+    if fields and not fields.endswith(b"\n"):
+        fields += b"\n"
+    assume(not fields.startswith(b"\n") and b"\n\n" not in fields)  # an empty line ends the head
+    lines = fields.split(b"\n")[:-1]
+    try:
+        expected = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in _parse_fields(lines, 0, 100, "header")
+        ]
+    except ProtocolError:
+        expected = None
+    parser = ResponseParser()
+    try:
+        parser.feed(b"HTTP/1.1 200 OK\n" + fields + b"Content-Length: 0\n\n")
+    except ProtocolError:
+        assert expected is None
+        return
+    assert parser.head is not None
+    assert list(parser.head.headers) == [*(expected or []), ("Content-Length", "0")]
 
 
 @PROPERTY_SETTINGS

@@ -375,6 +375,16 @@ async def test_a_cancelled_wait_leaves_no_claim():
         await limiter.acquire()
 
 
+async def test_a_request_let_through_at_once_does_not_yield_to_the_event_loop():
+    # A fan-out of thousands then sends every first request in one turn of the loop, not one
+    # turn each.
+    limiter = RateLimiter(RateLimitState(burst=2))
+    step = limiter.acquire()
+    with pytest.raises(StopIteration):
+        step.send(None)
+    assert limiter.state.outstanding == 1
+
+
 def test_the_limiter_works_across_event_loops():
     limiter = RateLimiter(RateLimitState(burst=1))
 
