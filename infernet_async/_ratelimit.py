@@ -14,14 +14,16 @@ Rules (the control plane allows 60 requests a minute per token by default):
    model and the others follow once it succeeds, so a model coming back is not stampeded.
 
 ``RateLimitState`` is the decision logic: pure, with injected clocks. ``RateLimiter`` adds the thin
-waiting part on anyio. The limiter governs the requests made in a context where ``limited_by()``
-installed it (each fan-out worker does): the transport then calls ``acquire()`` before each of
-them, and ``observe()`` with the response (or ``release()`` when no response came back). Requests
-made outside a fan-out are not delayed.
+waiting part, on asyncio futures (anyio's cancellation reaches them as it reaches any await). The
+limiter governs the requests made in a context where ``limited_by()`` installed it (each fan-out
+worker does): the transport then calls ``acquire()`` before each of them, and ``observe()`` with
+the response (or ``release()`` when no response came back). Requests made outside a fan-out are
+not delayed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -30,8 +32,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-
-import anyio
 
 __all__ = [
     "RateLimitState",
@@ -318,8 +318,7 @@ class RateLimiter:
 
     def __init__(self, state: RateLimitState | None = None) -> None:
         self.state = state if state is not None else RateLimitState()
-        self._changed: anyio.Event | None = None
-        self._waiters = 0
+        self._waiters: set[asyncio.Future[None]] = set()
 
     async def acquire(self, model: str | None = None, *, retry: bool = False) -> None:
         """Wait until a request for ``model`` may go, and claim it.
@@ -334,19 +333,26 @@ class RateLimiter:
             delay = self.state.reserve(model, retry=retry)
             if delay <= 0.0:
                 return  # no await after the grant: a cancellation here would leak the claim
-            if self._changed is None:
-                self._changed = anyio.Event()
-            changed = self._changed
-            self._waiters += 1
-            try:
-                with anyio.move_on_after(delay):
-                    await changed.wait()
-            finally:
-                self._waiters -= 1
-                if self._waiters == 0 and self._changed is changed:
-                    # An Event belongs to one event loop; a client may be used from several in turn,
-                    # so none is kept once nobody waits on it.
-                    self._changed = None
+            await self._wait_for_change(delay)
+
+    async def _wait_for_change(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if an answer (or a lost request) changes the state.
+
+        A future and a timer, not a cancel scope around an event: a fan-out of thousands starts
+        with all but ``burst`` of its jobs waiting here for the first answer, so this is paid per
+        job. Cancellation (anyio's too: it cancels the task) ends the wait as any await does.
+        """
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(delay, _wake_one, waiter)
+        # This loop's futures, each removed as its wait ends: a limiter may serve several event
+        # loops in turn.
+        self._waiters.add(waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.discard(waiter)
 
     def observe(
         self,
@@ -366,9 +372,13 @@ class RateLimiter:
         self._wake()
 
     def _wake(self) -> None:
-        changed, self._changed = self._changed, None
-        if changed is not None:
-            changed.set()
+        for waiter in self._waiters:
+            _wake_one(waiter)
+
+
+def _wake_one(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 _ACTIVE: ContextVar[RateLimiter | None] = ContextVar("infernet_async_rate_limiter", default=None)
