@@ -513,13 +513,32 @@ class _Inflater:
                 if out and sink(out):
                     wake = True
                 tail = self._inflate.unconsumed_tail
-                if not tail:
+                if tail:
+                    out = self._inflate.decompress(tail, _INFLATE_PIECE)
+                elif self._inflate.eof and self._inflate.unused_data:
+                    out = self._next_member(self._inflate.unused_data)
+                else:
                     return wake
-                out = self._inflate.decompress(tail, _INFLATE_PIECE)
         except zlib.error as exc:
             raise APIConnectionError(
                 f"the response body is not valid {self._coding}: {exc}", request_sent=True
             ) from exc
+
+    def _next_member(self, rest: bytes) -> bytes:
+        # A gzip body may be several members back to back (RFC 1952 §2.2), each a whole stream:
+        # zlib stops at the end of the first, and what follows would be lost unread.
+        if self._coding != "gzip":
+            raise zlib.error(f"{len(rest)} bytes after the end of the compressed data")
+        self._inflate = zlib.decompressobj(_WBITS["gzip"])
+        return self._inflate.decompress(rest, _INFLATE_PIECE)
+
+    def check_end(self) -> None:
+        """The body ended: raise if it ended inside the compressed data (bytes were lost)."""
+        if not self._first and not self._inflate.eof:
+            raise APIConnectionError(
+                f"the response body ends inside its {self._coding} data: the rest was lost",
+                request_sent=True,
+            )
 
     def _inflate_first(self, data: bytes) -> bytes:
         self._first = False
@@ -567,7 +586,10 @@ class NativeResponse:
         inflater = self._inflater
         if inflater is None:
             return await self._conn.pump(sink)
-        return await self._conn.pump(lambda data: inflater.feed(data, sink))
+        more = await self._conn.pump(lambda data: inflater.feed(data, sink))
+        if not more:
+            inflater.check_end()
+        return more
 
     async def read_all(self, limit: int = 64 * 1024) -> bytes:
         parts: list[bytes] = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import socket
 import struct
@@ -583,6 +584,48 @@ async def test_gzip_encoded_stream_is_decoded_incrementally() -> None:
                 gate.set()
         assert seen == ["Par", "is"]
         assert stream.finished
+
+
+async def test_a_gzip_body_of_several_members_is_decoded_whole() -> None:
+    # RFC 1952 §2.2: members back to back are one gzip body. zlib stops after the first member,
+    # so without a restart the second member's tokens (and [DONE]) would be lost.
+    async def fault(conn: Conn) -> None:
+        first = gzip.compress(token("Pa") + token("r"))
+        second = gzip.compress(token("is") + DONE)
+        await conn.send(head(extra={"Content-Encoding": "gzip"}))
+        await conn.send(chunk(first + second[:5]) + chunk(second[5:]) + LAST_CHUNK)
+
+    async with asyncio.timeout(BOUND), raw_client(fault) as (_, client):
+        stream = await collect(client)
+        assert stream.text == "Paris" and stream.finished
+
+
+async def test_a_gzip_body_cut_short_fails_naming_the_loss_and_keeps_the_partial_text() -> None:
+    async def fault(conn: Conn) -> None:
+        z = zlib.compressobj(wbits=31)
+        flushed = z.compress(token("Par")) + z.flush(zlib.Z_SYNC_FLUSH)
+        rest = z.compress(token("is") + DONE) + z.flush()
+        # The HTTP framing is whole (the last chunk comes); the gzip data is not.
+        await conn.send(head(extra={"Content-Encoding": "gzip"}) + chunk(flushed + rest[:3]))
+        await conn.send(LAST_CHUNK)
+
+    async with asyncio.timeout(BOUND), raw_client(fault) as (_, client):
+        stream, err = await expect_failure(client, InfernetError)
+        assert "ends inside its gzip data" in str(err)
+        assert stream.text == "Par" and not stream.finished
+        await still_works(client)
+
+
+async def test_bytes_after_the_end_of_a_deflate_body_are_an_error() -> None:
+    async def fault(conn: Conn) -> None:
+        body = zlib.compress(token("Par")) + b"trailing"
+        await conn.send(head(extra={"Content-Encoding": "deflate"}) + chunk(body) + LAST_CHUNK)
+
+    async with asyncio.timeout(BOUND), raw_client(fault) as (_, client):
+        stream, err = await expect_failure(client, InfernetError)
+        assert "not valid deflate" in str(err) and "after the end" in str(err)
+        assert stream.text == "Par"
+        await still_works(client)
 
 
 TYPED_DONE = b'id: 9\nevent: done\ndata: {"text": "a", "reason": "stop"}\n\n'
