@@ -406,11 +406,15 @@ class TokenStream(AsyncResource):
 
     async def _follow_job_object(self, resp: OpenStream) -> OpenStream:
         try:
-            body = json.loads(await resp.read_all())
+            raw = await resp.read_all()
+        except BaseException:
+            resp.close()
+            raise
+        resp.finish()  # the body was read whole: the job's stream may reuse the connection
+        try:
+            body = json.loads(raw)
         except ValueError:
             body = None
-        finally:
-            resp.close()
         job_id = body.get("id") if isinstance(body, dict) else None
         if not isinstance(job_id, str):
             raise APIError(

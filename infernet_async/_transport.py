@@ -29,7 +29,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from ._config import RetryPolicy, Secret, Timeouts
-from ._connection import BodySink, NativeResponse, StreamPool, fd_exhaustion_message
+from ._connection import (
+    BodySink,
+    NativeResponse,
+    StreamPool,
+    fd_exhaustion_message,
+    read_and_release,
+)
 from ._ratelimit import active_limiter
 from ._retry import decide_retry, parse_retry_after, server_retry_after
 from ._version import __version__
@@ -451,7 +457,10 @@ class Transport:
                 (time.monotonic() - started) * 1000,
             )
             if resp.status in _REDIRECT_STATUSES and "Location" in resp.headers:
-                resp.close()
+                if isinstance(resp, NativeResponse):
+                    await read_and_release(resp, _ERROR_BODY_LIMIT)  # the connection serves again
+                else:
+                    resp.close()
                 location = resp.headers["Location"]
                 try:
                     target = url.join(URL(location))
@@ -478,13 +487,8 @@ class Transport:
 
     async def _raise_for_status(self, resp: aiohttp.ClientResponse | NativeResponse) -> None:
         if isinstance(resp, NativeResponse):
-            try:
-                raw = await resp.read_all(_ERROR_BODY_LIMIT)
-            except BaseException:
-                resp.close()
-                raise
             # A whole error body leaves the connection reusable: a fan-out's 429s cost no sockets.
-            resp.finish()
+            raw = await read_and_release(resp, _ERROR_BODY_LIMIT)
             raise parse_error_response(resp.status, raw, resp.headers)
         try:
             with map_transport_errors(phase="read"):

@@ -149,6 +149,40 @@ async def test_an_error_answer_read_whole_leaves_the_connection_reusable() -> No
     assert calls == 2 and ports[0] == ports[1]
 
 
+async def test_a_redirect_read_whole_leaves_the_connection_to_the_redirected_request() -> None:
+    ports: list[int] = []
+    targets: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ports.append(peer_port(request))
+        targets.append(request.path_qs)
+        if len(ports) == 1:
+            raise web.HTTPTemporaryRedirect(request.path + "?moved=1")
+        return await sse_handler(data_events("ok"))(request)
+
+    async with raw_server(handler) as url, client_for(url) as client:
+        assert await client.complete(model=MODEL, messages=MSG) == "ok"
+    assert targets[1].endswith("?moved=1")
+    assert len(ports) == 2 and ports[0] == ports[1]
+
+
+async def test_a_job_object_answer_leaves_the_connection_to_the_jobs_stream() -> None:
+    ports: list[int] = []
+    paths: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ports.append(peer_port(request))
+        paths.append(request.path)
+        if request.method == "POST":
+            return web.json_response({"id": "job_9a3f2c1d", "status": "pending"})
+        return await sse_handler(data_events("ok"))(request)
+
+    async with raw_server(handler) as url, client_for(url) as client:
+        assert await client.complete(model=MODEL, messages=MSG) == "ok"
+    assert paths[1].endswith("/jobs/job_9a3f2c1d/stream")
+    assert len(ports) == 2 and ports[0] == ports[1]
+
+
 async def test_the_pool_limit_bounds_connections_and_queues_the_rest() -> None:
     open_now = peak = 0
 

@@ -8,6 +8,7 @@ checks random valid responses in random splits and that garbage raises nothing b
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 
@@ -912,6 +913,38 @@ def test_encode_request_refuses_injection(
 ) -> None:
     with pytest.raises(ValueError):
         encode_request(method, target, headers, body)
+
+
+_HEADER_TEXT = st.lists(
+    st.sampled_from(
+        ["a", "X-Y", ":", " ", "\t", "\r", "\n", "\r\n", "\x00", "\x7f", "\xe9", "\u2603"]
+    ),
+    max_size=6,
+).map("".join)
+
+
+@PROPERTY_SETTINGS
+@given(st.lists(st.tuples(_HEADER_TEXT, _HEADER_TEXT), max_size=4))
+@example([("X-A", "1\r\nX-Injected: 1")])
+def test_a_request_is_refused_exactly_when_one_of_its_fields_is_invalid(
+    headers: list[tuple[str, str]],
+) -> None:
+    """The whole-block check refuses what the per-field rules refuse, and nothing else."""
+    valid = all(
+        re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name)
+        and re.fullmatch(r"[\t\x20-\x7e\x80-\xff]*", value)
+        for name, value in headers
+    )
+    if valid:
+        raw = encode_request("GET", "/", headers, None)
+        lines = raw.split(b"\r\n")
+        assert lines[1 : 1 + len(headers)] == [
+            f"{name}: {value}".encode("latin-1") for name, value in headers
+        ]
+        assert raw.endswith(b"\r\n\r\n") and raw.count(b"\n") == len(headers) + 2
+    else:
+        with pytest.raises(ValueError):
+            encode_request("GET", "/", headers, None)
 
 
 def test_an_encoded_request_round_trips_through_h11() -> None:
