@@ -128,59 +128,50 @@ async def test_a_stream_left_early_closes_its_connection_and_the_next_gets_a_new
     assert len(ports) == 2 and ports[0] != ports[1]
 
 
-async def test_an_error_answer_read_whole_leaves_the_connection_reusable() -> None:
-    ports: list[int] = []
-    calls = 0
+async def seen_by_the_server(
+    first_answer: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> list[tuple[int, str]]:
+    """Complete one chat whose first request gets ``first_answer`` and every later one a stream of
+    "ok"; returns (client port, path and query) for each request the server saw."""
+    seen: list[tuple[int, str]] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        nonlocal calls
-        calls += 1
-        ports.append(peer_port(request))
-        if calls == 1:
-            return web.json_response(
-                {"error": "rate_limited", "error_message": "slow down"},
-                status=429,
-                headers={"Retry-After": "0"},
-            )
+        seen.append((peer_port(request), request.path_qs))
+        if len(seen) == 1:
+            return await first_answer(request)
         return await sse_handler(data_events("ok"))(request)
 
     async with raw_server(handler) as url, client_for(url) as client:
         assert await client.complete(model=MODEL, messages=MSG) == "ok"
-    assert calls == 2 and ports[0] == ports[1]
+    return seen
+
+
+async def test_an_error_answer_read_whole_leaves_the_connection_reusable() -> None:
+    async def rate_limited(request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {"error": "rate_limited", "error_message": "slow down"},
+            status=429,
+            headers={"Retry-After": "0"},
+        )
+
+    (first_port, _), (second_port, _) = await seen_by_the_server(rate_limited)
+    assert first_port == second_port
 
 
 async def test_a_redirect_read_whole_leaves_the_connection_to_the_redirected_request() -> None:
-    ports: list[int] = []
-    targets: list[str] = []
+    async def moved(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPTemporaryRedirect(request.path + "?moved=1")
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        ports.append(peer_port(request))
-        targets.append(request.path_qs)
-        if len(ports) == 1:
-            raise web.HTTPTemporaryRedirect(request.path + "?moved=1")
-        return await sse_handler(data_events("ok"))(request)
-
-    async with raw_server(handler) as url, client_for(url) as client:
-        assert await client.complete(model=MODEL, messages=MSG) == "ok"
-    assert targets[1].endswith("?moved=1")
-    assert len(ports) == 2 and ports[0] == ports[1]
+    (first_port, _), (second_port, target) = await seen_by_the_server(moved)
+    assert target.endswith("?moved=1") and first_port == second_port
 
 
 async def test_a_job_object_answer_leaves_the_connection_to_the_jobs_stream() -> None:
-    ports: list[int] = []
-    paths: list[str] = []
+    async def job_object(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"id": "job_9a3f2c1d", "status": "pending"})
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        ports.append(peer_port(request))
-        paths.append(request.path)
-        if request.method == "POST":
-            return web.json_response({"id": "job_9a3f2c1d", "status": "pending"})
-        return await sse_handler(data_events("ok"))(request)
-
-    async with raw_server(handler) as url, client_for(url) as client:
-        assert await client.complete(model=MODEL, messages=MSG) == "ok"
-    assert paths[1].endswith("/jobs/job_9a3f2c1d/stream")
-    assert len(ports) == 2 and ports[0] == ports[1]
+    (first_port, _), (second_port, target) = await seen_by_the_server(job_object)
+    assert target.endswith("/jobs/job_9a3f2c1d/stream") and first_port == second_port
 
 
 async def test_the_pool_limit_bounds_connections_and_queues_the_rest() -> None:

@@ -4,10 +4,12 @@ timeout while paused or after the body ended, TLS close, happy eyeballs, a calle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 import ssl
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -157,6 +159,32 @@ async def test_closing_a_tls_stream_releases_its_socket_at_once() -> None:
         listener.close()
 
 
+@contextlib.asynccontextmanager
+async def black_hole(port: int = 0) -> AsyncIterator[int]:
+    """A listener on 127.0.0.2 whose accept queue is full: it drops SYNs, so a connect there hangs
+    as one to a black hole does. Yields its port."""
+    full = socket.socket()
+    try:
+        full.bind(("127.0.0.2", port))
+    except OSError:
+        full.close()
+        pytest.skip("127.0.0.2 is not a loopback address here")
+    full.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            fillers.append(filler)
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.2", full.getsockname()[1]))
+        yield full.getsockname()[1]
+    finally:
+        for filler in fillers:
+            filler.close()
+        full.close()
+
+
 async def test_a_host_whose_first_address_hangs_connects_through_the_next() -> None:
     # Bug 5: create_connection without happy_eyeballs_delay tries the addresses one after the
     # other, and the connect timeout covers them all: a name whose first address black-holes
@@ -166,26 +194,8 @@ async def test_a_host_whose_first_address_hangs_connects_through_the_next() -> N
         body = b"".join(data_events("ok"))
         return web.Response(body=body, headers={"Content-Type": "text/event-stream"})
 
-    async with raw_server(handler) as url:
-        port = int(url.rsplit(":", 1)[1])
-        # 127.0.0.2 on the same port: a listener whose accept queue is full drops SYNs, so a
-        # connect there hangs like one to a black hole.
-        full = socket.socket()
-        try:
-            full.bind(("127.0.0.2", port))
-        except OSError:
-            full.close()
-            pytest.skip("127.0.0.2 is not a loopback address here")
-        full.listen(0)
-        fillers = []
-        for _ in range(4):
-            s = socket.socket()
-            s.setblocking(False)
-            try:
-                s.connect(("127.0.0.2", port))
-            except BlockingIOError:
-                pass
-            fillers.append(s)
+    async with raw_server(handler) as url, black_hole(int(url.rsplit(":", 1)[1])) as port:
+        # 127.0.0.2 on the server's port black-holes; 127.0.0.1 answers.
         loop = asyncio.get_running_loop()
 
         async def getaddrinfo(host: str, port: int, **kw: object) -> list[tuple[Any, ...]]:
@@ -204,33 +214,13 @@ async def test_a_host_whose_first_address_hangs_connects_through_the_next() -> N
                 assert await client.complete(model=MODEL, messages=MSG) == "ok"
         finally:
             del loop.getaddrinfo
-            for s in fillers:
-                s.close()
-            full.close()
 
 
 async def test_one_address_that_hangs_times_out_and_leaves_no_socket_open() -> None:
     # An IP literal is connected to directly, without happy eyeballs: the connect timeout must
     # still bound it, and the socket it made must be closed (a leak is a ResourceWarning, an error
     # here).
-    full = socket.socket()
-    try:
-        full.bind(("127.0.0.2", 0))
-    except OSError:
-        full.close()
-        pytest.skip("127.0.0.2 is not a loopback address here")
-    full.listen(0)
-    port = full.getsockname()[1]
-    fillers = []
-    for _ in range(4):
-        s = socket.socket()
-        s.setblocking(False)
-        try:
-            s.connect(("127.0.0.2", port))
-        except BlockingIOError:
-            pass
-        fillers.append(s)
-    try:
+    async with black_hole() as port:
         timeouts = Timeouts(connect=0.3, read=2.0, stall=2.0, total=5.0)
         async with InfernetClient(
             f"http://127.0.0.2:{port}", timeouts=timeouts, retry=NO_RETRY
@@ -241,10 +231,6 @@ async def test_one_address_that_hangs_times_out_and_leaves_no_socket_open() -> N
             assert client._transport._binding is not None
             assert client._transport._binding.pool.open_connections == 0
         gc.collect()
-    finally:
-        for s in fillers:
-            s.close()
-        full.close()
 
 
 async def test_one_address_that_refuses_is_a_connection_error_naming_it() -> None:
