@@ -7,6 +7,7 @@ from ._ratelimit import RateLimiter, RateLimitState
 from ._stream import TokenStream
 from ._version import __version__
 from .errors import (
+    AnswerTooLargeError,
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -43,6 +44,7 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "AnswerTooLargeError",
     "AuthenticationError",
     "BadRequestError",
     "BatchOutcome",

@@ -34,6 +34,7 @@ class Accumulator:
         "_joined",
         "_joined_parts",
         "attempt",
+        "chars",
         "done_text",
         "error_code",
         "error_message",
@@ -47,6 +48,7 @@ class Accumulator:
         self.parts: list[str] = []
         self._joined = ""
         self._joined_parts = 0
+        self.chars = 0  # len(text), kept as tokens come: text is joined only when asked for
         self.job_id: str | None = None
         self.finished = False
         self.reason: TerminalReason | None = None
@@ -73,6 +75,7 @@ class Accumulator:
 
     def add_token(self, text: str) -> None:
         self.parts.append(text)
+        self.chars += len(text)
 
     def set_job_id(self, job_id: str | None) -> None:
         # The first id wins: a replayed stream of the same job cannot change it, and a header beats
@@ -104,6 +107,7 @@ class Accumulator:
         self.parts = []
         self._joined = ""
         self._joined_parts = 0
+        self.chars = 0
         self.reason = None
         self.error_code = None
         self.error_message = None

@@ -39,7 +39,7 @@ from ._ratelimit import RateLimiter, RateLimitState
 from ._resource import AsyncResource
 from ._retry import backoff_delay
 from ._stream import NodeDisconnectPolicy, TokenStream
-from ._transport import Transport, job_path, validate_job_id
+from ._transport import DEFAULT_MAX_ANSWER_CHARS, Transport, job_path, validate_job_id
 from .errors import APITimeoutError, JobFailedError, JobTimeoutError
 from .models import (
     JOB_ADAPTER,
@@ -88,6 +88,10 @@ class InfernetClient(AsyncResource):
             for other requests (a fan-out raises it to its ``concurrency``); more streams wait for
             a free connection.
         headers: extra headers for every request.
+        max_answer_chars: the longest answer a stream may hold, in characters (default 64 Mi,
+            far past any model's output); past it the stream raises ``AnswerTooLargeError`` with
+            the answer so far, so a server streaming without end cannot exhaust memory. ``None``:
+            no limit.
 
     Raises:
         ValueError: a malformed base URL, or a token that would travel unencrypted without
@@ -106,6 +110,7 @@ class InfernetClient(AsyncResource):
         allow_insecure: bool = False,
         max_connections: int = 100,
         headers: Mapping[str, str] | None = None,
+        max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
     ) -> None:
         self._state = _State.UNOPENED
         self.base_url = resolve_base_url(base_url)
@@ -125,6 +130,8 @@ class InfernetClient(AsyncResource):
             raise ValueError("ssl=False disables certificate checks; it needs allow_insecure=True")
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
+        if max_answer_chars is not None and max_answer_chars < 1:
+            raise ValueError("max_answer_chars must be >= 1, or None for no limit")
         if headers and any(k.lower() == "authorization" for k in headers):
             raise ValueError("pass the token as token=, not as an Authorization header")
         if headers and any(
@@ -145,6 +152,7 @@ class InfernetClient(AsyncResource):
             ssl=ssl,
             max_connections=max_connections,
             headers=headers,
+            max_answer_chars=max_answer_chars,
         )
         self._entered = False
         # Shared by every worker of every fan-out of this client: one 429 pauses them all. Its

@@ -29,6 +29,7 @@ from ._resource import AsyncResource
 from ._retry import backoff_delay
 from ._transport import job_path, validate_job_id
 from .errors import (
+    AnswerTooLargeError,
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -635,6 +636,15 @@ class TokenStream(AsyncResource):
         return event
 
     def _take_token(self, event: Token) -> None:
+        limit = self._transport.max_answer_chars
+        if limit is not None and self._acc.chars + len(event.text) > limit:
+            self._acc.fail("error", code="answer_too_large", message="the answer is too large")
+            raise AnswerTooLargeError(
+                f"the answer grew past max_answer_chars={limit}; the stream was closed there",
+                limit=limit,
+                partial_text=self.text,
+                job_id=self.job_id,
+            )
         # Appended before it is handed out: ``text`` covers every token the caller may have seen.
         self._acc.add_token(event.text)
         assert self._loop is not None

@@ -49,6 +49,7 @@ from .errors import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_ANSWER_CHARS",
     "OpenStream",
     "StreamResponse",
     "Transport",
@@ -68,6 +69,9 @@ _ERROR_BODY_LIMIT = 64 * 1024
 # A JSON answer (a job, a page of at most 100 jobs, the models) is far smaller; a body past this is
 # refused rather than read into memory whole, whatever the server (or a proxy) sends.
 _JSON_BODY_LIMIT = 32 * 1024 * 1024
+# The longest answer a stream holds (InfernetClient(max_answer_chars=)): a job lasts at most 5
+# minutes, and no model writes 64 Mi characters in that time; a server streaming without end does.
+DEFAULT_MAX_ANSWER_CHARS = 64 * 1024 * 1024
 # Job ids are opaque to us but go into URL paths: letters, digits and ``_-.:``, no leading dot,
 # bounded length. Anything else ("../", "?", "#", "%2F", "/") is refused, so an id can never reach
 # another path.
@@ -297,8 +301,10 @@ class Transport:
         ssl: SSLContext | bool | None = None,
         max_connections: int = 100,
         headers: Mapping[str, str] | None = None,
+        max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
     ) -> None:
         self.base_url = base_url
+        self.max_answer_chars = max_answer_chars
         self._base = URL(base_url)
         self._token = token
         self.timeouts = timeouts

@@ -13,7 +13,8 @@
     │   └── JobTimeoutError       ... because it exceeded the server's job time limit
     ├── StreamError               a stream ended without [DONE] (.partial_text, .job_id, .code)
     │   ├── NodeDisconnectedError the node went offline mid-stream; the job was re-queued
-    │   └── IncompleteStreamError the connection ended without [DONE] and without an error event
+    │   ├── IncompleteStreamError the connection ended without [DONE] and without an error event
+    │   └── AnswerTooLargeError   the answer grew past the client's max_answer_chars (.limit)
     ├── APIConnectionError        no answer at all (DNS, refused, reset, out of file descriptors)
     │   └── APITimeoutError       a configured timeout fired (also a TimeoutError)
     └── DecodeError               bytes that cannot be decoded as a stream (also a ValueError)
@@ -35,6 +36,7 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "AnswerTooLargeError",
     "AuthenticationError",
     "BadRequestError",
     "DecodeError",
@@ -183,6 +185,20 @@ class NodeDisconnectedError(StreamError):
 
 class IncompleteStreamError(StreamError):
     """The connection ended without ``[DONE]`` and without an error event."""
+
+
+class AnswerTooLargeError(StreamError):
+    """The answer grew past the client's ``max_answer_chars`` and the stream was closed there.
+
+    ``partial_text`` is the answer up to the token that would have passed the limit; ``limit`` is
+    the limit, in characters. A server streaming without end cannot make the client hold more.
+    """
+
+    def __init__(
+        self, message: str, *, limit: int, partial_text: str = "", job_id: str | None = None
+    ) -> None:
+        super().__init__(message, partial_text=partial_text, job_id=job_id)
+        self.limit = limit
 
 
 class APIConnectionError(InfernetError):

@@ -48,9 +48,10 @@ def test_restart_discards_the_attempt_and_counts_it() -> None:
     acc.fail("node_disconnected")
     assert acc.restart() == "old"
     assert acc.text == "" and acc.reason is None and acc.attempt == 2
+    assert acc.chars == 0  # max_answer_chars counts the new attempt only
     acc.add_token("new")
     acc.finish()
-    assert acc.text == "new" and acc.finished
+    assert acc.text == "new" and acc.finished and acc.chars == 3
 
 
 def _run(filt: ReplayFilter, events: list[object]) -> list[object]:

@@ -28,8 +28,10 @@ from typing import Any, Literal
 import pytest
 
 from infernet_async import (
+    AnswerTooLargeError,
     APIError,
     APITimeoutError,
+    BatchRequest,
     EventTooLargeError,
     IncompleteStreamError,
     InfernetClient,
@@ -692,6 +694,73 @@ async def test_oversized_event_through_the_client_is_event_too_large_and_release
         assert stream.text == "a"
         await server.wait_released()
         await still_works(client)
+
+
+async def endless_tokens(conn: Conn) -> None:
+    """Ten-character tokens without end, until the client hangs up (it must)."""
+    await conn.send(head())
+    while not conn.reader.at_eof():
+        await conn.send(chunk(token("0123456789") * 50))
+        await asyncio.sleep(0)
+
+
+@contextlib.asynccontextmanager
+async def capped_client(
+    fault: Script, max_answer_chars: int
+) -> AsyncIterator[tuple[RawServer, InfernetClient]]:
+    async with RawServer(first_then_good(fault)) as server:
+        client = InfernetClient(
+            server.url,
+            token="tok",
+            timeouts=Timeouts(connect=5.0, read=5.0, stall=5.0, total=30.0),
+            retry=RetryPolicy(max_retries=0),
+            max_answer_chars=max_answer_chars,
+        )
+        try:
+            yield server, client
+        finally:
+            await client.aclose()
+
+
+async def test_an_endless_answer_stops_at_max_answer_chars_with_the_text_so_far() -> None:
+    async with asyncio.timeout(BOUND), capped_client(endless_tokens, 25) as (server, client):
+        stream, err = await expect_failure(client, AnswerTooLargeError)
+        assert err.limit == 25
+        # The token that would pass the limit is not taken: 2 of 10 characters, not 3.
+        assert err.partial_text == stream.text == "0123456789" * 2
+        assert not stream.finished
+        await server.wait_released()
+        await still_works(client)
+
+
+async def test_a_collected_answer_and_a_fan_out_stop_at_max_answer_chars_too() -> None:
+    async with asyncio.timeout(BOUND), capped_client(endless_tokens, 25) as (server, client):
+        with pytest.raises(AnswerTooLargeError) as caught:
+            await client.complete(model=MODEL, messages=MESSAGES)
+        assert caught.value.partial_text == "0123456789" * 2
+        await server.wait_released()
+    async with asyncio.timeout(BOUND), capped_client(endless_tokens, 25) as (server, client):
+        [outcome] = await client.gather([BatchRequest(model=MODEL, prompt="hi")])
+        assert outcome.status == "error" and outcome.error is not None
+        assert outcome.error.type == "AnswerTooLargeError"
+        assert outcome.text == "0123456789" * 2
+        await server.wait_released()
+
+
+async def test_an_answer_exactly_at_max_answer_chars_is_whole() -> None:
+    async def exact(conn: Conn) -> None:
+        body = token("0123456789") + token("0123456789") + token("01234") + DONE
+        await conn.send(head() + chunk(body) + LAST_CHUNK)
+
+    async with asyncio.timeout(BOUND), capped_client(exact, 25) as (_, client):
+        stream = await collect(client)
+        assert stream.finished and len(stream.text) == 25
+
+
+def test_max_answer_chars_must_be_positive_or_none() -> None:
+    with pytest.raises(ValueError, match="max_answer_chars"):
+        InfernetClient("http://127.0.0.1:1", token="tok", max_answer_chars=0)
+    InfernetClient("http://127.0.0.1:1", token="tok", max_answer_chars=None)
 
 
 # --- Broken HTTP around the stream ----------------------------------------------------------------

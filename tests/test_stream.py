@@ -486,6 +486,7 @@ class _ScriptedTransport:
     def __init__(self, timeouts: Timeouts, resp: _ScriptedResponse) -> None:
         self.timeouts = timeouts
         self.retry = fast_retry()
+        self.max_answer_chars: int | None = None
         self.resp = resp
 
     async def open_stream(self, method: str, path: str, **_: Any) -> _ScriptedResponse:
