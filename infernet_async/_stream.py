@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import warnings
 import weakref
 from collections import deque
@@ -88,6 +89,8 @@ class TokenStream(AsyncResource):
         if request is None and job_id is None:
             raise ValueError("a stream needs a request to submit or a job id")
         self._transport = transport
+        limit = transport.max_answer_chars
+        self._max_answer_chars = limit if limit is not None else sys.maxsize
         self._request = dict(request) if request is not None else None
         self._policy: NodeDisconnectPolicy = on_node_disconnect
         self._reconnect = reconnect
@@ -636,8 +639,8 @@ class TokenStream(AsyncResource):
         return event
 
     def _take_token(self, event: Token) -> None:
-        limit = self._transport.max_answer_chars
-        if limit is not None and self._acc.chars + len(event.text) > limit:
+        if self._acc.chars + len(event.text) > self._max_answer_chars:
+            limit = self._max_answer_chars
             self._acc.fail("error", code="answer_too_large", message="the answer is too large")
             raise AnswerTooLargeError(
                 f"the answer grew past max_answer_chars={limit}; the stream was closed there",
