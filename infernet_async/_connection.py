@@ -619,19 +619,6 @@ class NativeResponse:
             self._conn.finish()
 
 
-async def read_and_release(resp: NativeResponse, limit: int) -> bytes:
-    """Read a short body (up to ``limit`` bytes) and give the connection back to the pool if the
-    body ended, as an error, a redirect or a job object is: the next request needs no new socket.
-    Cancelled or failing, the connection is closed instead."""
-    try:
-        raw = await resp.read_all(limit)
-    except BaseException:
-        resp.close()
-        raise
-    resp.finish()
-    return raw
-
-
 class StreamPool:
     """Our connections, by origin: at most ``limit`` open at once, idle ones kept for
     ``keepalive`` seconds."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ._accumulator import Accumulator, ReplayDiverged, ReplayFilter, TerminalReason
 from ._resource import AsyncResource
 from ._retry import backoff_delay
-from ._transport import job_path, validate_job_id
+from ._transport import job_path, read_and_release, validate_job_id
 from .errors import (
     AnswerTooLargeError,
     APIConnectionError,
@@ -409,12 +409,7 @@ class TokenStream(AsyncResource):
         self._attach(resp)
 
     async def _follow_job_object(self, resp: OpenStream) -> OpenStream:
-        try:
-            raw = await resp.read_all()
-        except BaseException:
-            resp.close()
-            raise
-        resp.finish()  # the body was read whole: the job's stream may reuse the connection
+        raw = await read_and_release(resp)  # the job's stream may reuse the connection
         try:
             body = json.loads(raw)
         except ValueError:

@@ -29,13 +29,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from ._config import RetryPolicy, Secret, Timeouts
-from ._connection import (
-    BodySink,
-    NativeResponse,
-    StreamPool,
-    fd_exhaustion_message,
-    read_and_release,
-)
+from ._connection import BodySink, NativeResponse, StreamPool, fd_exhaustion_message
 from ._ratelimit import active_limiter
 from ._retry import decide_retry, parse_retry_after, server_retry_after
 from ._version import __version__
@@ -55,6 +49,7 @@ __all__ = [
     "Transport",
     "job_path",
     "map_transport_errors",
+    "read_and_release",
     "parse_error_response",
     "validate_job_id",
 ]
@@ -264,6 +259,19 @@ class StreamResponse:
 OpenStream = StreamResponse | NativeResponse
 
 
+async def read_and_release(resp: OpenStream, limit: int = _ERROR_BODY_LIMIT) -> bytes:
+    """Read a short body (up to ``limit`` bytes) and give the connection back to the pool if the
+    body ended, as an error, a redirect or a job object is: the next request needs no new socket.
+    Cancelled or failing, the connection is closed instead."""
+    try:
+        raw = await resp.read_all(limit)
+    except BaseException:
+        resp.close()
+        raise
+    resp.finish()
+    return raw
+
+
 async def _loop_sentinel(session: aiohttp.ClientSession, pool: StreamPool) -> AsyncIterator[None]:
     # An async generator parked at its yield is closed by the loop's shutdown_asyncgens(), which
     # asyncio.run() and asyncio.Runner (so pytest-asyncio) call before closing the loop: the one
@@ -464,7 +472,7 @@ class Transport:
             )
             if resp.status in _REDIRECT_STATUSES and "Location" in resp.headers:
                 if isinstance(resp, NativeResponse):
-                    await read_and_release(resp, _ERROR_BODY_LIMIT)  # the connection serves again
+                    await read_and_release(resp)  # the connection serves again
                 else:
                     resp.close()
                 location = resp.headers["Location"]
@@ -494,7 +502,7 @@ class Transport:
     async def _raise_for_status(self, resp: aiohttp.ClientResponse | NativeResponse) -> None:
         if isinstance(resp, NativeResponse):
             # A whole error body leaves the connection reusable: a fan-out's 429s cost no sockets.
-            raw = await read_and_release(resp, _ERROR_BODY_LIMIT)
+            raw = await read_and_release(resp)
             raise parse_error_response(resp.status, raw, resp.headers)
         try:
             with map_transport_errors(phase="read"):
