@@ -527,9 +527,10 @@ class _Inflater:
     def _next_member(self, rest: bytes) -> bytes:
         # A gzip body may be several members back to back (RFC 1952 §2.2), each a whole stream:
         # zlib stops at the end of the first, and what follows would be lost unread.
-        if self._coding != "gzip":
+        wbits = _WBITS[self._coding]
+        if wbits != _WBITS["gzip"]:  # "gzip" and "x-gzip" alike
             raise zlib.error(f"{len(rest)} bytes after the end of the compressed data")
-        self._inflate = zlib.decompressobj(_WBITS["gzip"])
+        self._inflate = zlib.decompressobj(wbits)
         return self._inflate.decompress(rest, _INFLATE_PIECE)
 
     def check_end(self) -> None:

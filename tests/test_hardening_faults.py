@@ -588,13 +588,14 @@ async def test_gzip_encoded_stream_is_decoded_incrementally() -> None:
         assert stream.finished
 
 
-async def test_a_gzip_body_of_several_members_is_decoded_whole() -> None:
+@pytest.mark.parametrize("coding", ["gzip", "x-gzip"])
+async def test_a_gzip_body_of_several_members_is_decoded_whole(coding: str) -> None:
     # RFC 1952 §2.2: members back to back are one gzip body. zlib stops after the first member,
     # so without a restart the second member's tokens (and [DONE]) would be lost.
     async def fault(conn: Conn) -> None:
         first = gzip.compress(token("Pa") + token("r"))
         second = gzip.compress(token("is") + DONE)
-        await conn.send(head(extra={"Content-Encoding": "gzip"}))
+        await conn.send(head(extra={"Content-Encoding": coding}))
         await conn.send(chunk(first + second[:5]) + chunk(second[5:]) + LAST_CHUNK)
 
     async with asyncio.timeout(BOUND), raw_client(fault) as (_, client):
