@@ -56,6 +56,8 @@ _FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 # the decoder's event size limit).
 _INFLATE_PIECE = 64 * 1024
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+# What one read at the end of a rest takes at most: asyncio's selector transports read as much.
+_REST_READ_SIZE = 256 * 1024
 # read_at_intervals: a rest lasts at most this share of the request's age, and none is taken
 # shorter than the interval divided by _REST_HALVINGS.
 _REST_SHARE = 0.1
@@ -136,6 +138,8 @@ class _Connection(asyncio.Protocol):
         self._asked_at = 0.0
         self._read_ref = 0.0
         self._resting = False
+        # The plain socket under a selector loop's transport, read directly when a rest ends.
+        self._sock: socket.socket | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -417,6 +421,47 @@ class _Connection(asyncio.Protocol):
         self._read_ref = _monotonic()
         transport = self._transport
         if transport is not None and not self._paused and not transport.is_closing():
+            transport.resume_reading()
+
+    def _rest_over(self) -> None:
+        """The pool's timer: read what the kernel gathered during the rest, now.
+
+        Resuming the transport would cost two ``epoll_ctl`` calls per rest (the pause and the
+        resume) and a turn of the event loop before the read. The socket stays paused instead and
+        is read here; the reply usually makes the next rest (``data_received``), so a stream read
+        at intervals pauses its transport once. It is resumed when the socket is empty, or has
+        ended, or the stream no longer rests: the transport then reads the end or the error
+        itself, as it does for any connection; a read that fails ends the connection here.
+        """
+        sock, transport = self._sock, self._transport
+        if (
+            not self._resting
+            or sock is None
+            or transport is None
+            or self._paused
+            or transport.is_closing()
+        ):
+            self._stop_resting()
+            return
+        self._resting = False
+        self._read_ref = _monotonic()
+        try:
+            data = sock.recv(_REST_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            data = b""
+        except OSError as exc:
+            # Taken by this read, the error would not come again (a reset reads as an end
+            # after): it is the connection's loss here, as the transport would have reported it.
+            self.connection_lost(exc)
+            transport.abort()
+            return
+        if data:
+            try:
+                self.data_received(data)
+            except Exception as exc:
+                # One connection's fault must not leave the others of this timer resting for ever.
+                self._fail(exc)
+        if not self._resting and not self._paused and not transport.is_closing():
             transport.resume_reading()
 
     def _end(self) -> None:
@@ -783,6 +828,8 @@ class StreamPool:
                 raise APIConnectionError(message, request_sent=False) from exc
             raise
         self._connecting -= 1
+        if context is None and isinstance(self.loop, asyncio.SelectorEventLoop):
+            conn._sock = sock
         self._open.add(conn)
         if self.closed:
             conn.close()
@@ -860,7 +907,7 @@ class StreamPool:
     def _end_rest(self, interval: float) -> None:
         conns, _ = self._resting.pop(interval)
         for conn in conns:
-            conn._stop_resting()
+            conn._rest_over()
 
     def _forget(self, conn: _Connection) -> None:
         if conn not in self._open:

@@ -7,19 +7,30 @@ reads are immediate again when the interval is 0, and once the response is done 
 connection must see the server close it); the rest never outlasts a quarter of the stall or read
 timeout; cancelling a resting stream releases its connection at once and keeps its text; a
 stream handed to ``final_text`` after its first token, and a connection replaying a job after a
-drop, rest too.
+drop, rest too; a rest ends in a read of the socket, not a resume of the transport (which stops
+reading once an answer), and a reset met by that read is reported as such.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
+import socket
+import struct
+from asyncio import selector_events
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 
-from infernet_async import BatchRequest, InfernetClient, Timeouts, TokenStream
-from infernet_async._connection import NativeResponse, _Connection, rest_length
+from infernet_async import (
+    BatchRequest,
+    IncompleteStreamError,
+    InfernetClient,
+    Timeouts,
+    TokenStream,
+)
+from infernet_async._connection import NativeResponse, StreamPool, _Connection, rest_length
 from infernet_async._fanout import DEFAULT_READ_INTERVAL
 from infernet_async.devserver import DevServer, Fault
 
@@ -290,3 +301,107 @@ async def test_a_negative_read_interval_is_refused() -> None:
                 await stream.final_text(read_interval=-1)
         with pytest.raises(ValueError, match="read_interval"):
             client.map([], read_interval=-0.1)
+
+
+_SelectorTransport = selector_events._SelectorTransport  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def pauses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the times a selector transport stops reading (one ``epoll_ctl`` each)."""
+    count = [0]
+    original = _SelectorTransport.pause_reading
+
+    def counted(self: asyncio.Transport) -> None:
+        if self.is_reading():
+            count[0] += 1
+        original(self)
+
+    monkeypatch.setattr(_SelectorTransport, "pause_reading", counted)
+    return count
+
+
+async def test_a_rest_ends_in_a_read_not_a_resume(rests: list[float], pauses: list[int]) -> None:
+    # Each rest ends with a read of what the kernel gathered, and the next rest begins from it:
+    # the transport stops reading once for the whole answer, not once a rest.
+    async with raw_server(sse_handler(paced(LONG, 0.002))) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            text, _ = await collect(client, read_interval=0.08)
+    assert text == "".join(LONG)
+    assert len(rests) >= 5
+    assert pauses[0] <= 2
+
+
+@asynccontextmanager
+async def resetting_server(events: list[bytes], gap: float) -> AsyncIterator[str]:
+    """A server that answers with ``events``, ``gap`` seconds apart, then resets the connection."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        for event in events:
+            await asyncio.sleep(gap)
+            writer.write(b"%x\r\n%b\r\n" % (len(event), event))
+            await writer.drain()
+        # Right after the last event, while the client rests (it would stop resting once a
+        # rest found nothing new).
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        host, port = server.sockets[0].getsockname()[:2]
+        yield f"http://{host}:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_reset_during_a_rest_is_reported_with_the_text_so_far() -> None:
+    # The read that ends the rest meets the reset: it must say so (read again, the socket would
+    # only show an end), and every token sent before it is kept.
+    sent = LONG[:100]
+    async with (
+        resetting_server(data_events(*sent, done=False), 0.002) as url,
+        client_for(url) as client,
+    ):
+        stream = client.stream(model=MODEL, messages=MSG)
+        async with asyncio.timeout(BOUND), stream:
+            with pytest.raises(IncompleteStreamError, match="reset by peer") as caught:
+                await stream.final_text(read_interval=0.08)
+    assert caught.value.partial_text == stream.text == "".join(sent)
+
+
+async def test_a_fault_in_a_resting_connection_ends_its_stream_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bug met by the read that ends a rest fails that stream with it; the stream resting beside
+    # it reads on (one timer ends both rests).
+    first_to_rest: list[_Connection] = []
+    original_rest, original_received = StreamPool._rest, _Connection.data_received
+
+    def rest(self: StreamPool, conn: _Connection, interval: float) -> None:
+        first_to_rest.append(conn)
+        original_rest(self, conn, interval)
+
+    def received(self: _Connection, data: bytes) -> None:
+        if first_to_rest and self is first_to_rest[0] and not self._resting:
+            raise RuntimeError("a fault of ours")
+        original_received(self, data)
+
+    monkeypatch.setattr(StreamPool, "_rest", rest)
+    monkeypatch.setattr(_Connection, "data_received", received)
+    async with raw_server(sse_handler(paced(LONG, 0.002))) as url, client_for(url) as client:
+        async with asyncio.timeout(BOUND):
+            results = await asyncio.gather(
+                collect(client, read_interval=0.08),
+                collect(client, read_interval=0.08),
+                return_exceptions=True,
+            )
+    faults = [r for r in results if isinstance(r, RuntimeError)]
+    assert len(faults) == 1 and str(faults[0]) == "a fault of ours"
+    assert [r[0] for r in results if isinstance(r, tuple)] == ["".join(LONG)]
