@@ -1,9 +1,9 @@
 """Fan-out: many jobs, bounded concurrency; outcomes in input order (gather) or as they end (map).
 
 Rules: the task group belongs to the ``FanOut`` context manager, whose block runs inside it, never
-to an async generator (STYLE 12, PEP 789). Requests are pulled lazily, one per free slot, and
-outcomes flow through a memory object stream no bigger than the concurrency, so memory stays flat in
-the number of requests. A failed job becomes an outcome and never cancels its siblings; leaving the
+to an async generator (STYLE 12, PEP 789). Requests are pulled lazily, one per free slot (a slot is
+held from a job's start until the consumer has its outcome), and outcomes flow through a memory
+object stream no bigger than the concurrency, so memory stays flat in the number of requests. A failed job becomes an outcome and never cancels its siblings; leaving the
 block early, or cancelling it, cancels every running job at once, and each leaves a ``cancelled``
 outcome with its partial text in ``FanOut.cancelled`` (and in ``on_outcome``).
 """
@@ -221,7 +221,12 @@ class FanOut:
         self.peak_running = 0
         self._task_group: TaskGroup | None = None
         self._receive: MemoryObjectReceiveStream[BatchOutcome] | None = None
+        self._send: MemoryObjectSendStream[BatchOutcome] | None = None
         self._entered = False
+        # Slots: jobs started whose outcome the consumer has not taken yet (at most concurrency).
+        self._holding = 0
+        self._feeding = True
+        self._slot_freed: anyio.Event | None = None
 
     async def __aenter__(self) -> Self:
         if self._entered:
@@ -238,11 +243,11 @@ class FanOut:
                     stacklevel=2,
                 )
         send, receive = anyio.create_memory_object_stream[BatchOutcome](self.concurrency)
-        self._receive = receive
+        self._send, self._receive = send, receive
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
-        task_group.start_soon(self._feed, send, task_group)
+        task_group.start_soon(self._feed, task_group)
         return self
 
     async def __aexit__(
@@ -251,8 +256,8 @@ class FanOut:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        task_group, receive = self._task_group, self._receive
-        assert task_group is not None and receive is not None
+        task_group, send, receive = self._task_group, self._send, self._receive
+        assert task_group is not None and send is not None and receive is not None
         # Whatever the reason for leaving (done, break, error, cancellation), the jobs still running
         # are not wanted any more; cancelling a finished group is a no-op.
         task_group.cancel_scope.cancel()
@@ -266,6 +271,7 @@ class FanOut:
                 raise
             single = group.exceptions[0]
         finally:
+            send.close()  # already, unless the feeder was cancelled before it began
             receive.close()
         raise single
 
@@ -285,69 +291,67 @@ class FanOut:
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
 
-    async def _feed(
-        self, send: MemoryObjectSendStream[BatchOutcome], task_group: TaskGroup
-    ) -> None:
-        slots = anyio.CapacityLimiter(self.concurrency)
+    async def _feed(self, task_group: TaskGroup) -> None:
         pull = _puller(self._requests)
-        # Each job holds a clone of the send side: the consumer sees the end once the feeder and
-        # every job have closed theirs.
-        with send:
-            while True:
-                borrower = object()
-                try:
+        try:
+            # Each job starts in a copy of this task's context: the limiter installed here once
+            # governs every request the jobs make.
+            with limited_by(self._rate_limiter):
+                while True:
                     # A free slot is taken without a trip through the event loop, so a fan-out
                     # of thousands starts every job at once instead of one per loop iteration.
-                    slots.acquire_on_behalf_of_nowait(borrower)
-                except anyio.WouldBlock:
-                    await slots.acquire_on_behalf_of(borrower)
-                try:
-                    request = await pull()
-                except StopAsyncIteration:
-                    slots.release_on_behalf_of(borrower)
-                    return
-                except BaseException:  # the request source failed, or we are cancelled
-                    slots.release_on_behalf_of(borrower)
-                    raise
-                task_group.start_soon(
-                    self._job,
-                    self.started,
-                    request,
-                    send.clone(),
-                    slots,
-                    borrower,
-                    name=_JOB_TASK_NAME,  # anyio derives one from the function otherwise, per job
-                )
-                self.started += 1
+                    while self._holding >= self.concurrency:
+                        slot_freed = self._slot_freed = anyio.Event()
+                        await slot_freed.wait()
+                    try:
+                        request = await pull()
+                    except StopAsyncIteration:
+                        return
+                    self._holding += 1
+                    task_group.start_soon(
+                        self._job,
+                        self.started,
+                        request,
+                        name=_JOB_TASK_NAME,  # anyio derives one from the function otherwise
+                    )
+                    self.started += 1
+        finally:
+            self._feeding = False
+            self._slot_freed = None
+            self._release_slot(0)
 
-    async def _job(
-        self,
-        index: int,
-        request: BatchRequest,
-        send: MemoryObjectSendStream[BatchOutcome],
-        slots: anyio.CapacityLimiter,
-        borrower: object,
-    ) -> None:
-        with send:
+    async def _job(self, index: int, request: BatchRequest) -> None:
+        send = self._send
+        assert send is not None
+        try:
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
             try:
-                self.running += 1
-                self.peak_running = max(self.peak_running, self.running)
-                try:
-                    with limited_by(self._rate_limiter):
-                        outcome = await self._run_job(index, request, self._cancelled)
-                finally:
-                    self.running -= 1
-                self.finished += 1
-                if self._on_outcome is not None:
-                    self._on_outcome(outcome)
-                # The slot is held until the consumer has room: a slow consumer slows the
-                # fan-out instead of letting finished outcomes pile up.
-                try:
-                    send.send_nowait(outcome)
-                except anyio.WouldBlock:
-                    await send.send(outcome)
+                outcome = await self._run_job(index, request, self._cancelled)
             finally:
-                slots.release_on_behalf_of(borrower)
+                self.running -= 1
+            self.finished += 1
+            if self._on_outcome is not None:
+                self._on_outcome(outcome)
+            # The slot is held until the consumer has room: a slow consumer slows the
+            # fan-out instead of letting finished outcomes pile up.
+            try:
+                send.send_nowait(outcome)
+            except anyio.WouldBlock:
+                await send.send(outcome)
+        finally:
+            self._release_slot(1)
+
+    def _release_slot(self, jobs: int) -> None:
+        """A job is done with its slot (or, with 0, the feeder with the requests). The consumer
+        sees the end once the feeder and every job are done: the last of them closes ``send``."""
+        self._holding -= jobs
+        slot_freed = self._slot_freed
+        if slot_freed is not None:
+            self._slot_freed = None
+            slot_freed.set()
+        if not self._feeding and not self._holding and self._send is not None:
+            self._send.close()
 
     def _cancelled(self, outcome: BatchOutcome) -> None:
         self.cancelled.append(outcome)
