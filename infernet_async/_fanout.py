@@ -3,9 +3,10 @@
 Rules: the task group belongs to the ``FanOut`` context manager, whose block runs inside it, never
 to an async generator (STYLE 12, PEP 789). Requests are pulled lazily, one per free slot (a slot is
 held from a job's start until the consumer has its outcome), and outcomes flow through a memory
-object stream no bigger than the concurrency, so memory stays flat in the number of requests. A failed job becomes an outcome and never cancels its siblings; leaving the
-block early, or cancelling it, cancels every running job at once, and each leaves a ``cancelled``
-outcome with its partial text in ``FanOut.cancelled`` (and in ``on_outcome``).
+object stream no bigger than the concurrency, so memory stays flat in the number of requests. A
+failed job becomes an outcome and never cancels its siblings; leaving the block early, or
+cancelling it, cancels every running job at once, and each leaves a ``cancelled`` outcome with its
+partial text in ``FanOut.cancelled`` (and in ``on_outcome``).
 """
 
 from __future__ import annotations

@@ -391,21 +391,23 @@ class TokenStream(AsyncResource):
     ) -> None:
         assert self._loop is not None
         self._attempt_started_at = self._loop.time()
-        deadline, phase = self._deadline()
-        timeout = asyncio.timeout_at(deadline)
+        # Under the watchdog the reads use, armed here for the first token's deadline, which
+        # the first read keeps: no asyncio.timeout (a second timer) per stream.
+        task, cancelling = self._watch()
         try:
-            async with timeout:
-                resp = await self._transport.open_stream(
-                    method, path, json_body=json_body, headers=headers
-                )
-                if resp.content_type == "application/json":
-                    # The server answered with a job object instead of a stream: follow that job's
-                    # stream.
-                    resp = await self._follow_job_object(resp)
-        except TimeoutError as exc:
-            if timeout.expired() and not isinstance(exc, APITimeoutError):
-                raise self._timeout_error(phase) from exc
-            raise
+            resp = await self._transport.open_stream(
+                method, path, json_body=json_body, headers=headers
+            )
+            if resp.content_type == "application/json":
+                # The server answered with a job object instead of a stream: follow that job's
+                # stream.
+                resp = await self._follow_job_object(resp)
+        except BaseException as exc:
+            expired = self._unwatch(task, cancelling, exc)
+            if expired is None:
+                raise
+            raise expired from exc
+        self._unwatch(task, cancelling, None)
         self._attach(resp)
 
     async def _follow_job_object(self, resp: OpenStream) -> OpenStream:
@@ -494,8 +496,9 @@ class TokenStream(AsyncResource):
     # speed (benchmarks/bench_e2e.py, paced, K = 100: 61 µs of client CPU per token with it, 52
     # without). Instead one watchdog timer per stream is armed at the deadline in force and left
     # alone while tokens push the deadline later: when it fires early it re-arms at the new
-    # deadline, about once per stall period. It must never be later than the deadline, so a read
-    # re-arms it when the deadline moved earlier (the first token swaps a long first_token
+    # deadline, about once per stall period. Opening the stream runs under it too (the first token's
+    # deadline, which the first read then keeps). It must never be later than the deadline, so a
+    # read re-arms it when the deadline moved earlier (the first token swaps a long first_token
     # deadline for a short stall one). Cancellation mirrors ``asyncio.Timeout``: the watchdog
     # cancels the task only while it is inside a read, and the read turns that cancellation into
     # ``APITimeoutError`` only if nobody else asked for one.
@@ -524,40 +527,57 @@ class TokenStream(AsyncResource):
         resp = self._resp
         if resp is None:
             raise APIConnectionError("the stream's connection was closed", request_sent=True)
-        deadline, _ = self._deadline()
-        if deadline is None and not self._collect:
+        if not self._collect and self._deadline()[0] is None:
             return await resp.pump(self._on_body)
         # Collecting, the first token may bring a deadline (stall) while this pump runs: the
         # watchdog needs the reader registered even when no deadline is in force yet.
+        task, cancelling = self._watch()
+        try:
+            more = await resp.pump(self._on_body)
+        except BaseException as exc:
+            expired = self._unwatch(task, cancelling, exc)
+            if expired is None:
+                raise
+            raise expired from exc
+        self._unwatch(task, cancelling, None)
+        return more
+
+    def _watch(self) -> tuple[asyncio.Task[Any], int]:
+        """Before a read: arm the watchdog for the deadline in force (unless it is armed for that
+        or earlier) and make the current task the reader it cancels. Returns the task and its
+        ``cancelling()`` count, for ``_unwatch``."""
+        deadline, _ = self._deadline()
         if deadline is not None and (self._watchdog is None or self._watchdog_at > deadline):
             self._arm(deadline)
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a TokenStream must be read inside an asyncio task")
-        cancelling = task.cancelling()
         self._reader = task
-        try:
-            more = await resp.pump(self._on_body)
-        except BaseException as exc:
-            self._reader = None
-            phase, self._expired_phase = self._expired_phase, None
-            # Ours is withdrawn whatever the outcome (uncancel() runs whenever phase is set). A
-            # cancel() from outside after ours leaves the count above its value at entry: that
-            # one wins and propagates as CancelledError, as with asyncio.Timeout.
-            if (
-                phase is not None
-                and task.uncancel() <= cancelling
-                and isinstance(exc, asyncio.CancelledError)
-            ):
-                raise self._timeout_error(phase) from exc
-            raise
+        return task, task.cancelling()
+
+    def _unwatch(
+        self, task: asyncio.Task[Any], cancelling: int, exc: BaseException | None
+    ) -> APITimeoutError | None:
+        """After a read, which raised ``exc`` (or ``None``): the deadline's ``APITimeoutError``
+        to raise instead when the watchdog's cancellation ended the read, else ``None``."""
         self._reader = None
-        if self._expired_phase is not None:
-            # The read returned despite our cancel(): withdraw it, or it would hit the caller's
-            # next await.
-            self._expired_phase = None
-            task.uncancel()
-        return more
+        phase, self._expired_phase = self._expired_phase, None
+        if exc is None:
+            if phase is not None:
+                # The read returned despite our cancel(): withdraw it, or it would hit the
+                # caller's next await.
+                task.uncancel()
+            return None
+        # Ours is withdrawn whatever the outcome (uncancel() runs whenever phase is set). A
+        # cancel() from outside after ours leaves the count above its value at entry: that one
+        # wins and propagates as CancelledError, as with asyncio.Timeout.
+        if (
+            phase is not None
+            and task.uncancel() <= cancelling
+            and isinstance(exc, asyncio.CancelledError)
+        ):
+            return self._timeout_error(phase)
+        return None
 
     def _arm(self, when: float) -> None:
         self._disarm()
@@ -574,8 +594,8 @@ class TokenStream(AsyncResource):
 
     def _on_watchdog(self) -> None:
         self._watchdog = None
-        if self._resp is None:
-            return  # between attempts or ended; the next read arms it again
+        if self._resp is None and self._reader is None:
+            return  # between attempts or ended; the next open or read arms it again
         deadline, phase = self._deadline()
         if deadline is None:
             return

@@ -4,10 +4,11 @@ events, timing, node disconnects (transparent retry, raise, restart), reconnects
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import pytest
+from aiohttp import web
 
 from infernet_async import (
     APITimeoutError,
@@ -401,6 +402,54 @@ async def test_total_timeout_covers_the_whole_stream(server: DevServer) -> None:
                 await stream.final_text()
     assert info.value.phase == "total" and isinstance(info.value, TimeoutError)
     assert len(info.value.partial_text) < len(ANSWER) and info.value.partial_text == stream.text
+
+
+def head_after(delay: float) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A handler that takes ``delay`` seconds to send the response head (then a token)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        await asyncio.sleep(delay)
+        return await sse_handler(data_events("late"))(request)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "phase"),
+    [
+        (Timeouts(read=None, first_token=0.2), "first_token"),
+        (Timeouts(read=None, total=0.2), "total"),
+    ],
+)
+async def test_a_deadline_passing_before_the_response_head_ends_the_open(
+    timeouts: Timeouts, phase: str
+) -> None:
+    # The watchdog covers the request itself: no read timeout here to end it instead.
+    async with raw_server(head_after(5.0)) as url, client_for(url, timeouts=timeouts) as client:
+        stream = client.stream(model=MODEL, messages=MSG)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(APITimeoutError) as info:
+            async with asyncio.timeout(3.0), stream:
+                pass
+        assert asyncio.get_running_loop().time() - started < 2.0
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+    assert info.value.phase == phase and stream.terminal_reason == "timeout"
+
+
+async def test_cancelling_an_open_under_a_deadline_stays_a_cancellation() -> None:
+    async with (
+        raw_server(head_after(5.0)) as url,
+        client_for(url, timeouts=Timeouts(read=None, first_token=2.0)) as client,
+    ):
+        stream = client.stream(model=MODEL, messages=MSG)
+        opening = asyncio.create_task(stream.__aenter__())
+        await asyncio.sleep(0.1)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        await stream.aclose()
 
 
 # -- the deadline watchdog: one timer per stream, re-armed lazily ----------------------------------
