@@ -14,6 +14,8 @@ every job at once, no rate limit worth the name, heartbeats off):
 - ``asyncio_floor``: not a peer, the floor of any asyncio client: a bare ``asyncio.Protocol`` that
   sends the request and counts ``\n\n`` in what it receives, with no HTTP or SSE parsing and no
   task woken per read. What it costs per token is the event loop's and the kernel's share.
+- ``socket_floor``: not in the default run (``--clients ...,socket_floor``): the same job without
+  asyncio's transports, a non-blocking socket on the loop's ``add_reader``/``add_writer``.
 
 Peers run their K streams with ``asyncio.gather`` on one shared client with a pool of K.
 
@@ -40,9 +42,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -362,6 +366,71 @@ async def run_asyncio_floor(url: str, k: int, max_tokens: int) -> list[StreamTim
     return list(await asyncio.gather(*(one(i) for i in range(k))))
 
 
+async def run_socket_floor(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
+    """Not a peer, and not in the default run: the ``asyncio_floor`` job without asyncio's
+    transports, on the loop's ``add_reader``/``add_writer`` and a non-blocking socket (what is
+    left when a client gives up transports too; selector loops and uvloop)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or 80)
+    loop = asyncio.get_running_loop()
+
+    async def one(i: int) -> StreamTimes:
+        record = StreamTimes(time.perf_counter())
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            body = json.dumps(_body(max_tokens, i)).encode()
+            request = (
+                f"POST {parts.path.rstrip('/')}/jobs HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                f"Authorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n"
+                "Content-Type: application/json\r\nConnection: close\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            fd = sock.fileno()
+            connected: asyncio.Future[None] = loop.create_future()
+            if sock.connect_ex(address) == errno.EINPROGRESS:
+                loop.add_writer(fd, connected.set_result, None)
+                try:
+                    await connected
+                finally:
+                    loop.remove_writer(fd)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, os.strerror(error))
+            sock.sendall(request)  # a few hundred bytes: the socket buffer takes them at once
+            done: asyncio.Future[None] = loop.create_future()
+
+            def readable() -> None:
+                data = sock.recv(262144)
+                if not data:
+                    loop.remove_reader(fd)
+                    done.set_result(None)
+                    return
+                events = data.count(b"\n\n")
+                if events:
+                    if record.first is None:
+                        record.first = time.perf_counter()
+                    record.tokens += events
+
+            loop.add_reader(fd, readable)
+            try:
+                await done  # the server closes after the response (Connection: close)
+            finally:
+                loop.remove_reader(fd)
+            record.tokens -= 1  # [DONE]
+        except Exception as exc:
+            record.error = repr(exc)
+        finally:
+            sock.close()
+        record.ended = time.perf_counter()
+        return record
+
+    return list(await asyncio.gather(*(one(i) for i in range(k))))
+
+
 RUNNERS: dict[str, Callable[[str, int, int], Awaitable[list[StreamTimes]]]] = {
     "infernet_async": run_infernet_async,
     "infernet_async_eager": run_infernet_async_eager,
@@ -370,6 +439,7 @@ RUNNERS: dict[str, Callable[[str, int, int], Awaitable[list[StreamTimes]]]] = {
     "aiohttp_sse_client2": run_aiohttp_sse_client2,
     "aiohttp_floor": run_aiohttp_floor,
     "asyncio_floor": run_asyncio_floor,
+    "socket_floor": run_socket_floor,
 }
 PEERS = ("httpx_guide", "httpx_sse", "aiohttp_sse_client2")
 
@@ -584,6 +654,7 @@ def _ratio_table(results: list[dict[str, Any]], regime: str, ks: list[int]) -> s
             name = {
                 "aiohttp_floor": "(aiohttp, no parsing)",
                 "asyncio_floor": "(bare asyncio.Protocol, no parsing)",
+                "socket_floor": "(bare socket on the loop's selector, no parsing)",
                 "infernet_async_eager": "infernet_async, read_interval=0",
             }.get(r["client"], r["client"])
             rows.append(
@@ -706,7 +777,7 @@ def main() -> None:
     p_serve.add_argument("--ttft", type=float, required=True, help="time to first token, s")
     p_serve.add_argument("--answer-tokens", type=int, required=True)
     p_client = sub.add_parser("client")
-    p_client.add_argument("--client", choices=CLIENTS, required=True)
+    p_client.add_argument("--client", choices=tuple(RUNNERS), required=True)
     p_client.add_argument("--url", required=True)
     p_client.add_argument("--k", type=int, required=True)
     p_client.add_argument("--max-tokens", type=int, required=True)

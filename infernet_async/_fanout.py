@@ -319,7 +319,7 @@ class FanOut:
         finally:
             self._feeding = False
             self._slot_freed = None
-            self._release_slot(0)
+            self._end_if_done()
 
     async def _job(self, index: int, request: BatchRequest) -> None:
         send = self._send
@@ -341,16 +341,15 @@ class FanOut:
             except anyio.WouldBlock:
                 await send.send(outcome)
         finally:
-            self._release_slot(1)
+            self._holding -= 1
+            slot_freed, self._slot_freed = self._slot_freed, None
+            if slot_freed is not None:
+                slot_freed.set()
+            self._end_if_done()
 
-    def _release_slot(self, jobs: int) -> None:
-        """A job is done with its slot (or, with 0, the feeder with the requests). The consumer
-        sees the end once the feeder and every job are done: the last of them closes ``send``."""
-        self._holding -= jobs
-        slot_freed = self._slot_freed
-        if slot_freed is not None:
-            self._slot_freed = None
-            slot_freed.set()
+    def _end_if_done(self) -> None:
+        """The consumer sees the end once the feeder and every job are done: the last of them
+        closes the send side."""
         if not self._feeding and not self._holding and self._send is not None:
             self._send.close()
 
