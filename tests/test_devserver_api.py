@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
+import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
+from typing import cast
 
 import aiohttp
 import pytest
 
 from infernet_async.devserver import DevServer, NodeSpec
+from infernet_async.devserver._server import LISTEN_BACKLOG
 
 from .devserver_helpers import PROMPT, Api, parse_sse, texts
 
@@ -410,3 +416,16 @@ async def test_stream_records_say_how_each_stream_ended(server: DevServer, api: 
 async def test_parse_helper_handles_the_framings() -> None:
     events, comments = parse_sse(b': ping\r\n\r\ndata: {"text": "a"}\rdata: b\r\r')
     assert comments == ["ping"] and events[0].data == '{"text": "a"}\nb'
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO of a listening socket")
+async def test_the_listen_backlog_takes_a_fan_out_s_connects_at_once() -> None:
+    # Linux reports a listening socket's backlog in tcp_info.tcpi_sacked (bytes 28-31).
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    async with DevServer() as server:
+        assert server._runner is not None
+        (site,) = server._runner.sites
+        listening = cast(asyncio.Server, site._server).sockets[0]
+        info = listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    (backlog,) = struct.unpack_from("I", info, 28)
+    assert backlog == min(LISTEN_BACKLOG, somaxconn) and LISTEN_BACKLOG == 2048

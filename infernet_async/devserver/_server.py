@@ -41,6 +41,9 @@ class _Unset:
 
 
 _UNSET: Final = _Unset()
+# The listen backlog, as uvicorn's and gunicorn's: a fan-out opens its connections all at once, and
+# aiohttp's 128 would drop the SYNs past it (the client's kernel sends them again a second later).
+LISTEN_BACKLOG: Final = 2048
 
 _State = Literal["unopened", "started", "closed"]
 
@@ -188,7 +191,7 @@ class DevServer(AsyncResource):
                 build_app(self), handler_cancellation=True, shutdown_timeout=1.0, access_log=None
             )
             await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, self.port)
+            site = web.TCPSite(self._runner, self.host, self.port, backlog=LISTEN_BACKLOG)
             await site.start()
         except BaseException:
             await self._release()
