@@ -56,6 +56,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bench-model"
@@ -330,10 +331,20 @@ class _CountingProtocol(asyncio.Protocol):
             self.done.set_result(None)
 
 
+def _floor_request(parts: SplitResult, max_tokens: int, i: int) -> bytes:
+    """The floors' request, written by hand: the server closes the connection after the answer."""
+    body = json.dumps(_body(max_tokens, i)).encode()
+    head = (
+        f"POST {parts.path.rstrip('/')}/jobs HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n"
+        "Content-Type: application/json\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 async def run_asyncio_floor(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
     """Not a peer: the event loop's own cost per token (see the module docstring)."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     loop = asyncio.get_running_loop()
@@ -341,13 +352,7 @@ async def run_asyncio_floor(url: str, k: int, max_tokens: int) -> list[StreamTim
     async def one(i: int) -> StreamTimes:
         record = StreamTimes(time.perf_counter())
         try:
-            body = json.dumps(_body(max_tokens, i)).encode()
-            request = (
-                f"POST {parts.path.rstrip('/')}/jobs HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                f"Authorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n"
-                "Content-Type: application/json\r\nConnection: close\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            ).encode() + body
+            request = _floor_request(parts, max_tokens, i)
             done: asyncio.Future[None] = loop.create_future()
             transport, _ = await loop.create_connection(
                 lambda: _CountingProtocol(record, done), host, port
@@ -370,8 +375,6 @@ async def run_socket_floor(url: str, k: int, max_tokens: int) -> list[StreamTime
     """Not a peer, and not in the default run: the ``asyncio_floor`` job without asyncio's
     transports, on the loop's ``add_reader``/``add_writer`` and a non-blocking socket (what is
     left when a client gives up transports too; selector loops and uvloop)."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     address = (parts.hostname or "127.0.0.1", parts.port or 80)
     loop = asyncio.get_running_loop()
@@ -380,13 +383,7 @@ async def run_socket_floor(url: str, k: int, max_tokens: int) -> list[StreamTime
         record = StreamTimes(time.perf_counter())
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            body = json.dumps(_body(max_tokens, i)).encode()
-            request = (
-                f"POST {parts.path.rstrip('/')}/jobs HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                f"Authorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n"
-                "Content-Type: application/json\r\nConnection: close\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            ).encode() + body
+            request = _floor_request(parts, max_tokens, i)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             fd = sock.fileno()

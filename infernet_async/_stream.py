@@ -530,7 +530,9 @@ class TokenStream(AsyncResource):
         if not self._collect and self._deadline()[0] is None:
             return await resp.pump(self._on_body)
         # Collecting, the first token may bring a deadline (stall) while this pump runs: the
-        # watchdog needs the reader registered even when no deadline is in force yet.
+        # watchdog needs the reader registered even when no deadline is in force yet. The watch
+        # is spelled out here, as in _open, rather than run through a helper coroutine: a read
+        # is a hot path, and that would be one more frame on every one.
         task, cancelling = self._watch()
         try:
             more = await resp.pump(self._on_body)
