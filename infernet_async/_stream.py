@@ -23,7 +23,7 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from ._accumulator import Accumulator, ReplayDiverged, ReplayFilter, TerminalReason
 from ._resource import AsyncResource
@@ -403,11 +403,8 @@ class TokenStream(AsyncResource):
                 # stream.
                 resp = await self._follow_job_object(resp)
         except BaseException as exc:
-            expired = self._unwatch(task, cancelling, exc)
-            if expired is None:
-                raise
-            raise expired from exc
-        self._unwatch(task, cancelling, None)
+            self._raise_unwatched(task, cancelling, exc)
+        self._unwatch(task)
         self._attach(resp)
 
     async def _follow_job_object(self, resp: OpenStream) -> OpenStream:
@@ -530,24 +527,20 @@ class TokenStream(AsyncResource):
         if not self._collect and self._deadline()[0] is None:
             return await resp.pump(self._on_body)
         # Collecting, the first token may bring a deadline (stall) while this pump runs: the
-        # watchdog needs the reader registered even when no deadline is in force yet. The watch
-        # is spelled out here, as in _open, rather than run through a helper coroutine: a read
-        # is a hot path, and that would be one more frame on every one.
+        # watchdog needs the reader registered even when no deadline is in force yet. Not through
+        # a helper coroutine shared with _open: a read is a hot path, one frame more on each.
         task, cancelling = self._watch()
         try:
             more = await resp.pump(self._on_body)
         except BaseException as exc:
-            expired = self._unwatch(task, cancelling, exc)
-            if expired is None:
-                raise
-            raise expired from exc
-        self._unwatch(task, cancelling, None)
+            self._raise_unwatched(task, cancelling, exc)
+        self._unwatch(task)
         return more
 
     def _watch(self) -> tuple[asyncio.Task[Any], int]:
         """Before a read: arm the watchdog for the deadline in force (unless it is armed for that
         or earlier) and make the current task the reader it cancels. Returns the task and its
-        ``cancelling()`` count, for ``_unwatch``."""
+        ``cancelling()`` count, for ``_raise_unwatched``."""
         deadline, _ = self._deadline()
         if deadline is not None and (self._watchdog is None or self._watchdog_at > deadline):
             self._arm(deadline)
@@ -557,19 +550,22 @@ class TokenStream(AsyncResource):
         self._reader = task
         return task, task.cancelling()
 
-    def _unwatch(
-        self, task: asyncio.Task[Any], cancelling: int, exc: BaseException | None
-    ) -> APITimeoutError | None:
-        """After a read, which raised ``exc`` (or ``None``): the deadline's ``APITimeoutError``
-        to raise instead when the watchdog's cancellation ended the read, else ``None``."""
+    def _unwatch(self, task: asyncio.Task[Any]) -> None:
+        """After a read that returned."""
+        self._reader = None
+        if self._expired_phase is not None:
+            # The read returned despite our cancel(): withdraw it, or it would hit the caller's
+            # next await.
+            self._expired_phase = None
+            task.uncancel()
+
+    def _raise_unwatched(
+        self, task: asyncio.Task[Any], cancelling: int, exc: BaseException
+    ) -> NoReturn:
+        """After a read that raised ``exc``: raises it, or the deadline's ``APITimeoutError``
+        when the watchdog's cancellation ended the read."""
         self._reader = None
         phase, self._expired_phase = self._expired_phase, None
-        if exc is None:
-            if phase is not None:
-                # The read returned despite our cancel(): withdraw it, or it would hit the
-                # caller's next await.
-                task.uncancel()
-            return None
         # Ours is withdrawn whatever the outcome (uncancel() runs whenever phase is set). A
         # cancel() from outside after ours leaves the count above its value at entry: that one
         # wins and propagates as CancelledError, as with asyncio.Timeout.
@@ -578,8 +574,8 @@ class TokenStream(AsyncResource):
             and task.uncancel() <= cancelling
             and isinstance(exc, asyncio.CancelledError)
         ):
-            return self._timeout_error(phase)
-        return None
+            raise self._timeout_error(phase) from exc
+        raise exc
 
     def _arm(self, when: float) -> None:
         self._disarm()
