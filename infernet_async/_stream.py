@@ -393,7 +393,7 @@ class TokenStream(AsyncResource):
         self._attempt_started_at = self._loop.time()
         # Under the watchdog the reads use, armed here for the first token's deadline, which
         # the first read keeps: no asyncio.timeout (a second timer) per stream.
-        task, cancelling = self._watch()
+        task, cancelling = self._watch(self._deadline()[0])
         try:
             resp = await self._transport.open_stream(
                 method, path, json_body=json_body, headers=headers
@@ -524,12 +524,13 @@ class TokenStream(AsyncResource):
         resp = self._resp
         if resp is None:
             raise APIConnectionError("the stream's connection was closed", request_sent=True)
-        if not self._collect and self._deadline()[0] is None:
+        deadline, _ = self._deadline()
+        if deadline is None and not self._collect:
             return await resp.pump(self._on_body)
         # Collecting, the first token may bring a deadline (stall) while this pump runs: the
         # watchdog needs the reader registered even when no deadline is in force yet. Not through
         # a helper coroutine shared with _open: a read is a hot path, one frame more on each.
-        task, cancelling = self._watch()
+        task, cancelling = self._watch(deadline)
         try:
             more = await resp.pump(self._on_body)
         except BaseException as exc:
@@ -537,11 +538,10 @@ class TokenStream(AsyncResource):
         self._unwatch(task)
         return more
 
-    def _watch(self) -> tuple[asyncio.Task[Any], int]:
-        """Before a read: arm the watchdog for the deadline in force (unless it is armed for that
-        or earlier) and make the current task the reader it cancels. Returns the task and its
-        ``cancelling()`` count, for ``_raise_unwatched``."""
-        deadline, _ = self._deadline()
+    def _watch(self, deadline: float | None) -> tuple[asyncio.Task[Any], int]:
+        """Before a read: arm the watchdog for ``deadline``, the one in force (unless it is armed
+        for that or earlier), and make the current task the reader it cancels. Returns the task
+        and its ``cancelling()`` count, for ``_raise_unwatched``."""
         if deadline is not None and (self._watchdog is None or self._watchdog_at > deadline):
             self._arm(deadline)
         task = asyncio.current_task()
