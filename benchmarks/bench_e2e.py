@@ -153,8 +153,10 @@ async def run_infernet_async(
         async for outcome in outcomes:
             ended = time.perf_counter()
             started = ended - outcome.latency
+            # From the job's start, as for the peers: the wait before sending (the shared rate
+            # limiter's) counts.
             first = (
-                started + outcome.time_to_first_token
+                started + (outcome.time_to_send or 0.0) + outcome.time_to_first_token
                 if outcome.time_to_first_token is not None
                 else None
             )

@@ -126,6 +126,11 @@ class Timeouts:
             a stalled node. Raises ``APITimeoutError`` with the partial text.
         total: one request end to end, including a whole stream. The control plane fails a job after
             5 minutes, so the default is a little over that.
+
+    ``first_token`` and ``total`` run from the request's sending: the client's own waits before it
+    (a retry's backoff, a fan-out's shared rate limiter) are not the server's time and do not
+    count. A stream's total runs from its first request (the one that starts the job), so
+    reconnecting to the job does not extend it.
     """
 
     connect: float | None = 10.0

@@ -48,6 +48,8 @@ class _TokenStreamLike(Protocol):
     @property
     def token_count(self) -> int: ...
     @property
+    def time_to_send(self) -> float | None: ...
+    @property
     def time_to_first_token(self) -> float | None: ...
     async def __aenter__(self) -> Any: ...
     async def __aexit__(
@@ -74,12 +76,16 @@ RunJob = Callable[[int, BatchRequest, OutcomeCallback], Awaitable[BatchOutcome]]
 class _JobClock:
     """The figures of one job across its attempts."""
 
-    __slots__ = ("attempts", "clock", "started")
+    __slots__ = ("attempt_started", "attempts", "clock", "started")
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
-        self.started = clock()
+        self.started = self.attempt_started = clock()
         self.attempts = 0
+
+    def next_attempt(self) -> None:
+        self.attempts += 1
+        self.attempt_started = self.clock()
 
     def outcome(
         self,
@@ -105,9 +111,18 @@ class _JobClock:
             attempts=self.attempts,
             tokens=stream.token_count if stream is not None else 0,
             latency=self.clock() - self.started,
+            time_to_send=self._time_to_send(stream),
             time_to_first_token=stream.time_to_first_token if stream is not None else None,
             exception=exc,
         )
+
+    def _time_to_send(self, stream: _TokenStreamLike | None) -> float | None:
+        # The earlier attempts and their backoffs by this clock, the last attempt's own waits by
+        # the stream's.
+        in_stream = stream.time_to_send if stream is not None else None
+        if in_stream is None:
+            return None
+        return self.attempt_started - self.started + in_stream
 
 
 # A batch wants whole answers: follow a re-queued job after node_disconnected, and replay a
@@ -150,7 +165,7 @@ def stream_job_runner(
         arguments = {**options, **request.stream_arguments()}
         figures = _JobClock(clock)
         while True:
-            figures.attempts += 1
+            figures.next_attempt()
             stream: _TokenStreamLike | None = None
             try:
                 # Inside the try: parameters the client refuses make this job's outcome, not

@@ -96,8 +96,10 @@ class BatchOutcome(BaseModel):
 
     ``text`` is the answer, or everything received before the error or the cancellation, and
     ``tokens`` its length in tokens. ``latency`` runs from the job's start (a free slot) to its
-    end, retries included; ``time_to_first_token`` from sending the last attempt's request to its
-    first token. Both in seconds.
+    end, retries included; ``time_to_send`` from the job's start to sending the request that got
+    the answer (earlier attempts, backoffs and the shared rate limiter's waits: the client's own
+    time); ``time_to_first_token`` from that sending to the first token (the control plane's and
+    the node's time). All in seconds; a job that never sent its request has no ``time_to_send``.
     ``exception`` (not serialized) is the error itself, for ``isinstance`` checks.
     """
 
@@ -112,6 +114,7 @@ class BatchOutcome(BaseModel):
     attempts: int = 0
     tokens: int = 0
     latency: float = 0.0
+    time_to_send: float | None = None
     time_to_first_token: float | None = None
     exception: BaseException | None = Field(default=None, exclude=True, repr=False)
 

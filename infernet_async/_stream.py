@@ -114,8 +114,13 @@ class TokenStream(AsyncResource):
         self._reconnects = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at: float | None = None
+        # The deadlines run from sending: ``_sent_at`` is when the request being opened went out
+        # (None until it has, and while a retry waits), the first token's deadline's start;
+        # ``_job_sent_at`` when the stream's first request last went out (the job's start), the
+        # total deadline's and the time to first token's.
         self._total_deadline: float | None = None
-        self._attempt_started_at: float | None = None
+        self._sent_at: float | None = None
+        self._job_sent_at: float | None = None
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
         # The deadline watchdog (see ``_pump``): one timer per stream instead of an
@@ -170,11 +175,21 @@ class TokenStream(AsyncResource):
         return self._acc.token_count
 
     @property
+    def time_to_send(self) -> float | None:
+        """Seconds from opening the stream to sending the request that started its job (the
+        retries' backoffs, and in a fan-out the shared rate limiter's waits), or ``None`` before.
+        """
+        if self._job_sent_at is None or self._started_at is None:
+            return None
+        return self._job_sent_at - self._started_at
+
+    @property
     def time_to_first_token(self) -> float | None:
         """Seconds from sending the request to the first token, or ``None`` before it."""
-        if self._first_token_at is None or self._started_at is None:
+        if self._first_token_at is None:
             return None
-        return self._first_token_at - self._started_at
+        sent = self._job_sent_at if self._job_sent_at is not None else self._started_at
+        return self._first_token_at - sent if sent is not None else None
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -369,8 +384,6 @@ class TokenStream(AsyncResource):
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._started_at = loop.time()
-        total = self._transport.timeouts.total
-        self._total_deadline = self._started_at + total if total is not None else None
         try:
             if self._request is not None:
                 await self._open("POST", "/jobs", json_body=self._request)
@@ -390,13 +403,14 @@ class TokenStream(AsyncResource):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         assert self._loop is not None
-        self._attempt_started_at = self._loop.time()
-        # Under the watchdog the reads use, armed here for the first token's deadline, which
-        # the first read keeps: no asyncio.timeout (a second timer) per stream.
+        self._sent_at = None
+        # Under the watchdog the reads use, armed as the request goes out (_on_send) for the
+        # first token's deadline, which the first read keeps: no asyncio.timeout (a second timer)
+        # per stream.
         task, cancelling = self._watch(self._deadline()[0])
         try:
             resp = await self._transport.open_stream(
-                method, path, json_body=json_body, headers=headers
+                method, path, json_body=json_body, headers=headers, on_send=self._on_send
             )
             if resp.content_type == "application/json":
                 # The server answered with a job object instead of a stream: follow that job's
@@ -406,6 +420,28 @@ class TokenStream(AsyncResource):
             self._raise_unwatched(task, cancelling, exc)
         self._unwatch(task)
         self._attach(resp)
+
+    def _on_send(self, sent: bool) -> None:
+        """The transport's word on the request being opened: it goes out now (True), or a wait
+        before its retry begins (False). What the client waits for itself (the fan-out's rate
+        limiter, a retry's backoff) is not the server's time, so no deadline runs through it: the
+        first token's runs from this attempt's sending, the total one from the sending of the
+        request that started the job (the stream's first open; reconnects keep it)."""
+        assert self._loop is not None
+        opening = self._state == _OPENING
+        if not sent:
+            self._sent_at = None
+            if opening:
+                self._total_deadline = None
+            return
+        now = self._sent_at = self._loop.time()
+        if opening:
+            self._job_sent_at = now
+            total = self._transport.timeouts.total
+            self._total_deadline = now + total if total is not None else None
+        deadline, _ = self._deadline()
+        if deadline is not None and (self._watchdog is None or self._watchdog_at > deadline):
+            self._arm(deadline)
 
     async def _follow_job_object(self, resp: OpenStream) -> OpenStream:
         raw = await read_and_release(resp)  # the job's stream may reuse the connection
@@ -468,8 +504,8 @@ class TokenStream(AsyncResource):
         at: float | None = None
         phase = ""
         if self._acc.token_count == 0 or self._last_token_at is None:
-            if timeouts.first_token is not None and self._attempt_started_at is not None:
-                at, phase = self._attempt_started_at + timeouts.first_token, "first_token"
+            if timeouts.first_token is not None and self._sent_at is not None:
+                at, phase = self._sent_at + timeouts.first_token, "first_token"
         elif timeouts.stall is not None:
             at, phase = self._last_token_at + timeouts.stall, "stall"
         total = self._total_deadline

@@ -17,7 +17,7 @@ import logging
 import re
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ssl import SSLContext
@@ -45,6 +45,7 @@ from .errors import (
 __all__ = [
     "DEFAULT_MAX_ANSWER_CHARS",
     "OpenStream",
+    "SendListener",
     "StreamResponse",
     "Transport",
     "job_path",
@@ -257,6 +258,9 @@ class StreamResponse:
 # A stream's open response: on our own connection (``_connection``), or on a caller's aiohttp
 # session.
 OpenStream = StreamResponse | NativeResponse
+# Told True as each attempt of a request goes out, False as a wait before the next one begins: a
+# stream's deadlines run from its request's sending, not from the client's own waits.
+SendListener = Callable[[bool], None]
 
 
 async def read_and_release(resp: OpenStream, limit: int = _ERROR_BODY_LIMIT) -> bytes:
@@ -523,20 +527,26 @@ class Transport:
         headers: Mapping[str, str] | None,
         stream: bool,
         retry: bool,
+        on_send: SendListener | None = None,
     ) -> aiohttp.ClientResponse | NativeResponse:
         """``_send_once`` under the rate limiter of the current fan-out worker, if there is one.
 
         The limiter waits before the request (pacing, a 429 pause, a model's no_capacity backoff)
-        and learns from every answer, errors included (see ``_ratelimit``).
+        and learns from every answer, errors included (see ``_ratelimit``). ``on_send(True)`` is
+        called as the request goes out, after the limiter's wait.
         """
         limiter = active_limiter()
         if limiter is None:
+            if on_send is not None:
+                on_send(True)
             return await self._send_once(
                 method, url, json_body=json_body, params=params, headers=headers, stream=stream
             )
         model = json_body.get("model") if isinstance(json_body, Mapping) else None
         model = model if isinstance(model, str) else None
         await limiter.acquire(model, retry=retry)
+        if on_send is not None:
+            on_send(True)
         try:
             resp = await self._send_once(
                 method, url, json_body=json_body, params=params, headers=headers, stream=stream
@@ -581,9 +591,11 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         stream: bool,
         read_body: bool = False,
+        on_send: SendListener | None = None,
     ) -> tuple[aiohttp.ClientResponse | NativeResponse, bytes]:
         """Send with retries; with ``read_body`` the body is read inside the retried block too, so
-        a GET whose body is cut off is retried like one that failed earlier."""
+        a GET whose body is cut off is retried like one that failed earlier. ``on_send`` hears
+        each attempt go out (True) and each wait before a retry begin (False)."""
         url = self.url(path)
         attempt = 0
         while True:
@@ -596,6 +608,7 @@ class Transport:
                     headers=headers,
                     stream=stream,
                     retry=attempt > 0,
+                    on_send=on_send,
                 )
                 if not read_body:
                     return resp, b""
@@ -629,6 +642,8 @@ class Transport:
                     decision.delay,
                     decision.reason,
                 )
+                if on_send is not None:
+                    on_send(False)
                 await (self.retry.sleep or asyncio.sleep)(decision.delay)
 
     async def request_json(
@@ -659,15 +674,21 @@ class Transport:
         *,
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
+        on_send: SendListener | None = None,
     ) -> OpenStream:
         """Open an event stream (with retries for the opening only); the caller must ``close()``
-        it.
+        it. ``on_send``: see ``_with_retries``.
         """
         stream_headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
         if headers:
             stream_headers.update(headers)
         resp, _ = await self._with_retries(
-            method, path, json_body=json_body, headers=stream_headers, stream=True
+            method,
+            path,
+            json_body=json_body,
+            headers=stream_headers,
+            stream=True,
+            on_send=on_send,
         )
         return resp if isinstance(resp, NativeResponse) else StreamResponse(resp)
 

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from infernet_async import InfernetClient
+from infernet_async import InfernetClient, Timeouts
 from infernet_async._fanout import BatchOutcome, BatchRequest, FanOut, gather, stream_job_runner
 from infernet_async.devserver import DevServer, Fault, RequestRecord, StreamRecord
 from infernet_async.errors import NodeDisconnectedError, RateLimitError
@@ -38,6 +38,7 @@ class FakeStream:
         self._parts: list[str] = []
         self.job_id: str | None = None
         self.closed = False
+        self.time_to_send: float | None = None
         self.time_to_first_token: float | None = None
         self._started = anyio.current_time()
 
@@ -69,6 +70,7 @@ class FakeStream:
         client.open += 1
         client.peak_open = max(client.peak_open, client.open)
         attempts = client.attempts[self._key] = client.attempts.get(self._key, 0) + 1
+        self.time_to_send = 0.0
         if attempts <= script.rate_limited:
             raise RateLimitError("slow down", retry_after=0.0)
         self.job_id = f"job_{self._key}"
@@ -157,12 +159,14 @@ async def test_jobs_that_were_never_created_are_submitted_again():
     client = FakeClient()
     outcomes = await gather(
         FanOut(
-            stream_job_runner(client, max_attempts=3),
+            stream_job_runner(client, max_attempts=3, backoff=lambda attempt: 0.05),
             [request("twice", rate_limited=2), request("always", rate_limited=5)],
             concurrency=2,
         )
     )
     assert outcomes[0].ok and outcomes[0].attempts == 3
+    # The earlier attempts and their backoffs were the client's wait before the answered sending.
+    assert outcomes[0].time_to_send is not None and outcomes[0].time_to_send >= 0.1
     assert outcomes[1].status == "error" and outcomes[1].attempts == 3
     assert outcomes[1].error is not None and outcomes[1].error.code == "rate_limited"
 
@@ -339,8 +343,8 @@ async def test_gather_on_the_devserver_keeps_input_order_and_reports_figures():
     for i, outcome in enumerate(outcomes):
         assert outcome.ok and outcome.tokens == 12 - i and outcome.job_id is not None
         assert outcome.text and outcome.attempts == 1
-        assert outcome.time_to_first_token is not None
-        assert 0 < outcome.time_to_first_token <= outcome.latency
+        assert outcome.time_to_first_token is not None and outcome.time_to_send is not None
+        assert 0 < outcome.time_to_send + outcome.time_to_first_token <= outcome.latency
     assert len(posts(server)) == 10
 
 
@@ -454,6 +458,33 @@ async def test_one_429_pauses_every_worker_of_the_client():
     within = [r for r in sent if limited.time + 0.15 < r.time < limited.time + 0.9]
     assert within == []
     assert len(sent) == 7  # six jobs and one retry
+
+
+async def test_jobs_held_by_the_shared_pause_keep_their_deadlines_for_the_server():
+    # A 429 pauses every worker for 0.6 s, longer than the first token's deadline and than the
+    # whole stream's: both run from a request's sending, so the job the 429 answered (retried after
+    # the pause) and the jobs the pause held back before sending still get their answers.
+    timeouts = Timeouts(first_token=0.3, total=0.5)
+    async with (
+        dev_server(answer_tokens=4) as server,
+        client_for(server, timeouts=timeouts) as client,
+    ):
+        # One job first: the limiter learns the budget, so the next two go out at once.
+        await client.gather([BatchRequest(model=MODEL, prompt="warm up")], concurrency=1)
+        server.inject(Fault.http_error(429, retry_after=0.6, method="POST"))
+        requests = [BatchRequest(id=str(i), model=MODEL, prompt=f"q{i}") for i in range(4)]
+        outcomes = await client.gather(requests, concurrency=2)
+    assert [o.status for o in outcomes] == ["ok"] * 4
+    limited = next(r for r in posts(server) if r.status == 429)
+    held = [r for r in posts(server) if r.time > limited.time + 0.5]
+    assert len(held) >= 3  # the retry, the job the pause held and the one after it
+    # Their figures put the wait where it was: before the sending, the client's own.
+    waits = sorted(o.time_to_send or 0.0 for o in outcomes)
+    assert waits[-2] >= 0.5  # the job the 429 answered and the job the pause held
+    for o in outcomes:
+        assert o.time_to_send is not None and o.time_to_first_token is not None
+        assert o.time_to_first_token < 0.3  # within the deadline, as the server kept it
+        assert o.time_to_send + o.time_to_first_token <= o.latency
 
 
 def test_the_clients_limiter_backs_off_models_by_the_clients_retry_policy():

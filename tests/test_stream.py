@@ -19,11 +19,13 @@ from infernet_async import (
     Meta,
     NodeDisconnectedError,
     Restart,
+    RetryPolicy,
     StreamError,
     Timeouts,
     Token,
     TokenStream,
 )
+from infernet_async._transport import SendListener
 from infernet_async.devserver import DevServer, Fault
 
 from .client_support import MODEL, MSG, client_for, data_events, fast_retry, raw_server, sse_handler
@@ -391,6 +393,23 @@ async def test_first_token_timeout(server: DevServer) -> None:
     assert stream.terminal_reason == "timeout"
 
 
+@pytest.mark.parametrize(
+    "timeouts", [Timeouts(first_token=0.3), Timeouts(total=0.5)], ids=["first_token", "total"]
+)
+async def test_the_deadlines_run_from_sending_not_through_a_retrys_wait(timeouts: Timeouts) -> None:
+    # A 429 asks for 0.6 s, longer than either deadline: the client waits it out and sends again.
+    # The wait is the client's own, not the server's time: the retried request is answered in
+    # time, and its time to first token is the server's, not the wait's.
+    async with DevServer(tokens_per_second=2000, time_to_first_token=0, answer_tokens=8) as server:
+        server.inject(Fault.http_error(429, retry_after=0.6))
+        client = client_for(server.base_url, server.token, timeouts=timeouts, retry=RetryPolicy())
+        async with client, client.stream(model=MODEL, messages=MSG) as stream:
+            assert await stream.final_text() == ANSWER
+        assert [r.status for r in server.requests] == [429, 200]
+    assert stream.time_to_send is not None and stream.time_to_first_token is not None
+    assert stream.time_to_send >= 0.6 > stream.time_to_first_token
+
+
 async def test_total_timeout_covers_the_whole_stream(server: DevServer) -> None:
     server.configure(tokens_per_second=20)
     client = client_for(server.base_url, server.token, timeouts=Timeouts(total=0.2))
@@ -538,7 +557,11 @@ class _ScriptedTransport:
         self.max_answer_chars: int | None = None
         self.resp = resp
 
-    async def open_stream(self, method: str, path: str, **_: Any) -> _ScriptedResponse:
+    async def open_stream(
+        self, method: str, path: str, *, on_send: SendListener | None = None, **_: Any
+    ) -> _ScriptedResponse:
+        if on_send is not None:
+            on_send(True)  # as the real one does when the request goes out
         return self.resp
 
 
