@@ -718,8 +718,11 @@ class StreamPool:
         params: Mapping[str, str] | None = None,
         connect_timeout: float | None,
         read_timeout: float | None,
+        on_send: Callable[[bool], None] | None = None,
     ) -> NativeResponse:
-        """Send one request on a pooled or new connection; returns once the head is in."""
+        """Send one request on a pooled or new connection; returns once the head is in.
+        ``on_send(True)`` once the pool has a connection, or a slot to open one, for it: a wait
+        for a free connection is the client's, connecting is the request's."""
         if params:
             url = url.update_query(params)
         origin: Origin = (url.scheme, url.raw_host or "", url.port or 0)
@@ -737,7 +740,7 @@ class StreamPool:
             request = encode_request(method, url.raw_path_qs, header_items, body)
         except ValueError as exc:
             raise APIConnectionError(f"cannot send the request: {exc}", request_sent=False) from exc
-        conn = await self._acquire(origin, connect_timeout)
+        conn = await self._acquire(origin, connect_timeout, on_send)
         head = await conn.send(request, method=method, read_timeout=read_timeout)
         return NativeResponse(conn, head, url)
 
@@ -758,7 +761,12 @@ class StreamPool:
 
     # -- connections -------------------------------------------------------------------------------
 
-    async def _acquire(self, origin: Origin, connect_timeout: float | None) -> _Connection:
+    async def _acquire(
+        self,
+        origin: Origin,
+        connect_timeout: float | None,
+        on_granted: Callable[[bool], None] | None = None,
+    ) -> _Connection:
         while True:
             if self.closed:
                 raise APIConnectionError("the client is closed", request_sent=False)
@@ -766,9 +774,13 @@ class StreamPool:
             while idle:
                 conn = idle.pop()
                 if conn.usable():
+                    if on_granted is not None:
+                        on_granted(True)
                     return conn
                 conn.close()
             if self.open_connections < self.limit:
+                if on_granted is not None:
+                    on_granted(True)
                 return await self._connect(origin, connect_timeout)
             if self._close_one_idle():
                 continue

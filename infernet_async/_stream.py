@@ -51,6 +51,8 @@ logger = logging.getLogger("infernet_async")
 NodeDisconnectPolicy = Literal["raise", "restart"]
 _JOB_ID_HEADER = "X-Infernet-Job-Id"
 _NEW, _OPENING, _OPEN, _ENDED, _CLOSED = range(5)
+# The watchdog's mark for a reader interrupted by aclose() rather than by a deadline.
+_CLOSED_PHASE = "closed"
 
 
 class TokenStream(AsyncResource):
@@ -287,6 +289,18 @@ class TokenStream(AsyncResource):
             return
         self._acc.fail("closed")
         self._state = _CLOSED
+        reader = self._reader
+        if (
+            self._resp is None
+            and reader is not None
+            and reader is not asyncio.current_task()
+            and self._expired_phase is None
+        ):
+            # Another task is opening the stream (waiting for the rate limiter, a backoff, the
+            # connection or the response head): no response to close yet, so the opening is
+            # interrupted as a deadline interrupts it, and nothing is sent after this.
+            self._expired_phase = _CLOSED_PHASE
+            reader.cancel()
         self._close_response()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
@@ -327,6 +341,7 @@ class TokenStream(AsyncResource):
             await self._start()
         if self._state != _OPEN:
             if self._state == _CLOSED and not self._acc.finished and self._error is None:
+                self._close_response()
                 raise StreamError(
                     "the stream is closed", partial_text=self.text, job_id=self.job_id
                 )
@@ -339,8 +354,14 @@ class TokenStream(AsyncResource):
                         return out
                 try:
                     more = await self._pump()
-                except APITimeoutError:
-                    raise
+                except APITimeoutError as exc:
+                    # Idle past the read timeout, which heartbeats keep a live connection under:
+                    # the connection is dead (half open), a drop like any other for a stream that
+                    # reconnects. The stream's own deadlines end it.
+                    if exc.phase != "read" or not self._may_reconnect():
+                        raise
+                    await self._connection_lost(exc)
+                    continue
                 except APIConnectionError as exc:
                     await self._connection_lost(exc)
                     continue
@@ -403,6 +424,8 @@ class TokenStream(AsyncResource):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         assert self._loop is not None
+        if self._state == _CLOSED:
+            raise self._closed_while_opening()  # aclose() during a reconnect's backoff
         self._sent_at = None
         # Under the watchdog the reads use, armed as the request goes out (_on_send) for the
         # first token's deadline, which the first read keeps: no asyncio.timeout (a second timer)
@@ -419,6 +442,10 @@ class TokenStream(AsyncResource):
         except BaseException as exc:
             self._raise_unwatched(task, cancelling, exc)
         self._unwatch(task)
+        if self._state == _CLOSED:
+            # aclose() came as the open returned, too late to interrupt it.
+            resp.close()
+            raise self._closed_while_opening()
         self._attach(resp)
 
     def _on_send(self, sent: bool) -> None:
@@ -610,8 +637,15 @@ class TokenStream(AsyncResource):
             and task.uncancel() <= cancelling
             and isinstance(exc, asyncio.CancelledError)
         ):
+            if phase == _CLOSED_PHASE:
+                raise self._closed_while_opening() from exc
             raise self._timeout_error(phase) from exc
         raise exc
+
+    def _closed_while_opening(self) -> StreamError:
+        return StreamError(
+            "the stream was closed while it was opening", partial_text=self.text, job_id=self.job_id
+        )
 
     def _arm(self, when: float) -> None:
         self._disarm()
@@ -768,14 +802,17 @@ class TokenStream(AsyncResource):
             job_id=self.job_id,
         )
 
-    async def _connection_lost(self, cause: APIConnectionError | None) -> None:
-        """EOF or a dropped connection before ``[DONE]``: reconnect (``stream_job``) or raise."""
-        if (
+    def _may_reconnect(self) -> bool:
+        return (
             self._reconnect
             and self._state == _OPEN
             and self._acc.job_id is not None
             and self._reconnects < self._transport.retry.max_stream_restarts
-        ):
+        )
+
+    async def _connection_lost(self, cause: APIConnectionError | None) -> None:
+        """EOF or a dropped connection before ``[DONE]``: reconnect (``stream_job``) or raise."""
+        if self._may_reconnect():
             self._reconnects += 1
             last_id = self._last_id or self._decoder.last_event_id
             self._close_response()

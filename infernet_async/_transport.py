@@ -432,9 +432,12 @@ class Transport:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         stream: bool,
+        on_send: SendListener | None = None,
     ) -> aiohttp.ClientResponse | NativeResponse:
         """One request, redirects followed by hand; an error status becomes an ``APIError`` (body
         read). Streams go over our own connections unless the session is the caller's.
+        ``on_send(True)`` as each request goes out: on our own connections once the pool has given
+        one (its wait for a free connection is the client's), on aiohttp's before it is asked.
         """
         session = await self.session()
         native = stream and self._binding is not None and self._caller_session is None
@@ -452,6 +455,7 @@ class Transport:
                     params=params,
                     connect_timeout=self.timeouts.connect,
                     read_timeout=self.timeouts.read,
+                    on_send=on_send,
                 )
             else:
                 kwargs: dict[str, Any] = {
@@ -465,6 +469,8 @@ class Transport:
                     kwargs["params"] = params
                 if self._ssl is not None:
                     kwargs["ssl"] = self._ssl
+                if on_send is not None:
+                    on_send(True)
                 with map_transport_errors(phase="request"):
                     resp = await session.request(method, url, **kwargs)
             logger.debug(
@@ -532,24 +538,31 @@ class Transport:
         """``_send_once`` under the rate limiter of the current fan-out worker, if there is one.
 
         The limiter waits before the request (pacing, a 429 pause, a model's no_capacity backoff)
-        and learns from every answer, errors included (see ``_ratelimit``). ``on_send(True)`` is
-        called as the request goes out, after the limiter's wait.
+        and learns from every answer, errors included (see ``_ratelimit``).
         """
         limiter = active_limiter()
         if limiter is None:
-            if on_send is not None:
-                on_send(True)
             return await self._send_once(
-                method, url, json_body=json_body, params=params, headers=headers, stream=stream
+                method,
+                url,
+                json_body=json_body,
+                params=params,
+                headers=headers,
+                stream=stream,
+                on_send=on_send,
             )
         model = json_body.get("model") if isinstance(json_body, Mapping) else None
         model = model if isinstance(model, str) else None
         await limiter.acquire(model, retry=retry)
-        if on_send is not None:
-            on_send(True)
         try:
             resp = await self._send_once(
-                method, url, json_body=json_body, params=params, headers=headers, stream=stream
+                method,
+                url,
+                json_body=json_body,
+                params=params,
+                headers=headers,
+                stream=stream,
+                on_send=on_send,
             )
         except APIError as exc:
             limiter.observe(exc.status, exc.headers, exc.body, model=model)

@@ -301,6 +301,32 @@ async def test_reconnect_to_a_different_attempt_is_not_spliced() -> None:
     assert info.value.partial_text == "Paris is"
 
 
+@pytest.mark.parametrize("reconnect", [True, False])
+async def test_a_connection_gone_silent_is_a_dropped_one_for_a_stream_that_reconnects(
+    reconnect: bool,
+) -> None:
+    # Two tokens, then neither bytes nor FIN (a half-open connection): the read timeout fires.
+    calls: list[str | None] = []
+
+    async def handler(request):  # type: ignore[no-untyped-def]
+        calls.append(request.headers.get("Last-Event-ID"))
+        if len(calls) == 1:
+            return await sse_handler([*data_events("Paris", " is", done=False), 30.0])(request)
+        return await sse_handler(data_events("Paris", " is", " the", " capital."))(request)
+
+    async with raw_server(handler) as url, client_for(url, timeouts=Timeouts(read=0.3)) as client:
+        stream = client.stream_job("job_x", reconnect=reconnect)
+        async with stream:
+            if reconnect:
+                assert [t async for t in stream] == ["Paris", " is", " the", " capital."]
+            else:
+                with pytest.raises(APITimeoutError) as info:
+                    async for _ in stream:
+                        pass
+                assert info.value.phase == "read" and info.value.partial_text == "Paris is"
+    assert (stream.reconnects, len(calls)) == ((1, 2) if reconnect else (0, 1))
+
+
 async def test_stream_job_gives_up_after_the_reconnect_budget(server: DevServer) -> None:
     server.configure(tokens_per_second=100)
     client = client_for(server.base_url, server.token, retry=fast_retry(max_stream_restarts=1))
@@ -410,6 +436,26 @@ async def test_the_deadlines_run_from_sending_not_through_a_retrys_wait(timeouts
     assert stream.time_to_send >= 0.6 > stream.time_to_first_token
 
 
+async def test_a_wait_for_a_free_pooled_connection_is_not_the_servers_time() -> None:
+    # One connection for two streams of ~0.6 s each: the second waits for the first to end,
+    # longer than its first token's deadline, before its request goes out.
+    async with DevServer(tokens_per_second=10, time_to_first_token=0, answer_tokens=6) as server:
+        client = client_for(
+            server.base_url, server.token, max_connections=1, timeouts=Timeouts(first_token=0.4)
+        )
+        async with client:
+            streams = [client.stream(model=MODEL, messages=MSG) for _ in range(2)]
+
+            async def read(stream: TokenStream) -> str:
+                async with stream:
+                    return await stream.final_text()
+
+            texts = await asyncio.gather(*map(read, streams))
+    assert all(texts) and all(s.finished for s in streams)
+    waited = max(streams, key=lambda s: s.time_to_send or 0.0)
+    assert waited.time_to_send is not None and waited.time_to_send >= 0.4
+
+
 async def test_total_timeout_covers_the_whole_stream(server: DevServer) -> None:
     server.configure(tokens_per_second=20)
     client = client_for(server.base_url, server.token, timeouts=Timeouts(total=0.2))
@@ -455,6 +501,65 @@ async def test_a_deadline_passing_before_the_response_head_ends_the_open(
         task = asyncio.current_task()
         assert task is not None and task.cancelling() == 0
     assert info.value.phase == phase and stream.terminal_reason == "timeout"
+
+
+async def _stop_while_opening(client: InfernetClient) -> TokenStream:
+    """Open a stream in a task, aclose() it from here 0.15 s in, and check what the reader got."""
+    stream = client.stream(model=MODEL, messages=MSG)
+
+    async def read() -> str:
+        async with stream:
+            return await stream.final_text()
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.15)
+    await stream.aclose()
+    with pytest.raises(StreamError, match="closed while it was opening"):
+        await asyncio.wait_for(reader, 2.0)
+    assert stream.closed and stream.terminal_reason == "closed" and stream.text == ""
+    binding = client._transport._binding
+    assert binding is not None and binding.pool.in_use == 0  # the connection went at once
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    return stream
+
+
+async def test_aclose_from_another_task_stops_a_stream_waiting_to_retry() -> None:
+    # A Stop button during a 429's Retry-After: nothing may be sent after it.
+    async with DevServer(tokens_per_second=2000, time_to_first_token=0) as server:
+        server.inject(Fault.http_error(429, retry_after=0.5))
+        async with client_for(server.base_url, server.token, retry=RetryPolicy()) as client:
+            await _stop_while_opening(client)
+            await asyncio.sleep(0.6)  # past the Retry-After
+        assert [r.status for r in server.requests] == [429]
+
+
+async def test_aclose_from_another_task_stops_a_stream_waiting_for_its_head() -> None:
+    async with raw_server(head_after(5.0)) as url, client_for(url) as client:
+        await _stop_while_opening(client)
+
+
+async def test_aclose_during_a_reconnects_backoff_sends_nothing_more() -> None:
+    async with DevServer(tokens_per_second=200, time_to_first_token=0, answer_tokens=30) as server:
+        client = client_for(server.base_url, server.token, retry=RetryPolicy(backoff_base=0.5))
+        async with client:
+            job = await client.submit(model=MODEL, messages=MSG)
+            server.inject(Fault.disconnect(after_tokens=2))
+            stream = client.stream_job(job.id)
+
+            async def read() -> str:
+                async with stream:
+                    return await stream.final_text()
+
+            reader = asyncio.create_task(read())
+            while stream.reconnects == 0:
+                await asyncio.sleep(0.01)
+            await stream.aclose()
+            with pytest.raises(StreamError, match="closed"):
+                await asyncio.wait_for(reader, 2.0)
+            await asyncio.sleep(0.6)  # past the backoff
+    assert stream.text == "Paris is" and stream.terminal_reason == "closed"
+    assert sum(1 for r in server.requests if r.path.endswith("/stream")) == 1
 
 
 async def test_cancelling_an_open_under_a_deadline_stays_a_cancellation() -> None:
