@@ -805,6 +805,7 @@ class TokenStream(AsyncResource):
     def _may_reconnect(self) -> bool:
         return (
             self._reconnect
+            and not self._transport.closed
             and self._state == _OPEN
             and self._acc.job_id is not None
             and self._reconnects < self._transport.retry.max_stream_restarts

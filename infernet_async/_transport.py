@@ -326,6 +326,9 @@ class Transport:
         self._extra_headers = dict(headers or {})
         self._caller_session = session
         self._binding: _Binding | None = None
+        # Closed for good (the client's aclose()): nothing builds a session again, and a request
+        # made after, or a stream's reconnect, fails at once instead of retrying.
+        self._closed = False
         # Bindings of other loops that are still open: closed by their own loop's shutdown.
         self._stale: list[_Binding] = []
         if session is not None and session.timeout.total is not None:
@@ -345,11 +348,17 @@ class Transport:
         return self._caller_session is None
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def has_session(self) -> bool:
         return self._caller_session is not None or self._binding is not None
 
     async def session(self) -> aiohttp.ClientSession:
         """The session to use in the running loop, created (or rebuilt for a new loop) on demand."""
+        if self._closed:
+            raise APIConnectionError("the client is closed", request_sent=False)
         if self._caller_session is not None:
             return self._caller_session
         loop = asyncio.get_running_loop()
@@ -378,7 +387,9 @@ class Transport:
         return session
 
     async def aclose(self) -> None:
-        """Close the session we own in this loop; a caller's session is left alone. Idempotent."""
+        """Close the session we own in this loop, for good; a caller's session is left alone.
+        Idempotent."""
+        self._closed = True
         binding, self._binding = self._binding, None
         if binding is None:
             return
@@ -632,6 +643,8 @@ class Transport:
                 finally:
                     resp.release()
             except (APIError, APIConnectionError) as exc:
+                if self._closed:
+                    raise  # the client closed under the request: nothing to retry on
                 attempt += 1
                 hint: float | None = None
                 if isinstance(exc, RateLimitError):

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from infernet_async import (
+    APIConnectionError,
     APITimeoutError,
     Done,
     IncompleteStreamError,
@@ -325,6 +326,32 @@ async def test_a_connection_gone_silent_is_a_dropped_one_for_a_stream_that_recon
                         pass
                 assert info.value.phase == "read" and info.value.partial_text == "Paris is"
     assert (stream.reconnects, len(calls)) == ((1, 2) if reconnect else (0, 1))
+
+
+async def test_closing_the_client_ends_its_streams_for_good() -> None:
+    # App shutdown: client.aclose() while a stream_job (which reconnects) is read, and a stream
+    # made before it but opened after. Neither reconnects, retries or builds a new session.
+    async with DevServer(tokens_per_second=50, time_to_first_token=0, answer_tokens=40) as server:
+        client = client_for(server.base_url, server.token, retry=RetryPolicy())
+        async with client:
+            job = await client.submit(model=MODEL, messages=MSG)
+            reading = client.stream_job(job.id)
+            later = client.stream(model=MODEL, messages=MSG)
+
+            async def read() -> str:
+                async with reading:
+                    return await reading.final_text()
+
+            reader = asyncio.create_task(read())
+            while reading.token_count < 2:
+                await asyncio.sleep(0.01)
+            await client.aclose()
+            with pytest.raises(IncompleteStreamError):
+                await asyncio.wait_for(reader, 2.0)
+            with pytest.raises(APIConnectionError, match="client is closed"):
+                await asyncio.wait_for(later.__aenter__(), 2.0)
+        assert reading.reconnects == 0 and client._transport._binding is None
+        assert [r.path.endswith("/stream") for r in server.requests].count(True) == 1
 
 
 async def test_stream_job_gives_up_after_the_reconnect_budget(server: DevServer) -> None:
@@ -660,6 +687,7 @@ class _ScriptedTransport:
         self.timeouts = timeouts
         self.retry = fast_retry()
         self.max_answer_chars: int | None = None
+        self.closed = False
         self.resp = resp
 
     async def open_stream(
