@@ -53,6 +53,8 @@ _JOB_ID_HEADER = "X-Infernet-Job-Id"
 _NEW, _OPENING, _OPEN, _ENDED, _CLOSED = range(5)
 # The watchdog's mark for a reader interrupted by aclose() rather than by a deadline.
 _CLOSED_PHASE = "closed"
+# How much of a body that is not a stream an error message quotes.
+_EXCERPT_BYTES = 200
 
 
 class TokenStream(AsyncResource):
@@ -439,6 +441,14 @@ class TokenStream(AsyncResource):
                 # The server answered with a job object instead of a stream: follow that job's
                 # stream.
                 resp = await self._follow_job_object(resp)
+            if (
+                not 200 <= resp.status < 300
+                or resp.status == 204
+                or resp.content_type == "text/html"
+            ):
+                # Not a stream at all (a redirect without a target, no content, a captive portal's
+                # page): say what came, not that a stream ended early.
+                raise await _not_a_stream(resp)
         except BaseException as exc:
             self._raise_unwatched(task, cancelling, exc)
         self._unwatch(task)
@@ -827,10 +837,16 @@ class TokenStream(AsyncResource):
                 delay,
             )
             await (retry.sleep or asyncio.sleep)(delay)
-            # The live control plane ignores Last-Event-ID and replays from the start;
-            # the ReplayFilter skips what was delivered.
+            # The live control plane ignores Last-Event-ID and replays from the start; the
+            # ReplayFilter skips what was delivered. So an id no header can carry (SSE ids are any
+            # text) is left out rather than failing the reconnect.
+            headers = (
+                {"Last-Event-ID": last_id}
+                if last_id and last_id.isascii() and last_id.isprintable()
+                else None
+            )
             try:
-                await self._open_job_stream({"Last-Event-ID": last_id} if last_id else None)
+                await self._open_job_stream(headers)
             except (APIError, APIConnectionError) as exc:
                 if isinstance(exc, APITimeoutError) and exc.phase in ("total", "first_token"):
                     raise
@@ -846,6 +862,14 @@ class TokenStream(AsyncResource):
         if cause is not None:
             message = f"{message}: {cause.message}"
         raise IncompleteStreamError(message, partial_text=self.text, job_id=self.job_id) from cause
+
+
+async def _not_a_stream(resp: OpenStream) -> APIError:
+    status, media = resp.status, resp.content_type
+    raw = await read_and_release(resp, limit=_EXCERPT_BYTES)
+    excerpt = raw[:_EXCERPT_BYTES].decode("utf-8", errors="replace").strip()
+    what = f"{status} {media}" + (f": {excerpt!r}" if excerpt else " with no body")
+    return APIError(f"expected an event stream, got {what}", status=status)
 
 
 def _fire_watchdog(ref: weakref.ref[TokenStream]) -> None:

@@ -4,6 +4,7 @@ events, timing, node disconnects (transparent retry, raise, restart), reconnects
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from infernet_async import (
     APIConnectionError,
+    APIError,
     APITimeoutError,
     Done,
     IncompleteStreamError,
@@ -354,6 +356,33 @@ async def test_closing_the_client_ends_its_streams_for_good() -> None:
         assert [r.path.endswith("/stream") for r in server.requests].count(True) == 1
 
 
+@pytest.mark.parametrize("event_id", ["tok-1", "tok\u27131"])
+async def test_a_reconnect_sends_the_last_event_id_only_if_a_header_can_carry_it(
+    event_id: str,
+) -> None:
+    # SSE ids are any text; a header is not: an id it cannot carry is left out, and the replay
+    # from the start is skipped by the filter as usual.
+    def event(ident: str, kind: str, data: dict[str, str]) -> bytes:
+        return f"id: {ident}\nevent: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+    first = [event(event_id, "token", {"text": "Paris"})]
+    replay = [*first, event(event_id + "x", "token", {"text": " is"})]
+    replay.append(event(event_id + "y", "done", {"text": "Paris is"}))
+    calls: list[str | None] = []
+
+    async def handler(request):  # type: ignore[no-untyped-def]
+        calls.append(request.headers.get("Last-Event-ID"))
+        return await sse_handler(first if len(calls) == 1 else replay)(request)
+
+    async with (
+        raw_server(handler) as url,
+        client_for(url) as client,
+        client.stream_job("job_x") as stream,
+    ):
+        assert [t async for t in stream] == ["Paris", " is"]
+    assert calls == [None, event_id if event_id.isascii() else None]
+
+
 async def test_stream_job_gives_up_after_the_reconnect_budget(server: DevServer) -> None:
     server.configure(tokens_per_second=100)
     client = client_for(server.base_url, server.token, retry=fast_retry(max_stream_restarts=1))
@@ -587,6 +616,32 @@ async def test_aclose_during_a_reconnects_backoff_sends_nothing_more() -> None:
             await asyncio.sleep(0.6)  # past the backoff
     assert stream.text == "Paris is" and stream.terminal_reason == "closed"
     assert sum(1 for r in server.requests if r.path.endswith("/stream")) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "media", "body"),
+    [
+        (302, "text/html", "<html>moved somewhere</html>"),  # a redirect with no Location
+        (204, None, ""),
+        (200, "text/html", "<html>captive portal login</html>"),
+    ],
+)
+async def test_an_answer_that_is_not_a_stream_says_what_it_was(
+    status: int, media: str | None, body: str
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if status == 204:
+            return web.Response(status=204)
+        return web.Response(status=status, text=body, content_type=media)
+
+    async with raw_server(handler) as url, client_for(url) as client:
+        with pytest.raises(APIError, match=f"expected an event stream, got {status}") as info:
+            async with client.stream(model=MODEL, messages=MSG) as stream:
+                await stream.final_text()
+        assert info.value.status == status and (body[:20] in str(info.value))
+        binding = client._transport._binding
+        assert binding is not None and binding.pool.in_use == 0
 
 
 async def test_cancelling_an_open_under_a_deadline_stays_a_cancellation() -> None:
