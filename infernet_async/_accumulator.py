@@ -120,64 +120,86 @@ class ReplayDiverged(Exception):
     """The replayed stream is not the text that was delivered (the job restarted elsewhere)."""
 
 
+def _is_after(event_id: str | None, last_id: str | None) -> bool:
+    """Whether ``event_id`` comes after ``last_id``: known only when both are numbers."""
+    if event_id is None or last_id is None:
+        return False
+    try:
+        return int(event_id) > int(last_id)
+    except ValueError:
+        return False
+
+
 class ReplayFilter:
     """Skips the replay of what was already delivered, after a reconnect to the same job.
 
     The control plane replays a job's stream from its start (the live one ignores
-    ``Last-Event-ID``). Tokens up to the last delivered event id are skipped by id (typed
-    dialect); after that, and in the data-only dialect, replayed token text is matched against the
-    delivered text, because a finished job replays as one event holding its whole text: only the
-    part beyond what was delivered gets through. Job and meta events of the replay are dropped.
+    ``Last-Event-ID``), so every replayed token must match the delivered text where it falls:
+    matching tokens are skipped, one that runs past the delivered text is trimmed to the part
+    beyond it (a finished job replays as one event holding its whole text), and one that
+    contradicts it raises ``ReplayDiverged``. The text decides, not the ids: a job that ran again
+    after a re-queue may replay new opaque ids, or reuse numeric ones for other text, and
+    skipping by id alone would splice two attempts. Ids decide one thing only: when the first
+    token is numbered after the last delivered one and its text cannot be a replay, the server
+    honoured ``Last-Event-ID`` and resumed after it, so what follows is new. A ``done`` that
+    comes before the replay has caught up, or whose whole text does not begin with the delivered
+    text, raises ``ReplayDiverged``: ``finished`` must mean a whole answer. Job and meta events of
+    the replay are dropped.
     """
 
-    __slots__ = ("_delivered", "_last_id", "_matched", "_seen_last", "done")
+    __slots__ = ("_delivered", "_last_id", "_matched", "_resumed", "done")
 
     def __init__(self, delivered: str, last_id: str | None = None) -> None:
         self._delivered = delivered
         self._last_id = last_id
         self._matched = 0
-        self._seen_last = False
+        self._resumed = False
         self.done = False
-        """True once the replay caught up: every later event passes untouched."""
+        """True once nothing is left to check: every later event passes untouched."""
 
-    def _id_replayed(self, event_id: str | None) -> bool:
-        if self._last_id is None or event_id is None or self._seen_last:
-            return False
-        try:
-            return int(event_id) <= int(self._last_id)
-        except ValueError:
-            # Opaque ids: everything up to and including the last delivered one is a replay.
-            if event_id == self._last_id:
-                self._seen_last = True
-            return True
+    def _diverged(self, what: str) -> ReplayDiverged:
+        return ReplayDiverged(
+            f"{what} ({self._matched} of the {len(self._delivered)} delivered chars matched)"
+        )
 
     def feed(self, event: StreamEvent) -> StreamEvent | None:
         """The event to hand out (a ``Token`` may come back trimmed), or ``None`` to skip it.
 
         Raises:
-            ReplayDiverged: a replayed token contradicts the delivered text.
+            ReplayDiverged: a replayed token, or the end of the replay, contradicts the
+                delivered text.
         """
         if self.done:
             return event
-        if isinstance(event, Done | ErrorEvent):
+        if isinstance(event, Done):
+            if not self._resumed and self._matched < len(self._delivered):
+                raise self._diverged("the replay ended")
+            if event.text is not None and not event.text.startswith(self._delivered):
+                raise self._diverged("the replay's whole text differs")
             self.done = True
+            return event
+        if isinstance(event, ErrorEvent):
+            self.done = True
+            return event
+        if self._resumed:
+            # Stays on until the end, for the ``done`` text to confirm that the server resumed
+            # and the job did not run again with higher ids (rare: only servers that honour
+            # ``Last-Event-ID``, which the live control plane does not).
             return event
         if not isinstance(event, Token):
             return None
-        if self._id_replayed(event.id):
-            self._matched += len(event.text)
-            return None
-        remaining = self._delivered[self._matched :]
-        if not remaining:
+        delivered, matched, text = self._delivered, self._matched, event.text
+        if matched == len(delivered):
             self.done = True
             return event
-        if remaining.startswith(event.text):
-            self._matched += len(event.text)
+        if delivered.startswith(text, matched):
+            self._matched = matched + len(text)
             return None
-        if event.text.startswith(remaining):
+        if text.startswith(delivered[matched:]):
             self.done = True
-            fresh = event.text[len(remaining) :]
+            fresh = text[len(delivered) - matched :]
             return Token(fresh, event.id) if fresh else None
-        raise ReplayDiverged(
-            f"replayed text diverges after {self._matched} of {len(self._delivered)} chars"
-        )
+        if matched == 0 and _is_after(event.id, self._last_id):
+            self._resumed = True
+            return event
+        raise self._diverged("the replayed text differs")

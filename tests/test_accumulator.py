@@ -1,11 +1,19 @@
-"""The sans-IO partial-response state and the replay filter, without sockets."""
+"""The sans-IO partial-response state and the replay filter, without sockets; then, over loopback,
+what ``stream_job`` makes of a typed replay after a dropped connection."""
 
 from __future__ import annotations
 
-import pytest
+import json
+from collections.abc import Sequence
 
+import pytest
+from aiohttp import web
+
+from infernet_async import IncompleteStreamError
 from infernet_async._accumulator import Accumulator, ReplayDiverged, ReplayFilter
-from infernet_async.events import Done, ErrorEvent, JobInfo, Meta, Token
+from infernet_async.events import Done, ErrorEvent, JobInfo, Meta, StreamEvent, Token
+
+from .client_support import client_for, raw_server, sse_handler
 
 
 def test_text_is_everything_added_and_joins_incrementally() -> None:
@@ -54,18 +62,18 @@ def test_restart_discards_the_attempt_and_counts_it() -> None:
     assert acc.text == "new" and acc.finished and acc.chars == 3
 
 
-def _run(filt: ReplayFilter, events: list[object]) -> list[object]:
+def _run(filt: ReplayFilter, events: Sequence[StreamEvent]) -> list[StreamEvent]:
     out = []
     for event in events:
-        got = filt.feed(event)  # type: ignore[arg-type]
+        got = filt.feed(event)
         if got is not None:
             out.append(got)
     return out
 
 
-def test_replay_skipped_by_id_in_the_typed_dialect() -> None:
+def test_replay_of_the_same_attempt_is_skipped_in_the_typed_dialect() -> None:
     filt = ReplayFilter("AA", last_id="3")
-    replay = [
+    replay: list[StreamEvent] = [
         JobInfo("job_1"),
         Meta(id="1"),
         Token("A", "2"),
@@ -79,7 +87,7 @@ def test_replay_skipped_by_id_in_the_typed_dialect() -> None:
 
 def test_replay_skipped_by_text_in_the_data_dialect() -> None:
     filt = ReplayFilter("Paris is")
-    replay = [Token("Paris"), Token(" is"), Token(" the"), Done()]
+    replay: list[StreamEvent] = [Token("Paris"), Token(" is"), Token(" the"), Done()]
     assert _run(filt, replay) == [Token(" the"), Done()]
 
 
@@ -92,7 +100,7 @@ def test_a_finished_jobs_whole_text_is_trimmed_to_the_rest() -> None:
 
 def test_opaque_ids_skip_up_to_the_last_delivered_one() -> None:
     filt = ReplayFilter("ab", last_id="x2")
-    replay = [Token("a", "x1"), Token("b", "x2"), Token("c", "x3")]
+    replay: list[StreamEvent] = [Token("a", "x1"), Token("b", "x2"), Token("c", "x3")]
     assert _run(filt, replay) == [Token("c", "x3")]
 
 
@@ -107,3 +115,210 @@ def test_errors_pass_through_a_replay() -> None:
     filt = ReplayFilter("Paris")
     error = ErrorEvent("node_disconnected", "gone")
     assert filt.feed(error) is error and filt.done
+
+
+# -- a replay that is not the delivered text (typed dialect: ids do not vouch for the text) --------
+
+
+def test_a_new_attempt_with_new_opaque_ids_is_not_skipped_blindly() -> None:
+    # The job ran again: the last delivered id never comes back, so skipping "up to it" would
+    # swallow the whole new answer and let ``done`` through.
+    filt = ReplayFilter("Paris is", last_id="a-2")
+    assert filt.feed(JobInfo("job_1")) is None
+    with pytest.raises(ReplayDiverged):
+        filt.feed(Token("Lyon", "b-1"))
+
+
+def test_reused_numeric_ids_with_equal_lengths_are_not_spliced() -> None:
+    filt = ReplayFilter("Paris is", last_id="2")
+    with pytest.raises(ReplayDiverged):
+        filt.feed(Token("Lyons", "1"))  # as long as "Paris", and numbered as it was
+
+
+def test_a_reused_id_carrying_other_text_later_in_the_replay_diverges() -> None:
+    filt = ReplayFilter("Paris is", last_id="2")
+    assert filt.feed(Token("Paris", "1")) is None
+    with pytest.raises(ReplayDiverged):
+        filt.feed(Token(" be", "2"))
+
+
+@pytest.mark.parametrize(
+    ("last_id", "ids"),
+    [(None, (None, None)), ("3", ("1", "4")), ("a-3", ("a-1", "a-4"))],
+    ids=["data", "numeric", "opaque"],
+)
+def test_done_before_the_replay_caught_up_diverges(
+    last_id: str | None, ids: tuple[str | None, str | None]
+) -> None:
+    # The replay ended short of what was delivered: that is not the answer the caller saw.
+    filt = ReplayFilter("Paris is the", last_id=last_id)
+    assert filt.feed(Token("Paris", ids[0])) is None
+    with pytest.raises(ReplayDiverged, match="ended"):
+        filt.feed(Done(id=ids[1]))
+
+
+def test_done_whose_whole_text_contradicts_the_delivered_text_diverges() -> None:
+    filt = ReplayFilter("Paris is", last_id="2")
+    assert _run(filt, [Token("Paris", "1"), Token(" is", "2")]) == []
+    with pytest.raises(ReplayDiverged, match="whole text"):
+        filt.feed(Done("Lyon is", "stop", "3"))
+
+
+def test_done_whose_whole_text_begins_with_the_delivered_text_passes() -> None:
+    filt = ReplayFilter("Paris is", last_id="2")
+    done = Done("Paris is", "stop", "3")
+    assert _run(filt, [Token("Paris", "1"), Token(" is", "2"), done]) == [done]
+    assert filt.done
+
+
+# -- legitimate replays and resumes --------------------------------------------------------------
+
+
+def test_the_same_attempt_with_opaque_ids_hands_out_only_the_rest() -> None:
+    filt = ReplayFilter("Paris is", last_id="a-2")
+    done = Done("Paris is nice.", "stop", "a-4")
+    replay: list[StreamEvent] = [
+        Meta(id="a-0"),
+        Token("Paris", "a-1"),
+        Token(" is", "a-2"),
+        Token(" nice.", "a-3"),
+    ]
+    assert _run(filt, [*replay, done]) == [Token(" nice.", "a-3"), done]
+
+
+def test_reused_numeric_ids_with_the_same_text_replay_cleanly() -> None:
+    # The job ran again and said the same thing: nothing is lost and nothing is repeated.
+    filt = ReplayFilter("Paris is", last_id="2")
+    done = Done("Paris is big.", "stop", "4")
+    replay: list[StreamEvent] = [Token("Paris", "1"), Token(" is", "2"), Token(" big.", "3"), done]
+    assert _run(filt, replay) == [Token(" big.", "3"), done]
+
+
+def test_a_new_attempt_with_higher_ids_and_the_same_text_is_matched_by_text() -> None:
+    # Higher ids alone do not prove a resume: a re-run numbered after the old one replays its
+    # text from the start, which is skipped, not handed out twice.
+    filt = ReplayFilter("Paris is", last_id="2")
+    replay: list[StreamEvent] = [Token("Paris", "11"), Token(" is", "12"), Token(" big.", "13")]
+    assert _run(filt, replay) == [Token(" big.", "13")]
+
+
+def test_a_finished_job_replayed_as_one_later_numbered_event_is_trimmed() -> None:
+    filt = ReplayFilter("Paris is", last_id="2")
+    replay: list[StreamEvent] = [
+        Meta(id="0"),
+        Token("Paris is big.", "3"),
+        Done("Paris is big.", "stop", "4"),
+    ]
+    assert _run(filt, replay) == [Token(" big.", "3"), Done("Paris is big.", "stop", "4")]
+
+
+def test_a_server_that_resumes_after_last_event_id_is_followed() -> None:
+    # Honouring Last-Event-ID, the server sends only what comes after it: nothing is replayed,
+    # and the filter must not wait for a replay that will not come.
+    filt = ReplayFilter("Paris is", last_id="2")
+    done = Done("Paris is big.", "stop", "4")
+    assert _run(filt, [Token(" big.", "3"), done]) == [Token(" big.", "3"), done]
+    assert filt.done
+
+
+def test_a_resume_is_still_checked_against_the_whole_text() -> None:
+    # A re-run numbered after the old attempt looks like a resume until its done says otherwise.
+    filt = ReplayFilter("Paris is", last_id="2")
+    assert filt.feed(Token("Lyon", "11")) == Token("Lyon", "11")
+    assert not filt.done
+    with pytest.raises(ReplayDiverged, match="whole text"):
+        filt.feed(Done("Lyon is big.", "stop", "14"))
+
+
+def test_a_data_only_replay_ending_with_a_bare_done_passes() -> None:
+    filt = ReplayFilter("Paris is")
+    assert _run(filt, [Token("Paris"), Token(" is"), Done()]) == [Done()]
+
+
+def test_nothing_delivered_passes_everything() -> None:
+    filt = ReplayFilter("", last_id="1")
+    assert _run(filt, [Meta(id="1"), Token("A", "2"), Done("A", "stop", "3")]) == [
+        Token("A", "2"),
+        Done("A", "stop", "3"),
+    ]
+
+
+# -- end to end: stream_job reconnecting to a typed stream -----------------------------------------
+
+
+def _typed(*events: tuple[str, str, dict[str, str]]) -> list[bytes | float]:
+    return [
+        f"id: {i}\nevent: {kind}\ndata: {json.dumps(body)}\n\n".encode() for i, kind, body in events
+    ]
+
+
+async def _reconnect(
+    first: list[bytes | float], second: list[bytes | float]
+) -> tuple[list[str], list[str | None], str, bool]:
+    """Tokens handed out, the Last-Event-ID of each GET, the text and ``finished``; raises what
+    the stream raises."""
+    calls: list[str | None] = []
+    first_handler, second_handler = sse_handler(first), sse_handler(second)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        calls.append(request.headers.get("Last-Event-ID"))
+        return await (first_handler if len(calls) == 1 else second_handler)(request)
+
+    async with raw_server(handler) as url:
+        client = client_for(url)
+        async with client, client.stream_job("job_x") as stream:
+            tokens = [token async for token in stream]
+    return tokens, calls, stream.text, stream.finished
+
+
+_OLD = _typed(("a-1", "token", {"text": "Paris"}), ("a-2", "token", {"text": " is"}))
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        _typed(
+            ("b-1", "token", {"text": "Lyon"}),
+            ("b-2", "token", {"text": " is a city."}),
+            ("b-3", "done", {"text": "Lyon is a city.", "reason": "stop"}),
+        ),
+        _typed(
+            ("1", "token", {"text": "Lyons"}),
+            ("2", "token", {"text": " is"}),
+            ("3", "token", {"text": " big."}),
+            ("4", "done", {"text": "Lyons is big.", "reason": "stop"}),
+        ),
+        _typed(("a-1", "token", {"text": "Paris"}), ("a-3", "done", {"text": "Paris is"})),
+    ],
+    ids=["new-opaque-ids", "reused-numeric-ids", "done-before-caught-up"],
+)
+async def test_a_typed_replay_that_is_not_the_delivered_text_raises(
+    second: list[bytes | float],
+) -> None:
+    with pytest.raises(IncompleteStreamError, match="differs") as info:
+        await _reconnect(_OLD, second)
+    assert info.value.partial_text == "Paris is"
+
+
+async def test_a_typed_replay_of_the_same_attempt_with_opaque_ids_completes() -> None:
+    second = [
+        *_OLD,
+        *_typed(
+            ("a-3", "token", {"text": " nice."}),
+            ("a-4", "done", {"text": "Paris is nice.", "reason": "stop"}),
+        ),
+    ]
+    tokens, calls, text, finished = await _reconnect(_OLD, second)
+    assert tokens == ["Paris", " is", " nice."] and text == "Paris is nice." and finished
+    assert calls == [None, "a-2"]
+
+
+async def test_a_server_honouring_last_event_id_is_followed_to_the_end() -> None:
+    first = _typed(("1", "token", {"text": "Paris"}), ("2", "token", {"text": " is"}))
+    rest = _typed(
+        ("3", "token", {"text": " big."}),
+        ("4", "done", {"text": "Paris is big.", "reason": "stop"}),
+    )
+    tokens, calls, text, finished = await _reconnect(first, rest)
+    assert tokens == ["Paris", " is", " big."] and text == "Paris is big." and finished
+    assert calls == [None, "2"]
