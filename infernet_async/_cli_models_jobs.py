@@ -1,8 +1,10 @@
 """The ``models`` and ``jobs list|show|wait`` subcommands: the REST side of the API, as tables or
 JSON.
 
-Tables are for people (aligned columns, ``-`` for a missing value); ``--json`` prints the API's
-objects as they came, unknown fields included, for scripts.
+Tables are for people (aligned columns, ``-`` for a missing value); ``--json`` is for scripts: the
+SDK's models of the API's objects (``Job``, ``ModelInfo``) as JSON, the same keys whichever dialect
+the control plane speaks (the live plane's ``model_name`` is ``model``), every documented field
+present (``null`` when the server left it out), unknown fields kept.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
+_JSON_HELP = "print JSON: the SDK's models, the same keys on every control plane"
+
 
 def _positive_float(text: str) -> float:
     try:
@@ -46,7 +50,7 @@ def register(subparsers: Any) -> None:
     models: argparse.ArgumentParser = subparsers.add_parser(
         "models", help="list the models that have an online node"
     )
-    models.add_argument("--json", action="store_true", help="print the API's JSON")
+    models.add_argument("--json", action="store_true", help=_JSON_HELP)
     add_connection_arguments(models)
     models.set_defaults(handler=lambda args: run(lambda: _models(args)))
 
@@ -61,13 +65,13 @@ def register(subparsers: Any) -> None:
         "--status", choices=("pending", "processing", "completed", "failed"), help="filter"
     )
     list_.add_argument("--since", metavar="ISO8601", help="only jobs created after this time")
-    list_.add_argument("--json", action="store_true", help="print the API's JSON")
+    list_.add_argument("--json", action="store_true", help=_JSON_HELP)
     add_connection_arguments(list_)
     list_.set_defaults(handler=lambda args: run(lambda: _jobs_list(args)))
 
     show = actions.add_parser("show", help="one job's status and result")
     show.add_argument("job_id", metavar="JOB_ID")
-    show.add_argument("--json", action="store_true", help="print the API's JSON")
+    show.add_argument("--json", action="store_true", help=_JSON_HELP)
     add_connection_arguments(show)
     show.set_defaults(handler=lambda args: run(lambda: _jobs_show(args)))
 
@@ -79,7 +83,7 @@ def register(subparsers: Any) -> None:
     wait.add_argument(
         "--poll-interval", type=_positive_float, default=0.5, metavar="S", help="first poll delay"
     )
-    wait.add_argument("--json", action="store_true", help="print the API's JSON")
+    wait.add_argument("--json", action="store_true", help=_JSON_HELP)
     add_connection_arguments(wait)
     wait.set_defaults(handler=lambda args: run(lambda: _jobs_wait(args)))
 

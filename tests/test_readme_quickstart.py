@@ -38,3 +38,22 @@ async def test_the_opening_example_prints_what_the_readme_says() -> None:
             stdout, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()
     assert stdout.decode() == expected.rstrip("\n")
+
+
+def _local_control_plane_snippet() -> str:
+    text = README.read_text()
+    section = text.index("## Local control plane")
+    code = re.search(r"```python\n(.*?)```", text[section:], re.DOTALL)
+    assert code is not None, "README.md's Local control plane section has no python example"
+    return code.group(1)
+
+
+async def test_the_local_control_plane_snippet_runs_as_printed() -> None:
+    # Written for a notebook (top-level await): run as the body of a coroutine.
+    body = "".join(
+        f"    {line}\n" if line else "\n" for line in _local_control_plane_snippet().split("\n")
+    )
+    namespace: dict[str, object] = {}
+    exec(f"async def snippet():\n{body}", namespace)
+    async with asyncio.timeout(30):
+        await namespace["snippet"]()  # type: ignore[operator]
