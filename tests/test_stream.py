@@ -408,7 +408,8 @@ async def test_stream_with_reconnect_opt_in_resumes_via_the_job_stream(
 
 
 async def test_typed_resume_skips_by_event_id() -> None:
-    """Ids decide in the typed dialect: the replay's first events are skipped by id alone."""
+    """The typed dialect's replay is skipped where it matches what was delivered (its texts, not
+    only its ids), and the reconnect names the last event delivered."""
     first = [
         b'event: job\ndata: {"id": "job_x", "status": "processing"}\n\n',
         b'id: 1\nevent: meta\ndata: {"provider_node_id": "n"}\n\n',
