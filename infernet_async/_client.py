@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from ssl import SSLContext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
+
+from pydantic import TypeAdapter, ValidationError
 
 from ._config import (
     RetryPolicy,
@@ -40,7 +43,7 @@ from ._resource import AsyncResource
 from ._retry import backoff_delay
 from ._stream import NodeDisconnectPolicy, TokenStream
 from ._transport import DEFAULT_MAX_ANSWER_CHARS, Transport, job_path, validate_job_id
-from .errors import APITimeoutError, JobFailedError, JobTimeoutError
+from .errors import APIError, APITimeoutError, JobFailedError, JobTimeoutError
 from .models import (
     JOB_ADAPTER,
     JOB_LIST_ADAPTER,
@@ -59,6 +62,13 @@ __all__ = ["InfernetClient"]
 logger = logging.getLogger("infernet_async")
 
 MessageLike = Message | Mapping[str, Any]
+
+_T = TypeVar("_T")
+
+# How much of a malformed answer an error message shows: enough to see what is wrong, short enough
+# for a log line.
+_EXCERPT_LIMIT = 200
+_PROBLEMS_SHOWN = 3
 
 
 class _State(enum.Enum):
@@ -329,14 +339,12 @@ class InfernetClient(AsyncResource):
         body = self._chat_body(
             model, messages, max_tokens, temperature, top_p, node_id, stream=False, extra=extra
         )
-        data = await self._transport.request_json("POST", "/jobs", json_body=body)
-        return JOB_ADAPTER.validate_python(data)
+        return await self._request_model(JOB_ADAPTER, "job", "POST", "/jobs", json_body=body)
 
     async def get_job(self, job_id: str) -> Job:
         """The job's current state and, once completed, its result."""
         self._ensure_open()
-        data = await self._transport.request_json("GET", job_path(job_id))
-        return JOB_ADAPTER.validate_python(data)
+        return await self._request_model(JOB_ADAPTER, "job", "GET", job_path(job_id))
 
     async def wait_job(
         self,
@@ -362,8 +370,12 @@ class InfernetClient(AsyncResource):
             raise ValueError("need 0 < poll_interval <= max_poll_interval")
         limit = timeout if timeout is not None else self.timeouts.total
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit if limit is not None else None
+        start = loop.time()
+        deadline = start + limit if limit is not None else None
         interval = poll_interval
+        # Set once a sleep has been cut short to end at the deadline: the poll after it is the last,
+        # even if the timer fired a clock tick early.
+        last_poll = False
         while True:
             job = await self.get_job(job_id)
             if job.status == "completed":
@@ -376,18 +388,29 @@ class InfernetClient(AsyncResource):
                     code=job.error,
                     job=job,
                 )
-            if deadline is not None and loop.time() + interval > deadline:
-                raise APITimeoutError(
-                    f"job {job_id} still {job.status} after {limit} s", job_id=job_id, phase="wait"
-                )
-            await asyncio.sleep(interval)
+            delay = interval
+            if deadline is not None:
+                now = loop.time()
+                if last_poll or now >= deadline:
+                    # Only after a poll at or past the deadline: giving up when the next sleep
+                    # would overrun it quit up to max_poll_interval early.
+                    raise APITimeoutError(
+                        f"job {job_id} still {job.status} after {now - start:.2f} s "
+                        f"(timeout {limit} s)",
+                        job_id=job_id,
+                        phase="wait",
+                    )
+                if now + delay >= deadline:
+                    delay = deadline - now
+                    last_poll = True
+            await asyncio.sleep(delay)
             interval = min(interval * 1.5, max_poll_interval)
 
     async def list_models(self) -> list[ModelInfo]:
         """Models with at least one online node."""
         self._ensure_open()
-        data = await self._transport.request_json("GET", "/models")
-        return MODEL_LIST_ADAPTER.validate_python(data).models
+        models = await self._request_model(MODEL_LIST_ADAPTER, "model list", "GET", "/models")
+        return models.models
 
     async def list_jobs(
         self,
@@ -413,8 +436,10 @@ class InfernetClient(AsyncResource):
                     since = since.replace(tzinfo=UTC)
                 since = since.isoformat()
             params["since"] = since
-        data = await self._transport.request_json("GET", "/jobs", params=params)
-        return JOB_LIST_ADAPTER.validate_python(data).jobs
+        jobs = await self._request_model(
+            JOB_LIST_ADAPTER, "job list", "GET", "/jobs", params=params
+        )
+        return jobs.jobs
 
     # -- fan-out -----------------------------------------------------------------------------------
 
@@ -482,6 +507,46 @@ class InfernetClient(AsyncResource):
 
     # -- helpers -----------------------------------------------------------------------------------
 
+    async def _request_model(
+        self,
+        adapter: TypeAdapter[_T],
+        what: str,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> _T:
+        """Send a request (with retries) and validate its JSON body as ``adapter``'s type.
+
+        A success answer whose body is not JSON, or JSON of the wrong shape, is an ``APIError``
+        with the answer's status: never a bare ``ValueError`` or pydantic ``ValidationError``.
+        """
+        # Not Transport.request_json: it returns the body alone, and the error needs the status.
+        resp, raw = await self._transport._with_retries(
+            method, path, json_body=json_body, params=params, stream=False, read_body=True
+        )
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            excerpt = raw[:_EXCERPT_LIMIT].decode("utf-8", errors="replace")
+            raise APIError(
+                f"the server answered {resp.status} with a body that is not JSON: {excerpt!r}",
+                status=resp.status,
+            ) from exc
+        try:
+            return adapter.validate_python(data)
+        except ValidationError as exc:
+            # ``from None``: pydantic's own message quotes the offending values, and a body of the
+            # wrong shape may be an echo of the request, bearer token included. The message names
+            # the fields and the JSON types found instead; the body itself stays on ``.body``.
+            raise APIError(
+                f"the server answered {resp.status} with a {what} of the wrong shape: "
+                f"{_shape_problems(exc, data)}",
+                status=resp.status,
+                body=data,
+            ) from None
+
     @staticmethod
     def _chat_body(
         model: str,
@@ -515,3 +580,54 @@ class InfernetClient(AsyncResource):
         if not request.messages:
             raise ValueError("messages must not be empty")
         return request.to_json()
+
+
+_JSON_TYPE_NAMES: dict[type, str] = {
+    type(None): "null",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+}
+
+
+def _field_path(loc: tuple[int | str, ...], data: Any, *, missing: bool) -> str:
+    """The part of a pydantic error location that names a place in ``data``.
+
+    Pydantic adds the member it tried to a union's location (``status.str``); following the
+    location through the body drops those, so each field is named once.
+    """
+    parts: list[str] = []
+    node = data
+    for part in loc:
+        found = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        )
+        if not found:
+            if missing and isinstance(node, dict):
+                parts.append(str(part))
+            break
+        node = node[part]
+        parts.append(str(part))
+    return ".".join(parts) or "body"
+
+
+def _shape_problems(exc: ValidationError, data: Any) -> str:
+    """What was wrong with a body, as ``field: problem (got <JSON type>)``, values left out."""
+    by_field: dict[str, str] = {}
+    for error in exc.errors(include_url=False, include_context=False):
+        missing = error["type"] == "missing"
+        problem = error["msg"]
+        if not missing:  # a missing field's input is its parent: no news there
+            problem += f" (got {_JSON_TYPE_NAMES.get(type(error['input']), 'a value')})"
+        # Of a union's members, the last one tried is the most general (``str`` for a status).
+        by_field[_field_path(error["loc"], data, missing=missing)] = problem
+    problems = [f"{field}: {problem}" for field, problem in by_field.items()]
+    if len(problems) > _PROBLEMS_SHOWN:
+        problems[_PROBLEMS_SHOWN:] = [f"{len(problems) - _PROBLEMS_SHOWN} more"]
+    text = "; ".join(problems)
+    if len(text) > _EXCERPT_LIMIT:
+        text = text[: _EXCERPT_LIMIT - 1] + "…"
+    return text

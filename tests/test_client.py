@@ -6,20 +6,24 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 import threading
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from infernet_async import (
     APIConnectionError,
+    APIError,
     APITimeoutError,
     AuthenticationError,
     IncompleteStreamError,
     InfernetClient,
+    InfernetError,
     Job,
     JobFailedError,
     JobTimeoutError,
@@ -358,3 +362,112 @@ async def test_timeouts_reach_the_client(server: DevServer) -> None:
     timeouts = Timeouts(connect=1, read=2, first_token=3, stall=4, total=5)
     client = InfernetClient(server.base_url, token=server.token, timeouts=timeouts)
     assert client.timeouts == timeouts and client._transport.timeouts is timeouts
+
+
+# -- wait_job's deadline ---------------------------------------------------------------------------
+
+
+def _job_server(done_at: list[float], polls: list[float]) -> Callable[[web.Request], Any]:
+    """A job that is ``processing`` until the loop's clock reaches ``done_at[0]`` (never while
+    ``done_at`` is empty); records the loop time of every poll."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        now = asyncio.get_running_loop().time()
+        polls.append(now)
+        done = bool(done_at) and now >= done_at[0]
+        return web.json_response({"id": "job_1", "status": "completed" if done else "processing"})
+
+    return handler
+
+
+async def test_wait_job_polls_once_more_at_its_deadline() -> None:
+    # Polls at 0 and 0.3 s see it processing; the next sleep (0.45 s) would pass the 0.5 s deadline,
+    # so the wait sleeps 0.2 s and polls at the deadline, after the job completed at 0.4 s. (It used
+    # to give up at 0.3 s, saying "after 0.5 s".)
+    polls: list[float] = []
+    done_at: list[float] = []
+    async with raw_server(_job_server(done_at, polls)) as url, client_for(url) as client:
+        t0 = asyncio.get_running_loop().time()
+        done_at.append(t0 + 0.4)
+        job = await client.wait_job("job_1", poll_interval=0.3, max_poll_interval=1.0, timeout=0.5)
+    assert job.status == "completed" and polls[-1] >= t0 + 0.4
+
+
+async def test_wait_job_times_out_only_after_a_poll_at_its_deadline() -> None:
+    polls: list[float] = []
+    loop = asyncio.get_running_loop()
+    async with raw_server(_job_server([], polls)) as url, client_for(url) as client:
+        t0 = loop.time()
+        with pytest.raises(APITimeoutError) as info:
+            await client.wait_job("job_1", poll_interval=0.1, max_poll_interval=0.1, timeout=0.25)
+        elapsed = loop.time() - t0
+    assert info.value.phase == "wait" and info.value.job_id == "job_1"
+    # Polls at 0, 0.1, 0.2 and the last one at the deadline, not a sleep's length before it (it
+    # used to give up after the poll at 0.2 s). 5 ms: a timer may fire a clock tick early.
+    assert polls[-1] >= t0 + 0.25 - 0.005
+    # The message says how long the wait really took, and the timeout it was given.
+    match = re.search(r"still processing after (\d+\.\d+) s \(timeout 0\.25 s\)", str(info.value))
+    assert match is not None, str(info.value)
+    assert 0.245 <= float(match.group(1)) <= elapsed + 0.005
+
+
+# -- answers of the wrong shape --------------------------------------------------------------------
+
+_CALLS: dict[str, Callable[[InfernetClient], Awaitable[object]]] = {
+    "get_job": lambda c: c.get_job("job_1"),
+    "submit": lambda c: c.submit(model=MODEL, messages=MSG),
+    "wait_job": lambda c: c.wait_job("job_1", poll_interval=0.01, timeout=1),
+    "list_models": lambda c: c.list_models(),
+    "list_jobs": lambda c: c.list_jobs(),
+}
+
+_JOB_BODIES: list[tuple[object, str]] = [
+    ({"id": "job_1", "status": None}, "status: Input should be a valid string (got null)"),
+    ({"job": {"id": "job_1", "status": "pending"}}, "id: Field required; status: Field required"),
+    ([], "body: Input should be a valid dictionary"),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "body", "problem"),
+    [
+        *(
+            (call, body, problem)
+            for call in ("get_job", "submit", "wait_job")
+            for body, problem in _JOB_BODIES
+        ),
+        ("list_models", [], "body: Input should be a valid dictionary"),
+        ("list_models", {"models": [{"nodes": 1}]}, "models.0.id: Field required"),
+        ("list_jobs", {"jobs": [{"id": "job_1"}]}, "jobs.0.status: Field required"),
+        ("list_jobs", {"jobs": {"id": "job_1"}}, "jobs: Input should be a valid list (got object)"),
+    ],
+)
+async def test_an_answer_of_the_wrong_shape_is_an_api_error(
+    call: str, body: object, problem: str
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response(body)
+
+    async with raw_server(handler) as url, client_for(url) as client:
+        with pytest.raises(APIError) as info:
+            await _CALLS[call](client)
+    err = info.value
+    assert isinstance(err, InfernetError) and type(err) is APIError
+    assert err.status == 200 and err.body == body
+    assert "with a" in err.message and "of the wrong shape: " + problem in err.message
+
+
+async def test_a_wrong_shape_error_keeps_the_real_status_and_never_the_token() -> None:
+    # A body of the wrong shape may echo the request (an httpbin-like endpoint behind a wrong base
+    # URL): the token in it must not reach the message or the traceback.
+    async def handler(request: web.Request) -> web.StreamResponse:
+        echo = {"headers": {"Authorization": request.headers.get("Authorization", "")}}
+        return web.json_response(echo, status=201)
+
+    async with raw_server(handler) as url, client_for(url, token=CANARY) as client:
+        with pytest.raises(APIError) as info:
+            await client.submit(model=MODEL, messages=MSG)
+    err = info.value
+    assert err.status == 201 and "id: Field required" in str(err)
+    for text in (str(err), repr(err), *traceback.format_exception(err)):
+        assert CANARY not in text
