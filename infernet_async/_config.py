@@ -156,8 +156,9 @@ class RetryPolicy:
             backoff_max)``, jittered down by up to half.
         backoff_max: the backoff cap.
         max_retry_after: the longest server-requested wait (``Retry-After`` and friends) we honour;
-            a longer one raises ``RateLimitError`` at once, with ``retry_after`` set, instead of
-            sleeping.
+            a longer one raises the error at once instead of sleeping: a 429's ``RateLimitError``
+            with ``retry_after`` set, a 503's ``NoCapacityError`` with the ``Retry-After`` header
+            in its ``headers``.
         max_stream_restarts: how many times a stream follows a re-queued job after
             ``node_disconnected``, and how many times ``stream_job`` reconnects after a dropped
             connection.
