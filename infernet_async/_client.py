@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -274,9 +273,9 @@ class InfernetClient(AsyncResource):
         """Stream a submitted job's tokens (``GET /jobs/{id}/stream``).
 
         After a dropped connection it reconnects (up to ``RetryPolicy.max_stream_restarts`` times),
-        sends ``Last-Event-ID``, and skips the events already delivered: by event id in the typed
-        dialect, by token count in the data-only one (the live control plane replays a job's stream
-        from its start).
+        sends ``Last-Event-ID``, and skips the replayed tokens that match the text already
+        delivered (the live control plane replays a job's stream from its start); a replay that
+        differs (the job ran again and said something else) raises ``IncompleteStreamError``.
         """
         self._ensure_open()
         validate_job_id(job_id)
@@ -522,18 +521,9 @@ class InfernetClient(AsyncResource):
         A success answer whose body is not JSON, or JSON of the wrong shape, is an ``APIError``
         with the answer's status: never a bare ``ValueError`` or pydantic ``ValidationError``.
         """
-        # Not Transport.request_json: it returns the body alone, and the error needs the status.
-        resp, raw = await self._transport._with_retries(
-            method, path, json_body=json_body, params=params, stream=False, read_body=True
+        status, data = await self._transport.request_json(
+            method, path, json_body=json_body, params=params
         )
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            excerpt = raw[:_EXCERPT_LIMIT].decode("utf-8", errors="replace")
-            raise APIError(
-                f"the server answered {resp.status} with a body that is not JSON: {excerpt!r}",
-                status=resp.status,
-            ) from exc
         try:
             return adapter.validate_python(data)
         except ValidationError as exc:
@@ -541,9 +531,9 @@ class InfernetClient(AsyncResource):
             # wrong shape may be an echo of the request, bearer token included. The message names
             # the fields and the JSON types found instead; the body itself stays on ``.body``.
             raise APIError(
-                f"the server answered {resp.status} with a {what} of the wrong shape: "
+                f"the server answered {status} with a {what} of the wrong shape: "
                 f"{_shape_problems(exc, data)}",
-                status=resp.status,
+                status=status,
                 body=data,
             ) from None
 

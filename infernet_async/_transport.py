@@ -679,13 +679,13 @@ class Transport:
         *,
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
-    ) -> Any:
-        """Send a request (with retries) and return its decoded JSON body."""
+    ) -> tuple[int, Any]:
+        """Send a request (with retries); returns the answer's status and decoded JSON body."""
         resp, raw = await self._with_retries(
             method, path, json_body=json_body, params=params, stream=False, read_body=True
         )
         try:
-            return json.loads(raw)
+            return resp.status, json.loads(raw)
         except ValueError as exc:
             excerpt = raw[:200].decode("utf-8", errors="replace")
             raise APIError(
