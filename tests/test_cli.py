@@ -152,7 +152,8 @@ async def test_chat_node_disconnect_keeps_the_partial_answer_and_says_why(
 async def test_chat_json_reports_a_stream_error_as_an_event(
     dev: DevServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    dev.inject(Fault.drop_node(after_tokens=2))
+    # JSON mode follows a re-queued job (up to max_stream_restarts times): every attempt drops.
+    dev.inject(Fault.drop_node(after_tokens=2), times=10)
     assert await cli("chat", "--json", PROMPT) == 1
     out, err = capsys.readouterr()
     last = json.loads(out.splitlines()[-1])
@@ -357,3 +358,72 @@ async def test_ctrl_c_in_json_mode_ends_with_an_interrupted_event() -> None:
 async def _answer_of(server: DevServer) -> str:
     async with DevServer(tokens_per_second=5000, time_to_first_token=0, answer_tokens=400) as fast:
         return await expected_answer(fast)
+
+
+# --- a dropped node, and a request refused before any event ------------------------------------
+
+
+async def test_chat_no_stream_follows_a_dropped_node_to_the_whole_answer(
+    dev: DevServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full = await expected_answer(dev)
+    dev.inject(Fault.drop_node(after_tokens=3))
+    assert await cli("chat", "--no-stream", PROMPT) == 0
+    out, err = capsys.readouterr()
+    assert out == full + "\n" and err == ""
+    assert "node_disconnected" in [record.error for record in dev.streams]
+
+
+async def test_chat_json_reports_a_restart_and_then_the_whole_answer(
+    dev: DevServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full = await expected_answer(dev)
+    dev.inject(Fault.drop_node(after_tokens=3))
+    assert await cli("chat", "--json", PROMPT) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    events = [json.loads(line) for line in out.splitlines()]
+    types = [e["type"] for e in events]
+    assert types.count("restart") == 1 and types[-1] == "done"
+    cut = types.index("restart")
+    restart, done = events[cut], events[-1]
+    before = "".join(e["text"] for e in events[:cut] if e["type"] == "token")
+    after = "".join(e["text"] for e in events[cut:] if e["type"] == "token")
+    assert restart["reason"] == "node_disconnected" and restart["attempt"] == 2
+    assert restart["discarded_text"] == before and before and full.startswith(before)
+    assert done["text"] == after == full
+
+
+@pytest.mark.parametrize(
+    ("setting", "code", "fragment"),
+    [
+        ("unknown model", "model_not_found", "infernet-async models"),
+        ("bad token", "unauthorized", "INFERNET_BEARER_TOKEN"),
+        # Refused before a stream exists (the client's own check), an instant stand-in for an
+        # unreachable control plane, whose retries would cost the suite seconds.
+        ("not a URL", None, "base_url must be an http(s) URL"),
+    ],
+)
+async def test_chat_json_reports_a_refused_request_as_an_error_object(
+    setting: str,
+    code: str | None,
+    fragment: str,
+    dev: DevServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    argv = ["chat", "--json", PROMPT]
+    if setting == "unknown model":
+        argv[1:1] = ["--model", "no-such-model:1b"]
+    elif setting == "bad token":
+        monkeypatch.setenv("INFERNET_BEARER_TOKEN", "not-the-token")
+    else:
+        monkeypatch.setenv("INFERNET_BASE_URL", "not-a-url")
+    assert await cli(*argv) == 1
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    error = json.loads(lines[0])
+    assert error["type"] == "error" and error["code"] == code and error["message"]
+    assert error["partial_text"] == "" and error["job_id"] is None
+    assert_one_error_line(err, fragment)

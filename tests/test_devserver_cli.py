@@ -118,3 +118,59 @@ def test_building_the_cli_and_importing_the_devserver_do_not_import_aiohttp_web(
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--port", "99999"),
+        ("--port", "-1"),
+        ("--tokens-per-second", "0"),
+        ("--tokens-per-second", "nan"),
+        ("--time-to-first-token", "-1"),
+        ("--heartbeat", "-1"),
+        ("--rate-limit-per-minute", "0"),
+        ("--rate-limit-per-hour", "0"),
+        ("--answer-tokens", "0"),
+        ("--job-timeout", "0"),
+        ("--node-drop-probability", "2"),
+    ],
+)
+def test_serve_out_of_range_values_are_usage_errors(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", option, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("infernet-async serve: error: argument " + option), err
+
+
+def test_serve_heartbeat_zero_is_still_accepted_as_off() -> None:
+    from infernet_async.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--heartbeat", "0", "--port", "0"])
+    assert args.heartbeat == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "fragment"),
+    [("rate_limit_per_minute", 0, "rate limits"), ("port", 70000, "port")],
+)
+def test_serve_setting_the_server_refuses_is_one_line_and_exit_2(
+    setting: str, value: int, fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from infernet_async.cli import build_parser
+
+    # Past the argument types (as a value they let through would be): the server's own checks,
+    # and the bind's, still end in one line.
+    args = build_parser().parse_args(["serve", "--port", "0"])
+    setattr(args, setting, value)
+    assert args.handler(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("infernet-async serve: error: "), captured.err
+    assert fragment in lines[0]

@@ -2,7 +2,8 @@
 
 Registered by ``infernet_async.cli``; imports ``aiohttp.web`` only when the command runs, so
 building the parser stays cheap. It prints the base URL and the token (and the ``export`` lines the
-SDK reads) to stdout, then serves until SIGINT or SIGTERM.
+SDK reads) to stdout, then serves until SIGINT or SIGTERM. A value out of range is a usage error
+(one line, exit 2), caught by the argument types before the server is built.
 """
 
 from __future__ import annotations
@@ -10,11 +11,52 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import signal
 import sys
 from typing import Any
 
+from .._cli_common import EXIT_USAGE, positive_int, whole_number
+
 __all__ = ["register"]
+
+_PROG = "infernet-async serve"
+
+
+def _port(text: str) -> int:
+    return whole_number(text, low=0, high=65535)
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    # float() takes "nan" and "inf"; neither is a speed, a delay or a chance.
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value:g}")
+    return value
+
+
+def _non_negative_number(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value:g}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within 0..1, got {value:g}")
+    return value
 
 
 def register(subparsers: Any) -> None:
@@ -29,7 +71,9 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free)")
+    parser.add_argument(
+        "--port", type=_port, default=8080, help="port (default 8080; 0 = any free)"
+    )
     parser.add_argument(
         "--token",
         action="append",
@@ -42,13 +86,17 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--heartbeat",
-        type=float,
+        type=_non_negative_number,
         default=15.0,
         metavar="S",
         help="seconds between ': ping' (0 = off)",
     )
     parser.add_argument(
-        "--job-timeout", type=float, default=300.0, metavar="S", help="server-side job time limit"
+        "--job-timeout",
+        type=_positive_number,
+        default=300.0,
+        metavar="S",
+        help="server-side job time limit",
     )
     parser.add_argument(
         "--upstream", metavar="URL", help="OpenAI-compatible (/v1) or Ollama server"
@@ -60,16 +108,23 @@ def register(subparsers: Any) -> None:
         "--upstream-model", metavar="NAME", help="model name to ask the upstream for"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for answers, ids and faults")
-    parser.add_argument("--tokens-per-second", type=float, metavar="N", help="override node speed")
     parser.add_argument(
-        "--time-to-first-token", type=float, metavar="S", help="override node start delay"
+        "--tokens-per-second", type=_positive_number, metavar="N", help="override node speed"
     )
-    parser.add_argument("--answer-tokens", type=int, metavar="N", help="fixed answer length")
-    parser.add_argument("--rate-limit-per-minute", type=int, default=60, metavar="N")
-    parser.add_argument("--rate-limit-per-hour", type=int, default=1000, metavar="N")
+    parser.add_argument(
+        "--time-to-first-token",
+        type=_non_negative_number,
+        metavar="S",
+        help="override node start delay",
+    )
+    parser.add_argument(
+        "--answer-tokens", type=positive_int, metavar="N", help="fixed answer length"
+    )
+    parser.add_argument("--rate-limit-per-minute", type=positive_int, default=60, metavar="N")
+    parser.add_argument("--rate-limit-per-hour", type=positive_int, default=1000, metavar="N")
     parser.add_argument(
         "--node-drop-probability",
-        type=float,
+        type=_probability,
         default=0.0,
         metavar="P",
         help="chance that a node drops mid-answer (chaos testing)",
@@ -138,5 +193,10 @@ def _handle(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     except OSError as exc:
-        sys.stderr.write(f"infernet-async serve: cannot listen on {args.host}:{args.port}: {exc}\n")
+        sys.stderr.write(f"{_PROG}: cannot listen on {args.host}:{args.port}: {exc}\n")
         return 1
+    except (ValueError, OverflowError) as exc:
+        # The argument types catch what they can; what the DevServer still refuses (or a bind
+        # refuses as out of range) is a bad setting all the same, not a crash.
+        sys.stderr.write(f"{_PROG}: error: {' '.join(str(exc).split())}\n")
+        return EXIT_USAGE
