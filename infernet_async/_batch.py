@@ -325,8 +325,9 @@ async def run_batch(
                 async for outcome in outcomes:
                     record(outcome)
         finally:
-            for cancelled in fan_out.cancelled:
-                record(cancelled)
+            # Written too: a job that ended as the run was interrupted is not submitted again.
+            for outcome in (*fan_out.undelivered, *fan_out.cancelled):
+                record(outcome)
             summary.ended = time.perf_counter()
     return summary
 

@@ -197,8 +197,10 @@ class FanOut:
     Use it as ``async with client.map(requests, concurrency=8) as outcomes:`` then ``async for
     outcome in outcomes``. The block is the fan-out's lifetime: leaving it (``break``, an error, a
     cancellation) cancels the jobs still running and returns once every one has released its
-    connection; their partial texts are then in ``cancelled``. A failing request source, or an
-    error in the block, is raised as itself once the jobs are cancelled.
+    connection; their partial texts are then in ``cancelled``, and the outcomes of jobs that had
+    ended but were not taken yet in ``undelivered``: every job started is in one of the three. A
+    failing request source, or an error in the block, is raised as itself once the jobs are
+    cancelled.
 
     Args:
         run_job: runs one request to its outcome (``stream_job_runner(client)``).
@@ -231,6 +233,7 @@ class FanOut:
         self._rate_limiter = rate_limiter
         self._connection_limit = connection_limit
         self.cancelled: list[BatchOutcome] = []
+        self.undelivered: list[BatchOutcome] = []
         self.started = 0
         self.finished = 0
         self.running = 0
@@ -288,6 +291,12 @@ class FanOut:
             single = group.exceptions[0]
         finally:
             send.close()  # already, unless the feeder was cancelled before it began
+            # Jobs that ended while the block was leaving: their outcomes wait in the stream.
+            while True:
+                try:
+                    self.undelivered.append(receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
             receive.close()
         raise single
 
@@ -354,7 +363,11 @@ class FanOut:
             try:
                 send.send_nowait(outcome)
             except anyio.WouldBlock:
-                await send.send(outcome)
+                try:
+                    await send.send(outcome)
+                except anyio.get_cancelled_exc_class():
+                    self.undelivered.append(outcome)  # ended, but the block left first
+                    raise
         finally:
             self._holding -= 1
             slot_freed, self._slot_freed = self._slot_freed, None

@@ -24,6 +24,7 @@ from infernet_async._batch import (
     run_batch,
     scan_output,
 )
+from infernet_async._fanout import BatchOutcome, BatchRequest, FanOut
 from infernet_async.cli import main
 from infernet_async.devserver import DevServer
 from tests._signals import default_sigint
@@ -292,6 +293,48 @@ async def test_cancelling_run_batch_in_process_writes_cancelled_outcomes(tmp_pat
     assert summary.cancelled == 3 and summary.ok == 0
     assert all(o["status"] == "cancelled" and o["text"] for o in read_outcomes(out))
     assert scan_output(out).done == set()
+
+
+async def test_jobs_ending_as_the_run_is_interrupted_are_written_and_not_redone(tmp_path: Path):
+    # Every answer arrives in the loop turn of the interrupt: their outcomes are still in the
+    # fan-out's stream when the block is left. Written, a rerun does not pay for them again.
+    source = write_lines(tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": "p"} for i in range(10)])
+    out = tmp_path / "out.jsonl"
+    answers = anyio.Event()
+
+    class AnswersAtOnce:
+        def map(self, requests: Any, *, concurrency: int, max_attempts: int) -> FanOut:
+            async def run_job(index: int, request: BatchRequest, on_cancel: Any) -> BatchOutcome:
+                try:
+                    await answers.wait()
+                except anyio.get_cancelled_exc_class():
+                    on_cancel(BatchOutcome(index=index, request=request, status="cancelled"))
+                    raise
+                return BatchOutcome(index=index, request=request, status="ok", text="answer")
+
+            return FanOut(run_job, requests, concurrency=concurrency)
+
+    summary = BatchSummary()
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as group:
+
+            async def interrupt() -> None:
+                await anyio.sleep(0.1)
+                answers.set()
+                scope.cancel()
+
+            group.start_soon(interrupt)
+            await run_batch(
+                AnswersAtOnce(),  # type: ignore[arg-type]
+                source,
+                out,
+                concurrency=10,
+                defaults=BatchDefaults(MODEL),
+                resume=scan_output(out),
+                summary=summary,
+            )
+    assert summary.ok == 10 and [o["status"] for o in read_outcomes(out)] == ["ok"] * 10
+    assert scan_output(out).done == {f"r{i}" for i in range(10)}
 
 
 async def test_batch_runs_on_the_embedded_control_plane_by_default(

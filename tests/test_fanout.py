@@ -191,6 +191,25 @@ async def test_leaving_the_block_cancels_every_running_job_and_keeps_partial_tex
     assert client.open == 0 and all(s.closed for s in client.streams)
 
 
+async def test_outcomes_not_taken_when_the_block_is_left_are_undelivered_not_lost():
+    # Sixteen quick jobs, eight at once, and a consumer that takes one and leaves: eight outcomes
+    # wait in the stream (its room is the concurrency) and the next jobs wait to hand theirs over.
+    # Every job started ends in exactly one of the three places.
+    client = FakeClient()
+    requests = [request(f"r{i}", tokens=1) for i in range(16)]
+    fan_out = FanOut(stream_job_runner(client), requests, concurrency=8)
+    delivered = []
+    async with fan_out as outcomes:
+        async for outcome in outcomes:
+            delivered.append(outcome)
+            await anyio.sleep(0.1)  # every job that could has ended by now
+            break
+    assert fan_out.finished == fan_out.started > 9 and not fan_out.cancelled
+    assert all(o.ok for o in fan_out.undelivered)
+    ids = [o.id for o in [*delivered, *fan_out.undelivered]]
+    assert len(ids) == len(set(ids)) == fan_out.started
+
+
 async def test_cancelling_gather_cancels_all_at_once_and_reports_partial_texts():
     client = FakeClient()
     requests = [request(f"r{i}", tokens=1000, delay=0.005) for i in range(8)]
