@@ -190,10 +190,12 @@ class RateLimitState:
         Returns ``0.0`` when the request may go (the grant is recorded: call ``observe()`` or
         ``release()`` for it), a positive number of seconds to wait, or ``math.inf`` to wait until
         the state changes (another request's answer). A ``retry`` has already waited what its own
-        failure asked for (the client's retry policy), so pauses do not hold it; the budget does.
+        failure asked for (the client's retry policy), so its model's backoff does not hold it;
+        the budget does, and so does a 429's pause, which is every request's (a retry that waited
+        out the 429 that set it finds it over).
         """
         now = self._clock()
-        if now < self.paused_until and not retry:
+        if now < self.paused_until:
             return self.paused_until - now
         if model is not None and model in self._model_failures and not retry:
             until = self._model_paused_until.get(model, -math.inf)
@@ -280,9 +282,12 @@ class RateLimitState:
             return
         self._model_probing.discard(model)
         if code == "no_capacity" or (status == 503 and code is None):
-            failures = self._model_failures.get(model, 0) + 1
-            self._model_failures[model] = failures
-            self._model_paused_until[model] = now + self._backoff(failures)
+            if now >= self._model_paused_until.get(model, -math.inf):
+                # The requests that were in flight as the model went down answer within the
+                # pause their first failure set: one failure, not as many steps of the backoff.
+                failures = self._model_failures.get(model, 0) + 1
+                self._model_failures[model] = failures
+                self._model_paused_until[model] = now + self._backoff(failures)
         elif status < 400:
             self._model_failures.pop(model, None)
             self._model_paused_until.pop(model, None)

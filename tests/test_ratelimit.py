@@ -398,19 +398,33 @@ def test_the_limiter_works_across_event_loops():
     anyio.run(probe_then_wait)
 
 
-def test_a_retry_that_slept_its_own_backoff_is_not_held_by_the_pause():
+def test_a_retry_is_held_by_a_429s_pause_but_not_by_its_models_backoff():
     clock = FakeClock()
     state = make_state(clock, probe_first=False)
     grant(state, "m")
     state.observe(429, {"Retry-After": "30"}, model="m")
     assert state.reserve("m") == pytest.approx(30.0)
-    assert state.reserve("m", retry=True) == 0.0  # the client's retry policy did the waiting
-    state.observe(200, {}, model="m")
-    assert state.reserve("x") > 0.0  # fresh requests still wait for the pause
-    clock.advance(30.0)
+    # Another job's retry (of a no_capacity, say) is every request: the pause holds it too.
+    assert state.reserve("x", retry=True) == pytest.approx(30.0)
+    clock.advance(30.0)  # the 429's own retry slept the Retry-After: the pause is over
     grant(state, "x")
     state.observe(503, {}, {"error": "no_capacity"}, model="x")
-    assert state.reserve("x", retry=True) == 0.0
+    assert state.reserve("x") == pytest.approx(1.0)
+    assert state.reserve("x", retry=True) == 0.0  # the client's retry policy did this waiting
+
+
+def test_requests_in_flight_as_a_model_goes_down_count_as_one_failure():
+    clock = FakeClock()
+    state = make_state(clock, probe_first=False)
+    for _ in range(3):
+        grant(state, "m")
+    for _ in range(3):
+        state.observe(503, {}, {"error": "no_capacity"}, model="m")
+    assert state.reserve("m") == pytest.approx(1.0)  # the first step of the backoff, not the third
+    clock.advance(1.0)
+    grant(state, "m")  # the probe
+    state.observe(503, {}, {"error": "no_capacity"}, model="m")
+    assert state.reserve("m") == pytest.approx(2.0)  # a failure after the pause: the next step
 
 
 async def test_limited_by_installs_the_limiter_for_the_context_and_its_tasks():
