@@ -6,6 +6,11 @@ in the output (a line without an ``id`` is named ``line-N``, its 1-based line nu
 line (a kill mid-write) is cut off before anything is appended; in the output the last line for an
 id wins. Jobs cancelled by an interrupt are written with ``"status": "cancelled"`` and their partial
 text, and run again on the next run.
+
+A line whose id an earlier line already has is not run: its error line is written under the line's
+own name, ``line-N``, with ``"duplicate_of": "<id>"``, so it never reads as the outcome of that id
+(``"id": null`` if the line's id is itself ``line-N``). The input is UTF-8, with or without a BOM;
+a line that is not UTF-8 is an error line (``line-N``) and the other lines run.
 """
 
 from __future__ import annotations
@@ -96,17 +101,57 @@ class InvalidLine:
     """An input line that is not a valid request: written to the output as an error, not run."""
 
     line: int
-    id: str
+    id: str | None  # None: a duplicate whose own name is the id it repeats
     message: str
+    duplicate_of: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "line": self.line,
-            "status": "error",
-            "text": "",
-            "error": {"type": "InvalidRequest", "message": self.message},
-        }
+        line: dict[str, Any] = {"id": self.id, "line": self.line, "status": "error"}
+        if self.duplicate_of is not None:
+            line["duplicate_of"] = self.duplicate_of
+        line["text"] = ""
+        line["error"] = {"type": "InvalidRequest", "message": self.message}
+        return line
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, str | None]]:
+    """The non-blank lines of ``path`` with their numbers; ``None`` for a line that is not UTF-8.
+
+    Undecodable bytes are carried through as lone surrogates so that one bad line costs only
+    itself, and are spotted per line; a BOM (Windows editors add one) is dropped.
+    """
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as file:
+        for line_no, raw in enumerate(file, start=1):
+            if not raw.strip():
+                continue
+            try:
+                raw.encode("utf-8")
+            except UnicodeEncodeError:
+                yield line_no, None
+                continue
+            # A BOM inside the file: what `cat a.jsonl b.jsonl` makes of two files saved with one.
+            yield line_no, raw.removeprefix("\ufeff")
+
+
+def _not_utf8(line_no: int) -> InvalidLine:
+    return InvalidLine(line_no, f"line-{line_no}", "not UTF-8: save the file as UTF-8")
+
+
+def _request_id(data: Any, line_no: int) -> str:
+    """A line's id: its ``id`` field (a string or a number), else ``line-N``."""
+    raw_id = data.get("id") if isinstance(data, dict) else None
+    if isinstance(raw_id, str | int) and raw_id != "":
+        return str(raw_id)
+    return f"line-{line_no}"
+
+
+def _is_text(data: Any) -> bool:
+    """Whether ``data`` can be written as UTF-8: JSON escapes can spell lone surrogates."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_line(raw: str, line_no: int, defaults: BatchDefaults) -> BatchRequest | InvalidLine:
@@ -116,9 +161,9 @@ def _parse_line(raw: str, line_no: int, defaults: BatchDefaults) -> BatchRequest
         return InvalidLine(line_no, f"line-{line_no}", f"not JSON: {exc}")
     if not isinstance(data, dict):
         return InvalidLine(line_no, f"line-{line_no}", "a line must hold a JSON object")
-    raw_id = data.get("id")
-    request_id = str(raw_id) if isinstance(raw_id, str | int) and raw_id != "" else None
-    data["id"] = request_id or f"line-{line_no}"
+    data["id"] = _request_id(data, line_no)
+    if not _is_text(data):
+        return InvalidLine(line_no, data["id"], "holds a lone surrogate escape (\\udXXX), not text")
     data.setdefault("model", defaults.model)
     if defaults.max_tokens is not None:
         data.setdefault("max_tokens", defaults.max_tokens)
@@ -145,50 +190,48 @@ def iter_requests(
 ) -> Iterator[BatchRequest]:
     """The requests of a JSONL file, lazily, without those whose id is in ``skip``.
 
-    Invalid lines go to ``on_invalid`` instead; an id seen twice is reported there too. ``on_line``
-    learns the line number of each request yielded.
+    Invalid lines go to ``on_invalid`` instead; an id seen twice is reported there too, under the
+    line's own name (see the module docstring). ``on_line`` learns the line number of each request
+    yielded.
     """
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as file:
-        for line_no, raw in enumerate(file, start=1):
-            if not raw.strip():
-                continue
-            parsed = _parse_line(raw, line_no, defaults)
-            request_id = parsed.id or f"line-{line_no}"
-            if request_id in skip:
-                continue
-            if request_id in seen:
-                on_invalid(InvalidLine(line_no, request_id, f"duplicate id {request_id!r}"))
-                continue
-            seen.add(request_id)
-            if isinstance(parsed, InvalidLine):
-                on_invalid(parsed)
-                continue
-            if on_line is not None:
-                on_line(parsed, line_no)
-            yield parsed
+    for line_no, raw in _read_lines(path):
+        parsed = _not_utf8(line_no) if raw is None else _parse_line(raw, line_no, defaults)
+        request_id = parsed.id or f"line-{line_no}"
+        if request_id in skip:
+            continue
+        if request_id in seen:
+            own_name = f"line-{line_no}"
+            on_invalid(
+                InvalidLine(
+                    line_no,
+                    own_name if own_name != request_id else None,
+                    f"duplicate id {request_id!r}: an earlier line has it; this line was not run",
+                    duplicate_of=request_id,
+                )
+            )
+            continue
+        seen.add(request_id)
+        if isinstance(parsed, InvalidLine):
+            on_invalid(parsed)
+            continue
+        if on_line is not None:
+            on_line(parsed, line_no)
+        yield parsed
 
 
 def count_pending(path: Path, skip: set[str]) -> tuple[int, int]:
     """Lines of the input this run will handle, and lines it skips (for the bar's total and ETA)."""
     pending = skipped = 0
-    with path.open(encoding="utf-8") as file:
-        for line_no, raw in enumerate(file, start=1):
-            if not raw.strip():
-                continue
-            request_id = f"line-{line_no}"
-            try:
-                data = json.loads(raw)
-            except ValueError:
-                data = None
-            if isinstance(data, dict):
-                raw_id = data.get("id")
-                if isinstance(raw_id, str | int) and raw_id != "":
-                    request_id = str(raw_id)
-            if request_id in skip:
-                skipped += 1
-            else:
-                pending += 1
+    for line_no, raw in _read_lines(path):
+        try:
+            data = None if raw is None else json.loads(raw)
+        except ValueError:
+            data = None
+        if _request_id(data, line_no) in skip:
+            skipped += 1
+        else:
+            pending += 1
     return pending, skipped
 
 
@@ -200,7 +243,14 @@ class OutcomeWriter:
         self._file: IO[str] = path.open("a", encoding="utf-8")
 
     def write(self, line: dict[str, Any]) -> None:
-        self._file.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+        text = json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (an answer can spell one in a JSON escape) has no UTF-8 form;
+            # escaped, the line is still the same JSON, and the run goes on.
+            text = json.dumps(line, separators=(",", ":"))
+        self._file.write(text + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from ._batch import (
     run_batch,
     scan_output,
 )
-from ._cli_chat import DEFAULT_MODEL, MODEL_ENV
+from ._cli_chat import DEFAULT_MODEL, MODEL_ENV, _temperature
 from ._cli_common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -74,7 +74,10 @@ def register(subparsers: Any) -> None:
         "--max-tokens", type=positive_int, metavar="N", help="max_tokens for lines without one"
     )
     parser.add_argument(
-        "--temperature", type=float, metavar="T", help="temperature for lines without one"
+        "--temperature",
+        type=_temperature,
+        metavar="T",
+        help="temperature (0.0 to 2.0) for lines without one",
     )
     parser.add_argument(
         "--max-attempts",
@@ -133,21 +136,50 @@ class _ProgressBar:
         self._bar.close()
 
 
+def _input_problem(path: Path) -> str | None:
+    if not path.exists():
+        return f"no such input file: {path}"
+    if path.is_dir():
+        return f"the input is a directory, not a JSONL file: {path}"
+    if not path.is_file():
+        # It is read twice (to count the jobs, then to run them), which a pipe cannot do.
+        return f"the input must be a regular file: {path}"
+    return None
+
+
+def _output_problem(output: Path, input_path: Path) -> str | None:
+    if output.is_dir():
+        return f"the output is a directory, not a file: {output} (name a file with -o)"
+    if not output.parent.is_dir():
+        return f"no such directory for the output: {output.parent}"
+    if output.exists() and output.samefile(input_path):
+        return "the output file must not be the input file"
+    return None
+
+
 def _handle(args: argparse.Namespace) -> int:
+    # Every problem with the files is found here, before the control plane is started: a rerun
+    # would meet it again, so it is bad usage, not an interrupted run.
     input_path: Path = args.input
-    if not input_path.is_file():
-        notice(f"no such input file: {input_path}")
-        return EXIT_USAGE
     output: Path = args.output or default_output_path(input_path)
-    if output.exists() and output.resolve() == input_path.resolve():
-        notice("the output file must not be the input file")
+    problem = _input_problem(input_path) or _output_problem(output, input_path)
+    if problem is not None:
+        notice(problem)
         return EXIT_USAGE
-    resume = scan_output(output, retry_failed=args.retry_failed)
+    try:
+        resume = scan_output(output, retry_failed=args.retry_failed)
+    except OSError as exc:
+        notice(f"cannot write the output file {output}: {exc.strerror or exc}")
+        return EXIT_USAGE
     if resume.torn_bytes:
         notice(f"cut a torn last line ({resume.torn_bytes} bytes) off {output}")
     if resume.corrupt:
         notice(f"{resume.corrupt} line(s) of {output} are not JSON objects; kept as they are")
-    total, skipped = count_pending(input_path, resume.done)
+    try:
+        total, skipped = count_pending(input_path, resume.done)
+    except OSError as exc:
+        notice(f"cannot read the input file {input_path}: {exc.strerror or exc}")
+        return EXIT_USAGE
     if skipped:
         notice(f"resuming: {skipped} request(s) already have an outcome in {output}")
     defaults = BatchDefaults(
@@ -159,6 +191,12 @@ def _handle(args: argparse.Namespace) -> int:
     if not total:
         notice(summary.describe(output))
         return EXIT_OK
+    try:
+        # Created now if new: a file that cannot be written fails before any job is paid for.
+        output.open("a", encoding="utf-8").close()
+    except OSError as exc:
+        notice(f"cannot write the output file {output}: {exc.strerror or exc}")
+        return EXIT_USAGE
     enabled = args.progress if args.progress is not None else sys.stderr.isatty()
 
     async def main() -> int:

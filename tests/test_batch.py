@@ -19,6 +19,7 @@ from infernet_async._batch import (
     BatchDefaults,
     BatchSummary,
     InvalidLine,
+    OutcomeWriter,
     count_pending,
     iter_requests,
     run_batch,
@@ -118,7 +119,9 @@ def test_input_lines_get_ids_defaults_and_errors(tmp_path: Path):
     assert requests[0].temperature == 0.5
     assert requests[1].model == "mistral:7b" and requests[1].max_tokens == 3
     assert lines == {"x": 1, "line-2": 2}
-    assert [(i.line, i.id) for i in invalid] == [(4, "line-4"), (5, "x"), (6, "9")]
+    # The duplicate is named after its own line, so it never reads as the outcome of "x".
+    assert [(i.line, i.id) for i in invalid] == [(4, "line-4"), (5, "line-5"), (6, "9")]
+    assert invalid[1].duplicate_of == "x" and invalid[1].to_json()["duplicate_of"] == "x"
     assert "duplicate" in invalid[1].message and "bogus" in invalid[2].message
     assert count_pending(source, {"skip-me"}) == (5, 1)
 
@@ -354,3 +357,165 @@ async def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert await run_cli("batch", str(source), "-o", str(source)) == 2
     err = capsys.readouterr().err
     assert "no such input file" in err and "must not be the input file" in err
+
+
+# ---------------------------------------------------------------- input handling (QA reports)
+
+
+def last_line_per_id(path: Path) -> dict[Any, dict[str, Any]]:
+    """How a reader of the output sees it: the last line for an id wins."""
+    return {o["id"]: o for o in read_outcomes(path)}
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ("--temperature", "7"),
+        ("--temperature", "nan"),
+        ("--temperature", "inf"),
+        ("--max-tokens", "0"),
+        ("-c", "0"),
+        ("--max-attempts", "-1"),
+    ],
+)
+def test_out_of_range_defaults_are_usage_errors_and_nothing_is_written(
+    tmp_path: Path, flag: tuple[str, str], capsys: pytest.CaptureFixture[str]
+):
+    # Accepted, every line failed validation and was written as done: a fixed rerun skipped them.
+    source = write_lines(tmp_path / "in.jsonl", [{"id": "a", "prompt": "x"}])
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(SystemExit) as exited:
+        main(["batch", str(source), "-o", str(out), "--no-progress", *flag])
+    assert exited.value.code == 2
+    assert not out.exists()
+    assert f"argument {flag[0]}" in capsys.readouterr().err
+
+
+async def test_a_duplicate_id_does_not_mask_the_outcome_of_the_first_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    source = write_lines(
+        tmp_path / "in.jsonl",
+        [{"id": "a", "prompt": "first a"}, {"id": "b", "prompt": "b"}, {"id": "a", "prompt": "2"}],
+    )
+    out = tmp_path / "out.jsonl"
+    async with DevServer(**FAST, answer_tokens=3) as server:
+        use_server(monkeypatch, server)
+        # One at a time: the duplicate is read after "a" ended, so its line comes last.
+        code = await run_cli("batch", str(source), "-o", str(out), "-c", "1", "--no-progress")
+    assert code == 1  # the duplicate line is an input error
+    outcomes = last_line_per_id(out)
+    assert outcomes["a"]["status"] == "ok" and outcomes["a"]["request"]["prompt"] == "first a"
+    assert outcomes["b"]["status"] == "ok"
+    duplicate = outcomes["line-3"]
+    assert duplicate["status"] == "error" and duplicate["duplicate_of"] == "a"
+    assert duplicate["line"] == 3 and "duplicate id 'a'" in duplicate["error"]["message"]
+    assert prompts_posted(server) == ["first a", "b"]
+    assert "2 ok, 1 failed" in capsys.readouterr().err
+    # A rerun asking for failed jobs again still counts "a" done; the duplicate is not run.
+    assert scan_output(out, retry_failed=True).done == {"a", "b"}
+    assert count_pending(source, scan_output(out, retry_failed=True).done) == (0, 3)
+
+
+def test_an_id_that_is_its_own_line_name_is_not_reused_for_its_duplicate(tmp_path: Path):
+    source = write_lines(
+        tmp_path / "in.jsonl", [{"id": "line-2", "prompt": "explicit"}, {"prompt": "unnamed"}]
+    )
+    invalid: list[InvalidLine] = []
+    requests = list(
+        iter_requests(source, BatchDefaults(MODEL), skip=set(), on_invalid=invalid.append)
+    )
+    assert [r.id for r in requests] == ["line-2"]
+    assert invalid[0].id is None and invalid[0].duplicate_of == "line-2"
+
+
+async def test_a_bom_and_crlf_input_keeps_its_first_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b'\xef\xbb\xbf{"id":"bom","prompt":"x"}\r\n{"id":"b","prompt":"y"}\r\n')
+    out = tmp_path / "out.jsonl"
+    async with DevServer(**FAST, answer_tokens=2) as server:
+        use_server(monkeypatch, server)
+        assert await run_cli("batch", str(source), "-o", str(out), "--no-progress") == 0
+    outcomes = last_line_per_id(out)
+    assert sorted(outcomes) == ["b", "bom"] and outcomes["bom"]["status"] == "ok"
+    assert count_pending(source, scan_output(out).done) == (0, 2)
+
+
+def test_a_line_that_is_not_utf8_is_an_error_line_and_the_others_run(tmp_path: Path):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(
+        b'{"id":"a","prompt":"caf\xe9"}\n\xff\xfe\x00garbage\n{"id":"b","prompt":"y"}\n'
+    )
+    assert count_pending(source, set()) == (3, 0)
+    assert count_pending(source, {"line-1", "b"}) == (1, 2)
+    invalid: list[InvalidLine] = []
+    requests = list(
+        iter_requests(source, BatchDefaults(MODEL), skip=set(), on_invalid=invalid.append)
+    )
+    assert [r.id for r in requests] == ["b"]
+    assert [(i.line, i.id) for i in invalid] == [(1, "line-1"), (2, "line-2")]
+    assert all("not UTF-8" in i.message for i in invalid)
+
+
+def test_a_lone_surrogate_escape_is_an_error_line_not_a_crash(tmp_path: Path):
+    # Valid JSON, but "\ud800" has no UTF-8 form: writing its outcome used to end the run.
+    source = write_lines(
+        tmp_path / "in.jsonl", ['{"id":"s","prompt":"x\\ud800y"}', {"id": "t", "prompt": "ok"}]
+    )
+    invalid: list[InvalidLine] = []
+    requests = list(
+        iter_requests(source, BatchDefaults(MODEL), skip=set(), on_invalid=invalid.append)
+    )
+    assert [r.id for r in requests] == ["t"] and [i.id for i in invalid] == ["s"]
+    out = tmp_path / "out.jsonl"
+    with OutcomeWriter(out) as writer:  # an answer can spell one too
+        writer.write({"id": "t", "status": "ok", "text": "x\ud800y"})
+    assert read_outcomes(out) == [{"id": "t", "status": "ok", "text": "x\ud800y"}]
+
+
+def batch_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["batch", *argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "embedded control plane" not in err  # refused before anything started
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_unusable_output_and_input_paths_are_one_line_usage_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    for name in ("INFERNET_BASE_URL", "INFERNET_BEARER_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    source = write_lines(tmp_path / "in.jsonl", [{"id": "a", "prompt": "x"}])
+    assert "is a directory" in batch_usage_error([str(source), "-o", str(tmp_path)], capsys)
+    missing_dir = tmp_path / "nope" / "out.jsonl"
+    assert "no such directory" in batch_usage_error([str(source), "-o", str(missing_dir)], capsys)
+    assert not missing_dir.parent.exists()
+    assert "is a directory" in batch_usage_error([str(tmp_path)], capsys)
+    assert "no such input file" in batch_usage_error([str(tmp_path / "missing.jsonl")], capsys)
+    # Unreadable input (chmod cannot make one for root, which the tests may run as).
+    real_open = Path.open
+
+    def refuse_input(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == source:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setattr(Path, "open", refuse_input)
+    err = batch_usage_error([str(source), "-o", str(out)], capsys)
+    assert "cannot read the input file" in err and "Permission denied" in err
+    assert not out.exists()
+    # An output that cannot be written is found before the control plane starts, too.
+    refused = out
+
+    def refuse_output(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == refused:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse_output)
+    err = batch_usage_error([str(source), "-o", str(out)], capsys)
+    assert "cannot write the output file" in err and "Permission denied" in err
