@@ -11,7 +11,10 @@ Rules (the control plane allows 60 requests a minute per token by default):
    else ``X-RateLimit-Reset``, else the body's ``detail.resetAt`` (all the live plane sends), else
    the backoff.
 4. ``no_capacity`` pauses only that model, with exponential backoff; then one request probes the
-   model and the others follow once it succeeds, so a model coming back is not stampeded.
+   model and the others follow once it succeeds, so a model coming back is not stampeded. A
+   request for a paused model is refused at once (``NoCapacityError``, never sent) rather than
+   held: a fan-out job waiting on a model that stays down would hold its slot and starve the jobs
+   of the models that work, while refused it takes its retries and ends.
 
 ``RateLimitState`` is the decision logic: pure, with injected clocks. ``RateLimiter`` adds the thin
 waiting part, on asyncio futures (anyio's cancellation reaches them as it reaches any await). The
@@ -32,6 +35,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+
+from .errors import NoCapacityError
 
 __all__ = [
     "RateLimitState",
@@ -184,6 +189,14 @@ class RateLimitState:
         """When ``model`` may be asked again (monotonic), or ``None`` when it is not backing off."""
         return self._model_paused_until.get(model)
 
+    def model_pause_left(self, model: str) -> float | None:
+        """Seconds left of ``model``'s no_capacity pause, or ``None`` when it is not paused now."""
+        until = self._model_paused_until.get(model)
+        if until is None:
+            return None
+        left = until - self._clock()
+        return left if left > 0.0 else None
+
     def reserve(self, model: str | None = None, *, retry: bool = False) -> float:
         """Claim the right to send one request now, or say how long to wait before asking again.
 
@@ -197,12 +210,12 @@ class RateLimitState:
         now = self._clock()
         if now < self.paused_until:
             return self.paused_until - now
-        if model is not None and model in self._model_failures and not retry:
+        if model is not None and model in self._model_failures:
             until = self._model_paused_until.get(model, -math.inf)
-            if now < until:
+            if now < until and not retry:
                 return until - now
             if model in self._model_probing:
-                return math.inf
+                return math.inf  # one request probes a model coming back, retries included
         delay = self._budget_delay(now)
         if delay > 0.0:
             return delay
@@ -329,12 +342,22 @@ class RateLimiter:
         """Wait until a request for ``model`` may go, and claim it.
 
         ``retry`` says the request is a retry that already slept its backoff. A cancelled wait
-        leaves no claim behind.
+        leaves no claim behind. Raises ``NoCapacityError`` at once while ``model`` is paused after
+        a ``no_capacity`` (rule 4), retries included.
         """
         # A request let through at once costs no trip through the event loop, as an uncontended
         # lock's acquire does not: a fan-out of thousands starts them all in one turn, and the
         # request's own awaits come next.
         while True:
+            if model is not None:
+                left = self.state.model_pause_left(model)
+                if left is not None:
+                    raise NoCapacityError(
+                        f"no node has capacity for {model!r}: the control plane said so, and the "
+                        f"client holds requests for it another {left:.1f} s (not sent)",
+                        status=503,
+                        code="no_capacity",
+                    )
             delay = self.state.reserve(model, retry=retry)
             if delay <= 0.0:
                 return  # no await after the grant: a cancellation here would leak the claim

@@ -541,6 +541,38 @@ async def test_no_capacity_in_a_fan_out_pauses_that_model_only():
     assert state.outstanding == 0
 
 
+async def test_a_model_that_stays_down_does_not_starve_the_jobs_of_the_others():
+    # Its jobs are refused while it is paused (never sent) and run out of attempts; the jobs of
+    # the model that works are not held behind them.
+    from infernet_async import RetryPolicy
+    from infernet_async.devserver import NodeSpec
+
+    nodes = [
+        NodeSpec(f"node_{name}", (f"{name}:1b",), capacity=100, time_to_first_token=0.0)
+        for name in ("up", "down")
+    ]
+    quick = RetryPolicy(backoff_base=0.05, backoff_max=0.1)
+    async with (
+        dev_server(nodes=nodes, answer_tokens=3) as server,
+        client_for(server, retry=quick) as client,
+    ):
+        server.drop_node("node_down")
+        requests = [
+            BatchRequest(id=f"{name}{i}", model=f"{name}:1b", prompt=f"q{i}")
+            for i in range(6)
+            for name in ("up", "down")
+        ]
+        with anyio.fail_after(30):
+            outcomes = await client.gather(requests, concurrency=4)
+    assert all(o.ok for o in outcomes if o.request.model == "up:1b")
+    down = [o for o in outcomes if o.request.model == "down:1b"]
+    assert all(o.error is not None and o.error.code == "no_capacity" for o in down)
+    assert all(o.attempts == 3 for o in down)
+    sent = [r for r in posts(server) if r.json and r.json.get("model") == "down:1b"]
+    # Held and sent, each of the six jobs would send all its 3 x 3 submissions.
+    assert len(sent) < 6 * 9 / 2
+
+
 async def test_a_pool_of_yours_smaller_than_the_concurrency_is_reported():
     import aiohttp
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import anyio
 import pytest
 
+from infernet_async import NoCapacityError
 from infernet_async._ratelimit import (
     RateLimiter,
     RateLimitState,
@@ -268,6 +269,23 @@ def test_no_capacity_backs_off_that_model_only():
     assert state.model_paused_until("big") is None
     grant(state, "big")
     grant(state, "big")
+
+
+async def test_a_request_for_a_paused_model_is_refused_at_once_not_held():
+    clock = FakeClock()
+    limiter = RateLimiter(make_state(clock, probe_first=False))
+    await limiter.acquire("m")
+    limiter.observe(503, {}, {"error": "no_capacity"}, model="m")
+    for retry in (False, True):
+        with pytest.raises(NoCapacityError, match="not sent") as info:
+            await limiter.acquire("m", retry=retry)
+        assert info.value.status == 503 and info.value.code == "no_capacity"
+    assert limiter.state.outstanding == 0  # a refusal claims nothing
+    await limiter.acquire("other")  # the other models go
+    limiter.observe(200, {}, model="other")
+    clock.advance(1.0)
+    await limiter.acquire("m", retry=True)  # the pause is over: this one probes the model
+    assert limiter.state.reserve("m") == math.inf  # the others wait for its answer
 
 
 def test_a_lost_model_probe_lets_another_request_probe():
