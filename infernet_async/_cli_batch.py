@@ -84,7 +84,10 @@ def register(subparsers: Any) -> None:
         type=positive_int,
         default=3,
         metavar="N",
-        help="submissions per job when the control plane refused it (default 3)",
+        help=(
+            "attempts per job when the control plane refused it (default 3; each attempt is also "
+            "retried by the client's retry policy, twice by default)"
+        ),
     )
     parser.add_argument(
         "--retry-failed",

@@ -100,6 +100,8 @@ class BatchOutcome(BaseModel):
     the answer (earlier attempts, backoffs and the shared rate limiter's waits: the client's own
     time); ``time_to_first_token`` from that sending to the first token (the control plane's and
     the node's time). All in seconds; a job that never sent its request has no ``time_to_send``.
+    ``attempts`` counts the fan-out's submissions of the job; each of them may have been retried
+    by the client's ``RetryPolicy`` as any request is (``max_retries``, 2 by default).
     ``exception`` (not serialized) is the error itself, for ``isinstance`` checks.
     """
 
