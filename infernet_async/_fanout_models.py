@@ -95,7 +95,8 @@ class BatchOutcome(BaseModel):
     """What became of one request.
 
     ``text`` is the answer, or everything received before the error or the cancellation, and
-    ``tokens`` its length in tokens. ``latency`` runs from the job's start (a free slot) to its
+    ``tokens`` its length in tokens (``TokenStream.token_count``: a rest replayed whole after a
+    reconnect counts as one). ``latency`` runs from the job's start (a free slot) to its
     end, retries included; ``time_to_send`` from the job's start to sending the request that got
     the answer (earlier attempts, backoffs and the shared rate limiter's waits: the client's own
     time); ``time_to_first_token`` from that sending to the first token (the control plane's and

@@ -175,7 +175,9 @@ class TokenStream(AsyncResource):
 
     @property
     def token_count(self) -> int:
-        """Tokens in ``text``."""
+        """Tokens in ``text``: the token events it was made of. After a reconnect to a job that
+        had ended meanwhile, the rest of its answer comes replayed as one event (the control plane
+        replays a finished job's text whole), and counts as one."""
         return self._acc.token_count
 
     @property
