@@ -76,11 +76,14 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_client(args: argparse.Namespace) -> AsyncIterator[InfernetClient]:
+async def open_client(
+    args: argparse.Namespace, *, embedded_caveat: str = ""
+) -> AsyncIterator[InfernetClient]:
     """An open ``InfernetClient`` for the configured control plane, or for an embedded one.
 
     With neither a base URL nor a token configured there is nothing real to talk to, so the command
-    runs on an embedded ``DevServer`` (emulated nodes, generated text) and says so on stderr.
+    runs on an embedded ``DevServer`` (emulated nodes, generated text) and says so on stderr, with
+    ``embedded_caveat`` when the command has one.
     """
     from ._client import InfernetClient
 
@@ -95,6 +98,7 @@ async def open_client(args: argparse.Namespace) -> AsyncIterator[InfernetClient]
             notice(
                 f"no {BASE_URL_ENV} or {TOKEN_ENV} configured: using the embedded control plane at "
                 f"{dev.url} (emulated nodes; answers are generated text, not a model)"
+                + (f"; {embedded_caveat}" if embedded_caveat else "")
             )
         client = InfernetClient(base_url, token)
         yield await stack.enter_async_context(client)

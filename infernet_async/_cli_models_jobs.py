@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 _JSON_HELP = "print JSON: the SDK's models, the same keys on every control plane"
+# Each command's embedded control plane is a new one: the jobs of an earlier command are not there.
+_EMPTY_PLANE = (
+    "it starts empty, so it holds no job of an earlier command: 'infernet-async serve' keeps one "
+    "running (export the variables it prints)"
+)
 
 
 def _positive_float(text: str) -> float:
@@ -123,7 +128,7 @@ async def _models(args: argparse.Namespace) -> int:
 
 
 async def _jobs_list(args: argparse.Namespace) -> int:
-    async with open_client(args) as client:
+    async with open_client(args, embedded_caveat=_EMPTY_PLANE) as client:
         jobs = await client.list_jobs(limit=args.limit, status=args.status, since=args.since)
     if args.json:
         write_out(_json({"jobs": [j.model_dump(mode="json") for j in jobs]}))
@@ -161,14 +166,14 @@ def _describe_job(job: Job) -> str:
 
 
 async def _jobs_show(args: argparse.Namespace) -> int:
-    async with open_client(args) as client:
+    async with open_client(args, embedded_caveat=_EMPTY_PLANE) as client:
         job = await client.get_job(args.job_id)
     write_out(_json(job.model_dump(mode="json")) if args.json else _describe_job(job))
     return EXIT_OK
 
 
 async def _jobs_wait(args: argparse.Namespace) -> int:
-    async with open_client(args) as client:
+    async with open_client(args, embedded_caveat=_EMPTY_PLANE) as client:
         job = await client.wait_job(
             args.job_id,
             poll_interval=args.poll_interval,

@@ -78,6 +78,15 @@ async def test_chat_without_configuration_runs_on_the_embedded_control_plane(
     assert out.startswith("Paris")
 
 
+async def test_jobs_on_the_embedded_control_plane_say_it_starts_empty(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert "INFERNET_BASE_URL" not in os.environ and "INFERNET_BEARER_TOKEN" not in os.environ
+    assert await cli("jobs", "list") == 0
+    _, err = capsys.readouterr()
+    assert EMBEDDED_NOTE in err and "starts empty" in err and "infernet-async serve" in err
+
+
 async def test_chat_sends_model_system_max_tokens_and_temperature(
     dev: DevServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
