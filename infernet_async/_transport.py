@@ -552,19 +552,11 @@ class Transport:
         and learns from every answer, errors included (see ``_ratelimit``).
         """
         limiter = active_limiter()
-        if limiter is None:
-            return await self._send_once(
-                method,
-                url,
-                json_body=json_body,
-                params=params,
-                headers=headers,
-                stream=stream,
-                on_send=on_send,
-            )
-        model = json_body.get("model") if isinstance(json_body, Mapping) else None
-        model = model if isinstance(model, str) else None
-        await limiter.acquire(model, retry=retry)
+        model: str | None = None
+        if limiter is not None:
+            named = json_body.get("model") if isinstance(json_body, Mapping) else None
+            model = named if isinstance(named, str) else None
+            await limiter.acquire(model, retry=retry)
         try:
             resp = await self._send_once(
                 method,
@@ -576,12 +568,15 @@ class Transport:
                 on_send=on_send,
             )
         except APIError as exc:
-            limiter.observe(exc.status, exc.headers, exc.body, model=model)
+            if limiter is not None:
+                limiter.observe(exc.status, exc.headers, exc.body, model=model)
             raise
         except BaseException:
-            limiter.release(model)
+            if limiter is not None:
+                limiter.release(model)
             raise
-        limiter.observe(resp.status, resp.headers, model=model)
+        if limiter is not None:
+            limiter.observe(resp.status, resp.headers, model=model)
         return resp
 
     def ensure_connection_limit(self, limit: int) -> int:
