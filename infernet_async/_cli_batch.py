@@ -203,10 +203,13 @@ def _handle(args: argparse.Namespace) -> int:
     enabled = args.progress if args.progress is not None else sys.stderr.isatty()
 
     async def main() -> int:
-        bar = _ProgressBar(total, summary, enabled=enabled)
+        bar: _ProgressBar | None = None
         finished = False
         try:
             async with open_client(args) as client:
+                # Drawn once the client is open: the embedded control plane's notice comes first,
+                # on a line of its own.
+                bar = _ProgressBar(total, summary, enabled=enabled)
                 await run_batch(
                     client,
                     input_path,
@@ -220,7 +223,8 @@ def _handle(args: argparse.Namespace) -> int:
                 )
             finished = True
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
             notice(summary.describe(output))
             if not finished:
                 notice("stopped early: run the same command again to resume")

@@ -351,6 +351,16 @@ async def test_batch_runs_on_the_embedded_control_plane_by_default(
     assert "embedded control plane" in err and "2 ok, 0 failed" in err
 
 
+async def test_the_progress_bar_comes_after_the_embedded_planes_notice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    source = write_lines(tmp_path / "in.jsonl", [{"prompt": "Hello"}])
+    assert await run_cli("batch", str(source), "--max-tokens", "2", "--progress") == 0
+    err = capsys.readouterr().err
+    assert err.startswith("infernet-async: no INFERNET_BASE_URL")  # not drawn onto the bar's line
+    assert "%|" in err  # and the bar was drawn
+
+
 async def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert await run_cli("batch", str(tmp_path / "missing.jsonl")) == 2
     source = write_lines(tmp_path / "in.jsonl", [{"prompt": "x"}])
