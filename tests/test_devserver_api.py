@@ -341,6 +341,20 @@ async def test_list_jobs_newest_first_with_limit_status_and_since(api: Api) -> N
     assert page["jobs"] == []
 
 
+@pytest.mark.parametrize("below_a_millisecond", [0.0, 0.0009996, 0.0009999999])
+async def test_a_job_is_listed_since_its_own_created_at(
+    server: DevServer, api: Api, below_a_millisecond: float
+) -> None:
+    # created_at as the client sees it is rounded to the microsecond, then cut to milliseconds:
+    # a time just under a millisecond boundary is shown as the next one.
+    job_id = (await api.submit("Question?"))["id"]
+    job = next(j for j in server._store if j.id == job_id)
+    job.created_at = float(int(job.created_at)) + 0.5 + below_a_millisecond
+    _, shown, _ = await api.request("GET", f"/jobs/{job_id}")
+    _, page, _ = await api.request("GET", "/jobs", params={"since": shown["created_at"]})
+    assert [j["id"] for j in page["jobs"]] == [job_id]
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [

@@ -293,8 +293,9 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
     for job in server._store.newest_first():
         if job.owner != owner or (status is not None and job.status != status):
             continue
-        # Compare in whole milliseconds, the precision of the created_at values clients see.
-        if since is not None and int(job.created_at * 1000) < round(since * 1000):
+        # Compare the created_at clients see (whole milliseconds, as iso() writes it): a job is
+        # listed since its own created_at, whatever the sub-millisecond part iso() rounded.
+        if since is not None and round(parse_iso(iso(job.created_at)) * 1000) < round(since * 1000):
             continue
         jobs.append(job.to_json())
         if len(jobs) == limit:
