@@ -120,16 +120,6 @@ class ReplayDiverged(Exception):
     """The replayed stream is not the text that was delivered (the job restarted elsewhere)."""
 
 
-def _is_after(event_id: str | None, last_id: str | None) -> bool:
-    """Whether ``event_id`` comes after ``last_id``: known only when both are numbers."""
-    if event_id is None or last_id is None:
-        return False
-    try:
-        return int(event_id) > int(last_id)
-    except ValueError:
-        return False
-
-
 class ReplayFilter:
     """Skips the replay of what was already delivered, after a reconnect to the same job.
 
@@ -139,21 +129,20 @@ class ReplayFilter:
     beyond it (a finished job replays as one event holding its whole text), and one that
     contradicts it raises ``ReplayDiverged``. The text decides, not the ids: a job that ran again
     after a re-queue may replay new opaque ids, or reuse numeric ones for other text, and
-    skipping by id alone would splice two attempts. Ids decide one thing only: when the first
-    token is numbered after the last delivered one and its text cannot be a replay, the server
-    honoured ``Last-Event-ID`` and resumed after it, so what follows is new. A ``done`` that
-    comes before the replay has caught up, or whose whole text does not begin with the delivered
-    text, raises ``ReplayDiverged``: ``finished`` must mean a whole answer. Job and meta events of
-    the replay are dropped.
+    skipping by id alone would splice two attempts. Nor do ids tell a resume after
+    ``Last-Event-ID`` (which neither the live control plane nor the DevServer does) from a re-run
+    numbered after the old attempt, whose ids only grow: a stream that does not replay what was
+    delivered raises ``ReplayDiverged`` rather than risk a spliced answer. A ``done`` that comes
+    before the replay has caught up, or whose whole text does not begin with the delivered text,
+    raises it too: ``finished`` must mean a whole answer. Job and meta events of the replay are
+    dropped.
     """
 
-    __slots__ = ("_delivered", "_last_id", "_matched", "_resumed", "done")
+    __slots__ = ("_delivered", "_matched", "done")
 
-    def __init__(self, delivered: str, last_id: str | None = None) -> None:
+    def __init__(self, delivered: str) -> None:
         self._delivered = delivered
-        self._last_id = last_id
         self._matched = 0
-        self._resumed = False
         self.done = False
         """True once nothing is left to check: every later event passes untouched."""
 
@@ -172,7 +161,7 @@ class ReplayFilter:
         if self.done:
             return event
         if isinstance(event, Done):
-            if not self._resumed and self._matched < len(self._delivered):
+            if self._matched < len(self._delivered):
                 raise self._diverged("the replay ended")
             if event.text is not None and not event.text.startswith(self._delivered):
                 raise self._diverged("the replay's whole text differs")
@@ -180,11 +169,6 @@ class ReplayFilter:
             return event
         if isinstance(event, ErrorEvent):
             self.done = True
-            return event
-        if self._resumed:
-            # Stays on until the end, for the ``done`` text to confirm that the server resumed
-            # and the job did not run again with higher ids (rare: only servers that honour
-            # ``Last-Event-ID``, which the live control plane does not).
             return event
         if not isinstance(event, Token):
             return None
@@ -199,7 +183,4 @@ class ReplayFilter:
             self.done = True
             fresh = text[len(delivered) - matched :]
             return Token(fresh, event.id) if fresh else None
-        if matched == 0 and _is_after(event.id, self._last_id):
-            self._resumed = True
-            return event
         raise self._diverged("the replayed text differs")

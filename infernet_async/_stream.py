@@ -112,8 +112,6 @@ class TokenStream(AsyncResource):
         self._busy = False
         self._resume: ReplayFilter | None = None
         self._last_id: str | None = None
-        self._last_token_id: str | None = None
-        self._ids_usable = True
         self._restarts = 0
         self._reconnects = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -762,11 +760,6 @@ class TokenStream(AsyncResource):
                 ):
                     self._arm(deadline)
         if event.id is not None:
-            # WHATWG ids persist across events: a server that sent one ``id:`` line tags every
-            # later token with it. Resuming by id needs one id per token; otherwise count tokens.
-            if event.id == self._last_token_id:
-                self._ids_usable = False
-            self._last_token_id = event.id
             self._last_id = event.id
 
     async def _error_event(self, event: ErrorEvent) -> StreamEvent:
@@ -801,7 +794,7 @@ class TokenStream(AsyncResource):
             # Only now that the new attempt is open does the old text go.
             discarded = self._acc.restart()
             self._resume = None
-            self._last_id = self._last_token_id = None
+            self._last_id = None
             return Restart(attempt=self._acc.attempt, discarded_text=discarded)
         reason: TerminalReason = (
             "node_disconnected" if event.code == "node_disconnected" else "error"
@@ -829,7 +822,7 @@ class TokenStream(AsyncResource):
             self._reconnects += 1
             last_id = self._last_id or self._decoder.last_event_id
             self._close_response()
-            self._resume = ReplayFilter(self._acc.text, last_id if self._ids_usable else None)
+            self._resume = ReplayFilter(self._acc.text)
             retry = self._transport.retry
             delay = backoff_delay(self._reconnects, base=retry.backoff_base, cap=retry.backoff_max)
             logger.info(

@@ -72,7 +72,7 @@ def _run(filt: ReplayFilter, events: Sequence[StreamEvent]) -> list[StreamEvent]
 
 
 def test_replay_of_the_same_attempt_is_skipped_in_the_typed_dialect() -> None:
-    filt = ReplayFilter("AA", last_id="3")
+    filt = ReplayFilter("AA")
     replay: list[StreamEvent] = [
         JobInfo("job_1"),
         Meta(id="1"),
@@ -99,7 +99,7 @@ def test_a_finished_jobs_whole_text_is_trimmed_to_the_rest() -> None:
 
 
 def test_opaque_ids_skip_up_to_the_last_delivered_one() -> None:
-    filt = ReplayFilter("ab", last_id="x2")
+    filt = ReplayFilter("ab")
     replay: list[StreamEvent] = [Token("a", "x1"), Token("b", "x2"), Token("c", "x3")]
     assert _run(filt, replay) == [Token("c", "x3")]
 
@@ -123,49 +123,47 @@ def test_errors_pass_through_a_replay() -> None:
 def test_a_new_attempt_with_new_opaque_ids_is_not_skipped_blindly() -> None:
     # The job ran again: the last delivered id never comes back, so skipping "up to it" would
     # swallow the whole new answer and let ``done`` through.
-    filt = ReplayFilter("Paris is", last_id="a-2")
+    filt = ReplayFilter("Paris is")
     assert filt.feed(JobInfo("job_1")) is None
     with pytest.raises(ReplayDiverged):
         filt.feed(Token("Lyon", "b-1"))
 
 
 def test_reused_numeric_ids_with_equal_lengths_are_not_spliced() -> None:
-    filt = ReplayFilter("Paris is", last_id="2")
+    filt = ReplayFilter("Paris is")
     with pytest.raises(ReplayDiverged):
         filt.feed(Token("Lyons", "1"))  # as long as "Paris", and numbered as it was
 
 
 def test_a_reused_id_carrying_other_text_later_in_the_replay_diverges() -> None:
-    filt = ReplayFilter("Paris is", last_id="2")
+    filt = ReplayFilter("Paris is")
     assert filt.feed(Token("Paris", "1")) is None
     with pytest.raises(ReplayDiverged):
         filt.feed(Token(" be", "2"))
 
 
 @pytest.mark.parametrize(
-    ("last_id", "ids"),
-    [(None, (None, None)), ("3", ("1", "4")), ("a-3", ("a-1", "a-4"))],
+    "ids",
+    [(None, None), ("1", "4"), ("a-1", "a-4")],
     ids=["data", "numeric", "opaque"],
 )
-def test_done_before_the_replay_caught_up_diverges(
-    last_id: str | None, ids: tuple[str | None, str | None]
-) -> None:
+def test_done_before_the_replay_caught_up_diverges(ids: tuple[str | None, str | None]) -> None:
     # The replay ended short of what was delivered: that is not the answer the caller saw.
-    filt = ReplayFilter("Paris is the", last_id=last_id)
+    filt = ReplayFilter("Paris is the")
     assert filt.feed(Token("Paris", ids[0])) is None
     with pytest.raises(ReplayDiverged, match="ended"):
         filt.feed(Done(id=ids[1]))
 
 
 def test_done_whose_whole_text_contradicts_the_delivered_text_diverges() -> None:
-    filt = ReplayFilter("Paris is", last_id="2")
+    filt = ReplayFilter("Paris is")
     assert _run(filt, [Token("Paris", "1"), Token(" is", "2")]) == []
     with pytest.raises(ReplayDiverged, match="whole text"):
         filt.feed(Done("Lyon is", "stop", "3"))
 
 
 def test_done_whose_whole_text_begins_with_the_delivered_text_passes() -> None:
-    filt = ReplayFilter("Paris is", last_id="2")
+    filt = ReplayFilter("Paris is")
     done = Done("Paris is", "stop", "3")
     assert _run(filt, [Token("Paris", "1"), Token(" is", "2"), done]) == [done]
     assert filt.done
@@ -175,7 +173,7 @@ def test_done_whose_whole_text_begins_with_the_delivered_text_passes() -> None:
 
 
 def test_the_same_attempt_with_opaque_ids_hands_out_only_the_rest() -> None:
-    filt = ReplayFilter("Paris is", last_id="a-2")
+    filt = ReplayFilter("Paris is")
     done = Done("Paris is nice.", "stop", "a-4")
     replay: list[StreamEvent] = [
         Meta(id="a-0"),
@@ -188,7 +186,7 @@ def test_the_same_attempt_with_opaque_ids_hands_out_only_the_rest() -> None:
 
 def test_reused_numeric_ids_with_the_same_text_replay_cleanly() -> None:
     # The job ran again and said the same thing: nothing is lost and nothing is repeated.
-    filt = ReplayFilter("Paris is", last_id="2")
+    filt = ReplayFilter("Paris is")
     done = Done("Paris is big.", "stop", "4")
     replay: list[StreamEvent] = [Token("Paris", "1"), Token(" is", "2"), Token(" big.", "3"), done]
     assert _run(filt, replay) == [Token(" big.", "3"), done]
@@ -197,13 +195,13 @@ def test_reused_numeric_ids_with_the_same_text_replay_cleanly() -> None:
 def test_a_new_attempt_with_higher_ids_and_the_same_text_is_matched_by_text() -> None:
     # Higher ids alone do not prove a resume: a re-run numbered after the old one replays its
     # text from the start, which is skipped, not handed out twice.
-    filt = ReplayFilter("Paris is", last_id="2")
+    filt = ReplayFilter("Paris is")
     replay: list[StreamEvent] = [Token("Paris", "11"), Token(" is", "12"), Token(" big.", "13")]
     assert _run(filt, replay) == [Token(" big.", "13")]
 
 
 def test_a_finished_job_replayed_as_one_later_numbered_event_is_trimmed() -> None:
-    filt = ReplayFilter("Paris is", last_id="2")
+    filt = ReplayFilter("Paris is")
     replay: list[StreamEvent] = [
         Meta(id="0"),
         Token("Paris is big.", "3"),
@@ -212,22 +210,22 @@ def test_a_finished_job_replayed_as_one_later_numbered_event_is_trimmed() -> Non
     assert _run(filt, replay) == [Token(" big.", "3"), Done("Paris is big.", "stop", "4")]
 
 
-def test_a_server_that_resumes_after_last_event_id_is_followed() -> None:
-    # Honouring Last-Event-ID, the server sends only what comes after it: nothing is replayed,
-    # and the filter must not wait for a replay that will not come.
-    filt = ReplayFilter("Paris is", last_id="2")
-    done = Done("Paris is big.", "stop", "4")
-    assert _run(filt, [Token(" big.", "3"), done]) == [Token(" big.", "3"), done]
-    assert filt.done
+def test_a_stream_that_does_not_replay_the_delivered_text_diverges() -> None:
+    # A server honouring Last-Event-ID would send only what comes after it; by ids alone that
+    # cannot be told from a re-run numbered after the old attempt (ids only grow), so it is not
+    # taken as a resume: a spliced answer would be worse than a reported gap.
+    filt = ReplayFilter("Paris is")
+    with pytest.raises(ReplayDiverged, match="differs"):
+        filt.feed(Token(" big.", "3"))
 
 
-def test_a_resume_is_still_checked_against_the_whole_text() -> None:
-    # A re-run numbered after the old attempt looks like a resume until its done says otherwise.
-    filt = ReplayFilter("Paris is", last_id="2")
-    assert filt.feed(Token("Lyon", "11")) == Token("Lyon", "11")
-    assert not filt.done
-    with pytest.raises(ReplayDiverged, match="whole text"):
-        filt.feed(Done("Lyon is big.", "stop", "14"))
+def test_a_re_run_with_growing_ids_diverges_at_its_first_token() -> None:
+    # The DevServer numbers a re-queued job's new attempt after the old one: nothing of it may be
+    # handed out after the old text.
+    filt = ReplayFilter("The cat sat")
+    assert filt.feed(Meta(id="10")) is None
+    with pytest.raises(ReplayDiverged, match="differs"):
+        filt.feed(Token("A", "11"))
 
 
 def test_a_data_only_replay_ending_with_a_bare_done_passes() -> None:
@@ -236,7 +234,7 @@ def test_a_data_only_replay_ending_with_a_bare_done_passes() -> None:
 
 
 def test_nothing_delivered_passes_everything() -> None:
-    filt = ReplayFilter("", last_id="1")
+    filt = ReplayFilter("")
     assert _run(filt, [Meta(id="1"), Token("A", "2"), Done("A", "stop", "3")]) == [
         Token("A", "2"),
         Done("A", "stop", "3"),
@@ -313,12 +311,19 @@ async def test_a_typed_replay_of_the_same_attempt_with_opaque_ids_completes() ->
     assert calls == [None, "a-2"]
 
 
-async def test_a_server_honouring_last_event_id_is_followed_to_the_end() -> None:
-    first = _typed(("1", "token", {"text": "Paris"}), ("2", "token", {"text": " is"}))
-    rest = _typed(
-        ("3", "token", {"text": " big."}),
-        ("4", "done", {"text": "Paris is big.", "reason": "stop"}),
+async def test_a_re_run_with_growing_ids_is_not_spliced_onto_the_old_text() -> None:
+    first = _typed(
+        ("2", "token", {"text": "The"}),
+        ("3", "token", {"text": " cat"}),
+        ("4", "token", {"text": " sat"}),
     )
-    tokens, calls, text, finished = await _reconnect(first, rest)
-    assert tokens == ["Paris", " is", " big."] and text == "Paris is big." and finished
-    assert calls == [None, "2"]
+    second = _typed(
+        ("10", "meta", {"provider_node_id": "node_b"}),
+        ("11", "token", {"text": "A"}),
+        ("12", "token", {"text": " dog"}),
+        ("13", "token", {"text": " ran"}),
+        ("14", "done", {"text": "A dog ran", "reason": "stop"}),
+    )
+    with pytest.raises(IncompleteStreamError, match="differs") as info:
+        await _reconnect(first, second)
+    assert info.value.partial_text == "The cat sat"
