@@ -119,7 +119,9 @@ class Timeouts:
     Attributes:
         connect: establishing the TCP (and TLS) connection.
         read: idle time between two reads of the socket. Heartbeats count as activity, so keep this
-            above the control plane's 15 s ``: ping`` interval.
+            above the control plane's 15 s ``: ping`` interval, and below ``stall``: a connection
+            silent that long is dead (half open), which a stream that reconnects recovers from,
+            while a node that sends pings but no token is ``stall``'s.
         first_token: from sending a stream request to its first token (a job may queue first);
             ``None`` leaves only ``total`` to bound it.
         stall: no token for this long while the connection stays alive (heartbeats do not reset it):
@@ -134,7 +136,7 @@ class Timeouts:
     """
 
     connect: float | None = 10.0
-    read: float | None = 60.0
+    read: float | None = 45.0
     first_token: float | None = None
     stall: float | None = 60.0
     total: float | None = 330.0

@@ -123,6 +123,9 @@ class TokenStream(AsyncResource):
         self._total_deadline: float | None = None
         self._sent_at: float | None = None
         self._job_sent_at: float | None = None
+        # When a reconnect (or the follow of a re-queued job) last went out: the stall deadline runs
+        # from the later of it and the last token, not through the reconnect's own backoff.
+        self._resent_at: float | None = None
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
         # The deadline watchdog (see ``_pump``): one timer per stream instead of an
@@ -472,7 +475,9 @@ class TokenStream(AsyncResource):
                 self._total_deadline = None
             return
         now = self._sent_at = self._loop.time()
-        if opening:
+        if not opening:
+            self._resent_at = now
+        else:
             self._job_sent_at = now
             total = self._transport.timeouts.total
             self._total_deadline = now + total if total is not None else None
@@ -544,7 +549,10 @@ class TokenStream(AsyncResource):
             if timeouts.first_token is not None and self._sent_at is not None:
                 at, phase = self._sent_at + timeouts.first_token, "first_token"
         elif timeouts.stall is not None:
-            at, phase = self._last_token_at + timeouts.stall, "stall"
+            since = self._last_token_at
+            if self._resent_at is not None and self._resent_at > since:
+                since = self._resent_at
+            at, phase = since + timeouts.stall, "stall"
         total = self._total_deadline
         # On a tie the phase's own name wins over "total", the more useful message.
         if total is not None and (at is None or total < at):

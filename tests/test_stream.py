@@ -330,6 +330,36 @@ async def test_a_connection_gone_silent_is_a_dropped_one_for_a_stream_that_recon
     assert (stream.reconnects, len(calls)) == ((1, 2) if reconnect else (0, 1))
 
 
+async def test_the_stall_deadline_does_not_run_through_a_reconnects_backoff() -> None:
+    # Silent after two tokens: the read timeout (0.3 s) calls for a reconnect, whose backoff
+    # (0.3 to 0.6 s) ends past the stall deadline counted from the last token (0.5 s). The stall
+    # clock starts again as the reconnect goes out.
+    calls: list[str | None] = []
+
+    async def handler(request):  # type: ignore[no-untyped-def]
+        calls.append(request.headers.get("Last-Event-ID"))
+        if len(calls) == 1:
+            return await sse_handler([*data_events("Paris", " is", done=False), 30.0])(request)
+        return await sse_handler(data_events("Paris", " is", " the", " capital."))(request)
+
+    timeouts = Timeouts(read=0.3, stall=0.5)
+    retry = RetryPolicy(backoff_base=0.6)
+    async with (
+        raw_server(handler) as url,
+        client_for(url, timeouts=timeouts, retry=retry) as client,
+        client.stream_job("job_x") as stream,
+    ):
+        assert await stream.final_text() == "Paris is the capital."
+    assert stream.reconnects == 1 and len(calls) == 2
+
+
+def test_the_default_read_timeout_is_under_the_stall_timeout() -> None:
+    # A silent connection must meet the read timeout (a reconnect) before the stall one (an end).
+    defaults = Timeouts()
+    assert defaults.read is not None and defaults.stall is not None
+    assert 15 < defaults.read < defaults.stall  # above the control plane's 15 s ping
+
+
 async def test_closing_the_client_ends_its_streams_for_good() -> None:
     # App shutdown: client.aclose() while a stream_job (which reconnects) is read, and a stream
     # made before it but opened after. Neither reconnects, retries or builds a new session.
