@@ -126,6 +126,7 @@ class TokenStream(AsyncResource):
         # When a reconnect (or the follow of a re-queued job) last went out: the stall deadline runs
         # from the later of it and the last token, not through the reconnect's own backoff.
         self._resent_at: float | None = None
+        self._backing_off = False
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
         # The deadline watchdog (see ``_pump``): one timer per stream instead of an
@@ -680,8 +681,10 @@ class TokenStream(AsyncResource):
 
     def _on_watchdog(self) -> None:
         self._watchdog = None
-        if self._resp is None and self._reader is None:
-            return  # between attempts or ended; the next open or read arms it again
+        if (self._resp is None and self._reader is None) or self._backing_off:
+            # Between attempts, in a reconnect's backoff (the client's own wait) or ended: the
+            # next open or read arms it again.
+            return
         deadline, phase = self._deadline()
         if deadline is None:
             return
@@ -839,7 +842,16 @@ class TokenStream(AsyncResource):
                 self._acc.token_count,
                 delay,
             )
-            await (retry.sleep or asyncio.sleep)(delay)
+            # Registered as the reader, so that aclose() from another task ends the wait at once.
+            task, cancelling = self._watch(None)
+            self._backing_off = True
+            try:
+                await (retry.sleep or asyncio.sleep)(delay)
+            except BaseException as exc:
+                self._raise_unwatched(task, cancelling, exc)
+            finally:
+                self._backing_off = False
+            self._unwatch(task)
             # The live control plane ignores Last-Event-ID and replays from the start; the
             # ReplayFilter skips what was delivered. So an id no header can carry (SSE ids are any
             # text) is left out rather than failing the reconnect.

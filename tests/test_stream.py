@@ -626,9 +626,10 @@ async def test_aclose_from_another_task_stops_a_stream_waiting_for_its_head() ->
         await _stop_while_opening(client)
 
 
-async def test_aclose_during_a_reconnects_backoff_sends_nothing_more() -> None:
+async def test_aclose_during_a_reconnects_backoff_ends_it_at_once_and_sends_nothing_more() -> None:
+    # A backoff of 0.5 to 1 s: the reader must not sit it out.
     async with DevServer(tokens_per_second=200, time_to_first_token=0, answer_tokens=30) as server:
-        client = client_for(server.base_url, server.token, retry=RetryPolicy(backoff_base=0.5))
+        client = client_for(server.base_url, server.token, retry=RetryPolicy(backoff_base=1.0))
         async with client:
             job = await client.submit(model=MODEL, messages=MSG)
             server.inject(Fault.disconnect(after_tokens=2))
@@ -643,8 +644,8 @@ async def test_aclose_during_a_reconnects_backoff_sends_nothing_more() -> None:
                 await asyncio.sleep(0.01)
             await stream.aclose()
             with pytest.raises(StreamError, match="closed"):
-                await asyncio.wait_for(reader, 2.0)
-            await asyncio.sleep(0.6)  # past the backoff
+                await asyncio.wait_for(reader, 0.3)
+            await asyncio.sleep(1.0)  # past the backoff
     assert stream.text == "Paris is" and stream.terminal_reason == "closed"
     assert sum(1 for r in server.requests if r.path.endswith("/stream")) == 1
 
