@@ -13,6 +13,7 @@ import asyncio
 import enum
 import logging
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from ssl import SSLContext
@@ -164,6 +165,7 @@ class InfernetClient(AsyncResource):
             max_answer_chars=max_answer_chars,
         )
         self._entered = False
+        self._streams: weakref.WeakSet[TokenStream] = weakref.WeakSet()
         # Shared by every worker of every fan-out of this client: one 429 pauses them all. Its
         # no_capacity backoff follows the client's retry policy.
         retry_policy = self.retry
@@ -208,6 +210,10 @@ class InfernetClient(AsyncResource):
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
+        # Its streams first: one waiting to retry or to reconnect ends now, not when the wait is
+        # over (closing the transport alone is only seen after it).
+        for stream in list(self._streams):
+            await stream.aclose()
         await self._transport.aclose()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
@@ -256,11 +262,13 @@ class InfernetClient(AsyncResource):
         body = self._chat_body(
             model, messages, max_tokens, temperature, top_p, node_id, stream=True, extra=extra
         )
-        return TokenStream(
-            self._transport,
-            request=body,
-            on_node_disconnect=on_node_disconnect,
-            reconnect=reconnect,
+        return self._track(
+            TokenStream(
+                self._transport,
+                request=body,
+                on_node_disconnect=on_node_disconnect,
+                reconnect=reconnect,
+            )
         )
 
     def stream_job(
@@ -279,12 +287,19 @@ class InfernetClient(AsyncResource):
         """
         self._ensure_open()
         validate_job_id(job_id)
-        return TokenStream(
-            self._transport,
-            job_id=job_id,
-            on_node_disconnect=on_node_disconnect,
-            reconnect=reconnect,
+        return self._track(
+            TokenStream(
+                self._transport,
+                job_id=job_id,
+                on_node_disconnect=on_node_disconnect,
+                reconnect=reconnect,
+            )
         )
+
+    def _track(self, stream: TokenStream) -> TokenStream:
+        # Weakly: a stream its caller dropped is not kept alive by the client.
+        self._streams.add(stream)
+        return stream
 
     async def complete(
         self,

@@ -124,9 +124,11 @@ class TokenStream(AsyncResource):
         self._sent_at: float | None = None
         self._job_sent_at: float | None = None
         # When a reconnect (or the follow of a re-queued job) last went out: the stall deadline runs
-        # from the later of it and the last token, not through the reconnect's own backoff.
+        # from the later of it and the last token. ``_awaiting_send`` is True from a reconnect's
+        # start (its backoff) or an open's until its request goes out, and while a retry of it
+        # waits: no stall runs through the client's own waits (the total deadline still does).
         self._resent_at: float | None = None
-        self._backing_off = False
+        self._awaiting_send = False
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
         # The deadline watchdog (see ``_pump``): one timer per stream instead of an
@@ -433,6 +435,7 @@ class TokenStream(AsyncResource):
         if self._state == _CLOSED:
             raise self._closed_while_opening()  # aclose() during a reconnect's backoff
         self._sent_at = None
+        self._awaiting_send = True
         # Under the watchdog the reads use, armed as the request goes out (_on_send) for the
         # first token's deadline, which the first read keeps: no asyncio.timeout (a second timer)
         # per stream.
@@ -472,10 +475,12 @@ class TokenStream(AsyncResource):
         opening = self._state == _OPENING
         if not sent:
             self._sent_at = None
+            self._awaiting_send = True
             if opening:
                 self._total_deadline = None
             return
         now = self._sent_at = self._loop.time()
+        self._awaiting_send = False
         if not opening:
             self._resent_at = now
         else:
@@ -549,7 +554,7 @@ class TokenStream(AsyncResource):
         if self._acc.token_count == 0 or self._last_token_at is None:
             if timeouts.first_token is not None and self._sent_at is not None:
                 at, phase = self._sent_at + timeouts.first_token, "first_token"
-        elif timeouts.stall is not None:
+        elif timeouts.stall is not None and not self._awaiting_send:
             since = self._last_token_at
             if self._resent_at is not None and self._resent_at > since:
                 since = self._resent_at
@@ -681,10 +686,8 @@ class TokenStream(AsyncResource):
 
     def _on_watchdog(self) -> None:
         self._watchdog = None
-        if (self._resp is None and self._reader is None) or self._backing_off:
-            # Between attempts, in a reconnect's backoff (the client's own wait) or ended: the
-            # next open or read arms it again.
-            return
+        if self._resp is None and self._reader is None:
+            return  # between attempts or ended; the next open or read arms it again
         deadline, phase = self._deadline()
         if deadline is None:
             return
@@ -762,14 +765,13 @@ class TokenStream(AsyncResource):
             if self._read_interval:
                 # Not before: the time to first token is measured, and seen, without delay.
                 self._read_sparsely()
-            if self._reader is not None:
-                # Taken inside a pump (collecting): the stall deadline starts now, and may be
-                # earlier than the one the watchdog was armed for.
-                deadline, _ = self._deadline()
-                if deadline is not None and (
-                    self._watchdog is None or self._watchdog_at > deadline
-                ):
-                    self._arm(deadline)
+        if self._acc.token_count == 1 and self._reader is not None:
+            # An attempt's first token (the stream's, or a re-queued job's after a restart), taken
+            # inside a pump (collecting): the stall deadline starts now, and may be earlier than
+            # the one the watchdog was armed for.
+            deadline, _ = self._deadline()
+            if deadline is not None and (self._watchdog is None or self._watchdog_at > deadline):
+                self._arm(deadline)
         if event.id is not None:
             self._last_id = event.id
 
@@ -842,15 +844,14 @@ class TokenStream(AsyncResource):
                 self._acc.token_count,
                 delay,
             )
-            # Registered as the reader, so that aclose() from another task ends the wait at once.
-            task, cancelling = self._watch(None)
-            self._backing_off = True
+            # Registered as the reader, so that aclose() from another task ends the wait at once;
+            # the client's own wait, so no stall deadline runs through it.
+            self._awaiting_send = True
+            task, cancelling = self._watch(self._deadline()[0])
             try:
                 await (retry.sleep or asyncio.sleep)(delay)
             except BaseException as exc:
                 self._raise_unwatched(task, cancelling, exc)
-            finally:
-                self._backing_off = False
             self._unwatch(task)
             # The live control plane ignores Last-Event-ID and replays from the start; the
             # ReplayFilter skips what was delivered. So an id no header can carry (SSE ids are any

@@ -21,6 +21,7 @@ from infernet_async import (
     JobInfo,
     Meta,
     NodeDisconnectedError,
+    RateLimitError,
     Restart,
     RetryPolicy,
     StreamError,
@@ -28,6 +29,7 @@ from infernet_async import (
     Token,
     TokenStream,
 )
+from infernet_async._ratelimit import RateLimiter, limited_by
 from infernet_async._transport import SendListener
 from infernet_async.devserver import DevServer, Fault
 
@@ -353,6 +355,126 @@ async def test_the_stall_deadline_does_not_run_through_a_reconnects_backoff() ->
     assert stream.reconnects == 1 and len(calls) == 2
 
 
+def _rate_limited(retry_after: float) -> web.Response:
+    return web.json_response(
+        {"error": "rate_limited", "error_message": "slow down"},
+        status=429,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+async def test_the_stall_deadline_does_not_run_through_a_reconnects_retry_wait() -> None:
+    # Silent after two tokens: the read timeout (0.3 s) calls for a reconnect, whose GET is told
+    # to wait 1 s (429). That wait is the client's own: the stall (0.8 s) runs from the retry's
+    # sending.
+    calls: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        calls.append(1)
+        if len(calls) == 1:
+            return await sse_handler([*data_events("Paris", " is", done=False), 30.0])(request)
+        if len(calls) == 2:
+            return _rate_limited(1.0)
+        return await sse_handler(data_events("Paris", " is", " the", " capital."))(request)
+
+    timeouts = Timeouts(read=0.3, stall=0.8)
+    retry = RetryPolicy(backoff_base=0.05, backoff_max=0.05)
+    async with (
+        raw_server(handler) as url,
+        client_for(url, timeouts=timeouts, retry=retry) as client,
+        client.stream_job("job_x") as stream,
+    ):
+        assert await stream.final_text() == "Paris is the capital."
+    assert len(calls) == 3
+
+
+async def test_the_stall_deadline_does_not_run_through_the_limiters_wait_before_a_reconnect() -> (
+    None
+):
+    # A fan-out worker's stream: another request of the client is answered 429 (wait 1 s) as this
+    # stream's connection goes silent, so the shared limiter holds its reconnect.
+    paths: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        paths.append(request.path)
+        if request.path.endswith("/job_other"):
+            return _rate_limited(1.0)
+        if sum(p.endswith("/stream") for p in paths) == 1:
+            return await sse_handler([*data_events("Paris", " is", done=False), 30.0])(request)
+        return await sse_handler(data_events("Paris", " is", " the", " capital."))(request)
+
+    timeouts = Timeouts(read=0.3, stall=0.8)
+    retry = RetryPolicy(backoff_base=0.05, backoff_max=0.05, max_retries=0)
+    async with (
+        raw_server(handler) as url,
+        client_for(url, timeouts=timeouts, retry=retry) as client,
+    ):
+        with limited_by(RateLimiter()):
+            async with client.stream_job("job_x") as stream:
+
+                async def other() -> None:
+                    await asyncio.sleep(0.25)  # just before the read timeout
+                    with pytest.raises(RateLimitError):
+                        await client.get_job("job_other")
+
+                side = asyncio.create_task(other())
+                try:
+                    assert await stream.final_text() == "Paris is the capital."
+                finally:
+                    await side
+
+
+async def test_the_stall_deadline_holds_for_a_re_queued_attempt_when_collecting() -> None:
+    # After a node drop the re-queued job waits 0.7 s, sends one token, then only pings: the stall
+    # (0.5 s) runs from that attempt's first token, not only at the total deadline (3 s).
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method == "POST":
+            dropped = b'data: {"error": "node_disconnected", "message": "Node went offline"}\n\n'
+            body = [*data_events("a", "b", done=False), dropped]
+            return await sse_handler(body, headers={"X-Infernet-Job-Id": "job_x"})(request)
+        pings = [b": ping\n\n", 0.1] * 60
+        return await sse_handler([0.7, *data_events("c", done=False), *pings])(request)
+
+    timeouts = Timeouts(read=5.0, stall=0.5, total=3.0)
+    async with raw_server(handler) as url, client_for(url, timeouts=timeouts) as client:
+        stream = client.stream(model=MODEL, messages=MSG, on_node_disconnect="restart")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(APITimeoutError) as info:
+            async with stream:
+                await stream.final_text()
+        took = asyncio.get_running_loop().time() - started
+    assert info.value.phase == "stall" and stream.restarts == 1 and stream.text == "c"
+    assert took < 2.5  # the total deadline is 3 s
+
+
+@pytest.mark.parametrize("waiting_for", ["a reconnect", "a retry"])
+async def test_closing_the_client_ends_a_streams_wait_at_once(waiting_for: str) -> None:
+    # App shutdown while a stream waits: a reconnect's backoff (1 to 2 s), or a 429's 3 s.
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if waiting_for == "a retry":
+            return _rate_limited(3.0)
+        return await sse_handler(data_events("Paris", " is", done=False))(request)
+
+    retry = RetryPolicy(backoff_base=2.0, backoff_max=2.0)
+    async with raw_server(handler) as url:
+        client = client_for(url, retry=retry)
+        async with client:
+            if waiting_for == "a retry":
+                stream = client.stream(model=MODEL, messages=MSG)
+            else:
+                stream = client.stream_job("job_x")
+
+            async def read() -> str:
+                async with stream:
+                    return await stream.final_text()
+
+            reader = asyncio.create_task(read())
+            await asyncio.sleep(0.3)  # in the wait by now
+            await client.aclose()
+            with pytest.raises(StreamError, match="closed"):
+                await asyncio.wait_for(reader, 0.3)
+
+
 def test_the_default_read_timeout_is_under_the_stall_timeout() -> None:
     # A silent connection must meet the read timeout (a reconnect) before the stall one (an end).
     defaults = Timeouts()
@@ -380,8 +502,12 @@ async def test_closing_the_client_ends_its_streams_for_good() -> None:
             await client.aclose()
             with pytest.raises(IncompleteStreamError):
                 await asyncio.wait_for(reader, 2.0)
+            assert later.closed  # closed with the client, before it was ever opened
+            with pytest.raises(StreamError, match="closed"):
+                async with later:
+                    await later.final_text()
             with pytest.raises(APIConnectionError, match="client is closed"):
-                await asyncio.wait_for(later.__aenter__(), 2.0)
+                await client._transport.session()  # no session is built again
         assert reading.reconnects == 0 and client._transport._binding is None
         assert [r.path.endswith("/stream") for r in server.requests].count(True) == 1
 
