@@ -306,18 +306,28 @@ async def test_reconnect_to_a_different_attempt_is_not_spliced() -> None:
     assert info.value.partial_text == "Paris is"
 
 
+def _silent_then_whole(
+    calls: list[str | None],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Two tokens, then neither bytes nor FIN (a half-open connection); a reconnect (its
+    Last-Event-ID goes in ``calls``) gets the whole answer."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        calls.append(request.headers.get("Last-Event-ID"))
+        if len(calls) == 1:
+            return await sse_handler([*data_events("Paris", " is", done=False), 30.0])(request)
+        return await sse_handler(data_events("Paris", " is", " the", " capital."))(request)
+
+    return handler
+
+
 @pytest.mark.parametrize("reconnect", [True, False])
 async def test_a_connection_gone_silent_is_a_dropped_one_for_a_stream_that_reconnects(
     reconnect: bool,
 ) -> None:
     # Two tokens, then neither bytes nor FIN (a half-open connection): the read timeout fires.
     calls: list[str | None] = []
-
-    async def handler(request):  # type: ignore[no-untyped-def]
-        calls.append(request.headers.get("Last-Event-ID"))
-        if len(calls) == 1:
-            return await sse_handler([*data_events("Paris", " is", done=False), 30.0])(request)
-        return await sse_handler(data_events("Paris", " is", " the", " capital."))(request)
+    handler = _silent_then_whole(calls)
 
     async with raw_server(handler) as url, client_for(url, timeouts=Timeouts(read=0.3)) as client:
         stream = client.stream_job("job_x", reconnect=reconnect)
@@ -337,12 +347,7 @@ async def test_the_stall_deadline_does_not_run_through_a_reconnects_backoff() ->
     # (0.3 to 0.6 s) ends past the stall deadline counted from the last token (0.5 s). The stall
     # clock starts again as the reconnect goes out.
     calls: list[str | None] = []
-
-    async def handler(request):  # type: ignore[no-untyped-def]
-        calls.append(request.headers.get("Last-Event-ID"))
-        if len(calls) == 1:
-            return await sse_handler([*data_events("Paris", " is", done=False), 30.0])(request)
-        return await sse_handler(data_events("Paris", " is", " the", " capital."))(request)
+    handler = _silent_then_whole(calls)
 
     timeouts = Timeouts(read=0.3, stall=0.5)
     retry = RetryPolicy(backoff_base=0.6)
