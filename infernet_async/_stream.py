@@ -116,19 +116,15 @@ class TokenStream(AsyncResource):
         self._reconnects = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at: float | None = None
-        # The deadlines run from sending: ``_sent_at`` is when the request being opened went out
-        # (None until it has, and while a retry waits), the first token's deadline's start;
-        # ``_job_sent_at`` when the stream's first request last went out (the job's start), the
-        # total deadline's and the time to first token's.
+        # The deadlines run from sending. ``_sent_at`` is when the current attempt's request went
+        # out, None from an open's or a reconnect's start (its backoff) until it has, and while a
+        # retry of it waits: the first token's deadline runs from it, the stall one from the later
+        # of it and the last token, and neither through the client's own waits. ``_job_sent_at``
+        # is when the stream's first request last went out (the job's start): the total
+        # deadline's and the time to first token's.
         self._total_deadline: float | None = None
         self._sent_at: float | None = None
         self._job_sent_at: float | None = None
-        # When a reconnect (or the follow of a re-queued job) last went out: the stall deadline runs
-        # from the later of it and the last token. ``_awaiting_send`` is True from a reconnect's
-        # start (its backoff) or an open's until its request goes out, and while a retry of it
-        # waits: no stall runs through the client's own waits (the total deadline still does).
-        self._resent_at: float | None = None
-        self._awaiting_send = False
         self._first_token_at: float | None = None
         self._last_token_at: float | None = None
         # The deadline watchdog (see ``_pump``): one timer per stream instead of an
@@ -435,7 +431,6 @@ class TokenStream(AsyncResource):
         if self._state == _CLOSED:
             raise self._closed_while_opening()  # aclose() during a reconnect's backoff
         self._sent_at = None
-        self._awaiting_send = True
         # Under the watchdog the reads use, armed as the request goes out (_on_send) for the
         # first token's deadline, which the first read keeps: no asyncio.timeout (a second timer)
         # per stream.
@@ -475,15 +470,11 @@ class TokenStream(AsyncResource):
         opening = self._state == _OPENING
         if not sent:
             self._sent_at = None
-            self._awaiting_send = True
             if opening:
                 self._total_deadline = None
             return
         now = self._sent_at = self._loop.time()
-        self._awaiting_send = False
-        if not opening:
-            self._resent_at = now
-        else:
+        if opening:
             self._job_sent_at = now
             total = self._transport.timeouts.total
             self._total_deadline = now + total if total is not None else None
@@ -554,10 +545,9 @@ class TokenStream(AsyncResource):
         if self._acc.token_count == 0 or self._last_token_at is None:
             if timeouts.first_token is not None and self._sent_at is not None:
                 at, phase = self._sent_at + timeouts.first_token, "first_token"
-        elif timeouts.stall is not None and not self._awaiting_send:
-            since = self._last_token_at
-            if self._resent_at is not None and self._resent_at > since:
-                since = self._resent_at
+        elif timeouts.stall is not None and self._sent_at is not None:
+            # From a reconnect's sending, if later than the last token.
+            since = max(self._last_token_at, self._sent_at)
             at, phase = since + timeouts.stall, "stall"
         total = self._total_deadline
         # On a tie the phase's own name wins over "total", the more useful message.
@@ -846,7 +836,7 @@ class TokenStream(AsyncResource):
             )
             # Registered as the reader, so that aclose() from another task ends the wait at once;
             # the client's own wait, so no stall deadline runs through it.
-            self._awaiting_send = True
+            self._sent_at = None
             task, cancelling = self._watch(self._deadline()[0])
             try:
                 await (retry.sleep or asyncio.sleep)(delay)
@@ -883,7 +873,7 @@ class TokenStream(AsyncResource):
 async def _not_a_stream(resp: OpenStream) -> APIError:
     status, media = resp.status, resp.content_type
     raw = await read_and_release(resp, limit=_EXCERPT_BYTES)
-    excerpt = raw[:_EXCERPT_BYTES].decode("utf-8", errors="replace").strip()
+    excerpt = raw.decode("utf-8", errors="replace").strip()
     what = f"{status} {media}" + (f": {excerpt!r}" if excerpt else " with no body")
     return APIError(f"expected an event stream, got {what}", status=status)
 
