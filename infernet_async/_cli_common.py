@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ._config import BASE_URL_ENV, TOKEN_ENV
+from ._surfaces import API_ENV
 from .errors import (
     APIConnectionError,
     APIError,
@@ -71,7 +72,15 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base-url",
         metavar="URL",
-        help=f"the API root (default ${BASE_URL_ENV}); the token is read from ${TOKEN_ENV}",
+        help=f"the service origin (default ${BASE_URL_ENV}); the token is read from ${TOKEN_ENV}",
+    )
+    parser.add_argument(
+        "--api",
+        choices=("jobs", "openai", "chat", "auto"),
+        help=(
+            f"the API surface: jobs (/api/v1), openai (/v1) or chat (/api/chat); default "
+            f"${API_ENV}, else auto: found from the server's answers"
+        ),
     )
 
 
@@ -100,7 +109,7 @@ async def open_client(
                 f"{dev.url} (emulated nodes; answers are generated text, not a model)"
                 + (f"; {embedded_caveat}" if embedded_caveat else "")
             )
-        client = InfernetClient(base_url, token)
+        client = InfernetClient(base_url, token, api=getattr(args, "api", None))
         yield await stack.enter_async_context(client)
 
 

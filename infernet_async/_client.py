@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from ssl import SSLContext
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,12 +39,30 @@ from ._fanout import (
     gather,
     stream_job_runner,
 )
+from ._ids import validate_job_id
 from ._ratelimit import RateLimiter, RateLimitState
 from ._resource import AsyncResource
 from ._retry import backoff_delay
 from ._stream import NodeDisconnectPolicy, TokenStream
-from ._transport import DEFAULT_MAX_ANSWER_CHARS, Transport, job_path, validate_job_id
-from .errors import APIError, APITimeoutError, JobFailedError, JobTimeoutError
+from ._surfaces import (
+    ApiChoice,
+    ApiName,
+    Call,
+    Surface,
+    check_trust_tier,
+    is_resale_key,
+    resolve_api,
+)
+from ._transport import DEFAULT_MAX_ANSWER_CHARS, Transport
+from .errors import (
+    APIError,
+    APITimeoutError,
+    JobFailedError,
+    JobTimeoutError,
+    NotFoundError,
+    NotSupportedError,
+    SurfaceNotServedError,
+)
 from .models import (
     JOB_ADAPTER,
     JOB_LIST_ADAPTER,
@@ -81,9 +100,22 @@ class InfernetClient(AsyncResource):
     """An asyncio client for the Infernet Protocol inference API.
 
     Args:
-        base_url: the API root, default ``$INFERNET_BASE_URL`` or
-            ``https://infernetprotocol.com/api/v1``; a bare origin gets ``/api/v1``.
-        token: the bearer token, default ``$INFERNET_BEARER_TOKEN``.
+        base_url: the service origin, default ``$INFERNET_BASE_URL`` or
+            ``https://infernetprotocol.com``; each API surface adds its own paths. A URL ending in
+            ``/api/v1`` (the documented API's root) or ``/v1`` (the OpenAI-compatible one) names
+            the same origin.
+        token: the bearer token, default ``$INFERNET_BEARER_TOKEN``: an account token for the
+            documented API, or a resale key ``ifr_res_…`` for the OpenAI-compatible surface. The
+            keyless chat surface never receives it.
+        api: the API surface to speak: ``"jobs"`` (the documented API of the streaming guide,
+            ``/api/v1``), ``"openai"`` (``/v1/chat/completions``) or ``"chat"`` (``/api/chat``
+            and its stream); default ``$INFERNET_API``. Left unset, the client finds it: it starts
+            on ``jobs`` (``openai`` for a ``base_url`` ending in ``/v1``), and the first time a
+            route answers a 404 page (no such route: the hosted service answers ``/api/v1`` so
+            today) it sends that request again to ``chat``, then ``openai`` (``openai`` first for
+            a resale key), and keeps the first surface that answers as an API. That costs one
+            request the server does not rate-limit, once per client; the move is logged at DEBUG
+            and ``client.api`` tells the surface in use.
         session: an ``aiohttp.ClientSession`` of yours to send every request with, streams
             included; it is never closed by the client. Without one, the client creates a session
             for its JSON requests and reads streams over HTTP/1.1 connections of its own, which
@@ -104,8 +136,8 @@ class InfernetClient(AsyncResource):
             no limit.
 
     Raises:
-        ValueError: a malformed base URL, or a token that would travel unencrypted without
-            ``allow_insecure``.
+        ValueError: a malformed base URL or ``api``, or a token that would travel unencrypted
+            without ``allow_insecure``.
     """
 
     def __init__(
@@ -113,6 +145,7 @@ class InfernetClient(AsyncResource):
         base_url: str | None = None,
         token: str | None = None,
         *,
+        api: str | None = None,
         session: aiohttp.ClientSession | None = None,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
@@ -123,7 +156,8 @@ class InfernetClient(AsyncResource):
         max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
     ) -> None:
         self._state = _State.UNOPENED
-        self.base_url = resolve_base_url(base_url)
+        self.base_url, root = resolve_base_url(base_url)
+        chosen = resolve_api(api, os.environ)
         secret = resolve_token(token)
         parts = urlsplit(self.base_url)
         if (
@@ -151,6 +185,12 @@ class InfernetClient(AsyncResource):
             # refuse it where the mistake is made, as for the token.
             raise ValueError("a header name or value contains a line break or NUL")
         self._has_token = secret is not None
+        self._api = ApiChoice(
+            chosen,
+            start="openai" if root == "/v1" else "jobs",
+            resale_key=secret is not None and is_resale_key(secret.get()),
+            origin=self.base_url,
+        )
         self.timeouts = timeouts if timeouts is not None else Timeouts()
         self.retry = retry if retry is not None else RetryPolicy()
         self._transport = Transport(
@@ -174,13 +214,31 @@ class InfernetClient(AsyncResource):
                 backoff=lambda attempt: backoff_delay(
                     attempt, base=retry_policy.backoff_base, cap=retry_policy.backoff_max
                 )
-            )
+            ),
+            # A pause past what the retry policy waits (the anonymous tier's hour) is not slept
+            # through: the fan-out's jobs end rate limited, saying until when, none of them sent.
+            longest_wait=retry_policy.max_retry_after,
         )
 
     def __repr__(self) -> str:
         token = "set" if self._has_token else "none"
         state = self._state.value
-        return f"InfernetClient(base_url={self.base_url!r}, token=<{token}>, state={state})"
+        return (
+            f"InfernetClient(base_url={self.base_url!r}, api={self.api!r}, token=<{token}>, "
+            f"state={state})"
+        )
+
+    @property
+    def api(self) -> ApiName:
+        """The API surface in use: ``"jobs"``, ``"openai"`` or ``"chat"``. With ``api=`` left
+        unset it may change once, when the server shows it does not serve this one (see the
+        class docstring); ``api_settled`` says whether that can still happen."""
+        return self._api.name
+
+    @property
+    def api_settled(self) -> bool:
+        """True once the surface is fixed: given by the caller, or answered as an API."""
+        return self._api.settled
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -238,33 +296,53 @@ class InfernetClient(AsyncResource):
         temperature: float | None = None,
         top_p: float | None = None,
         node_id: str | None = None,
+        min_trust_tier: str | None = None,
         on_node_disconnect: NodeDisconnectPolicy = "raise",
         reconnect: bool = False,
         **extra: Any,
     ) -> TokenStream:
         """Submit a chat job with ``stream: true`` and return its ``TokenStream``.
 
-        The request is sent on ``async with`` or on the first iteration, not here. ``extra`` fields
-        go into the request body as they are (for parameters newer than this SDK).
+        The request is sent on ``async with`` or on the first iteration, not here. On the jobs
+        API ``extra`` fields go into the request body as they are (for parameters newer than this
+        SDK); the other surfaces take only the fields they read (see ``NotSupportedError``).
 
         Args:
+            node_id: pin the job to a node (``providerId`` on the chat surface; the
+                OpenAI-compatible surface cannot).
+            min_trust_tier: ``"public"``, ``"verified"`` or ``"trusted"``: the least trusted node
+                that may serve the job (chat and OpenAI-compatible surfaces).
             on_node_disconnect: ``"raise"`` (``NodeDisconnectedError`` with the partial text once
                 tokens were delivered) or ``"restart"`` (follow the re-queued job; ``events()``
                 yields ``Restart``).
             reconnect: after a dropped connection, replay the job's stream and skip what was
                 delivered, instead of raising ``IncompleteStreamError``. The job is never submitted
-                twice.
+                twice. The OpenAI-compatible surface has no job stream to replay: there a dropped
+                connection always raises.
 
         Raises:
-            ValueError: invalid parameters (checked here, before anything is sent).
+            ValueError: invalid parameters (checked here, before anything is sent);
+                ``NotSupportedError`` for one the surface would ignore (with ``api`` unset, at
+                the first request, once the surface is known).
         """
         self._ensure_open()
         body = self._chat_body(
-            model, messages, max_tokens, temperature, top_p, node_id, stream=True, extra=extra
+            model,
+            messages,
+            max_tokens,
+            temperature,
+            top_p,
+            node_id,
+            min_trust_tier,
+            stream=True,
+            extra=extra,
         )
+        if self._api.settled:
+            self._api.surface.stream_call(body)  # refused here, not when it would be sent
         return self._track(
             TokenStream(
                 self._transport,
+                self._api,
                 request=body,
                 on_node_disconnect=on_node_disconnect,
                 reconnect=reconnect,
@@ -278,18 +356,25 @@ class InfernetClient(AsyncResource):
         on_node_disconnect: NodeDisconnectPolicy = "raise",
         reconnect: bool = True,
     ) -> TokenStream:
-        """Stream a submitted job's tokens (``GET /jobs/{id}/stream``).
+        """Stream a submitted job's tokens (``GET /api/v1/jobs/{id}/stream``, or
+        ``GET /api/chat/stream/{id}`` on the chat surface).
 
         After a dropped connection it reconnects (up to ``RetryPolicy.max_stream_restarts`` times),
         sends ``Last-Event-ID``, and skips the replayed tokens that match the text already
         delivered (the live control plane replays a job's stream from its start); a replay that
         differs (the job ran again and said something else) raises ``IncompleteStreamError``.
+
+        Raises:
+            NotSupportedError: on the OpenAI-compatible surface, which has no job ids.
         """
         self._ensure_open()
         validate_job_id(job_id)
+        if self._api.settled:
+            self._api.surface.job_stream_call(job_id)
         return self._track(
             TokenStream(
                 self._transport,
+                self._api,
                 job_id=job_id,
                 on_node_disconnect=on_node_disconnect,
                 reconnect=reconnect,
@@ -310,6 +395,7 @@ class InfernetClient(AsyncResource):
         temperature: float | None = None,
         top_p: float | None = None,
         node_id: str | None = None,
+        min_trust_tier: str | None = None,
         **extra: Any,
     ) -> str:
         """Stream a chat job to its end and return the whole answer.
@@ -324,6 +410,7 @@ class InfernetClient(AsyncResource):
             temperature=temperature,
             top_p=top_p,
             node_id=node_id,
+            min_trust_tier=min_trust_tier,
             on_node_disconnect="restart",
             **extra,
         )
@@ -341,24 +428,52 @@ class InfernetClient(AsyncResource):
         temperature: float | None = None,
         top_p: float | None = None,
         node_id: str | None = None,
+        min_trust_tier: str | None = None,
         **extra: Any,
     ) -> Job:
         """Submit a chat job without streaming; returns the job (usually ``pending``).
 
         A failed submission is retried only when the failure shows no job was created (429, 503
         ``no_capacity``, a connection that failed before the request was sent): never a duplicate
-        billed job.
+        billed job. On the chat surface this is ``POST /api/chat``.
+
+        Raises:
+            NotSupportedError: on the OpenAI-compatible surface, which has no jobs to submit.
         """
         self._ensure_open()
         body = self._chat_body(
-            model, messages, max_tokens, temperature, top_p, node_id, stream=False, extra=extra
+            model,
+            messages,
+            max_tokens,
+            temperature,
+            top_p,
+            node_id,
+            min_trust_tier,
+            stream=False,
+            extra=extra,
         )
-        return await self._request_model(JOB_ADAPTER, "job", "POST", "/jobs", json_body=body)
+        return await self._call(
+            JOB_ADAPTER,
+            "job",
+            lambda surface: surface.submit_call(body),
+            lambda surface, data: surface.read_submitted(data, body),
+        )
 
     async def get_job(self, job_id: str) -> Job:
-        """The job's current state and, once completed, its result."""
+        """The job's current state and, once completed, its result (on the chat surface, whose
+        status route carries no result, read it with ``stream_job(job_id)``).
+
+        Raises:
+            NotSupportedError: on the OpenAI-compatible surface, which has no job ids.
+        """
         self._ensure_open()
-        return await self._request_model(JOB_ADAPTER, "job", "GET", job_path(job_id))
+        validate_job_id(job_id)
+        return await self._call(
+            JOB_ADAPTER,
+            "job",
+            lambda surface: surface.job_call(job_id),
+            lambda surface, data: surface.read_job(data),
+        )
 
     async def wait_job(
         self,
@@ -421,9 +536,15 @@ class InfernetClient(AsyncResource):
             interval = min(interval * 1.5, max_poll_interval)
 
     async def list_models(self) -> list[ModelInfo]:
-        """Models with at least one online node."""
+        """Models with at least one online node (``/v1/models`` on the OpenAI-compatible and chat
+        surfaces, where each has an ``id`` only)."""
         self._ensure_open()
-        models = await self._request_model(MODEL_LIST_ADAPTER, "model list", "GET", "/models")
+        models = await self._call(
+            MODEL_LIST_ADAPTER,
+            "model list",
+            lambda surface: surface.models_call(),
+            lambda surface, data: surface.read_models(data),
+        )
         return models.models
 
     async def list_jobs(
@@ -435,6 +556,9 @@ class InfernetClient(AsyncResource):
     ) -> list[Job]:
         """Your recent jobs, newest first (``limit`` at most 100); ``since`` is a datetime or
         ISO-8601 text.
+
+        Raises:
+            NotSupportedError: on the chat and OpenAI-compatible surfaces, which list no jobs.
         """
         self._ensure_open()
         params: dict[str, str] = {}
@@ -450,8 +574,11 @@ class InfernetClient(AsyncResource):
                     since = since.replace(tzinfo=UTC)
                 since = since.isoformat()
             params["since"] = since
-        jobs = await self._request_model(
-            JOB_LIST_ADAPTER, "job list", "GET", "/jobs", params=params
+        jobs = await self._call(
+            JOB_LIST_ADAPTER,
+            "job list",
+            lambda surface: surface.list_jobs_call(params),
+            lambda surface, data: surface.read_job_list(data),
         )
         return jobs.jobs
 
@@ -521,26 +648,60 @@ class InfernetClient(AsyncResource):
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    async def _request_model(
+    async def _call(
         self,
         adapter: TypeAdapter[_T],
         what: str,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        params: Mapping[str, str] | None = None,
+        build: Callable[[Surface], Call],
+        read: Callable[[Surface, Any], Any],
     ) -> _T:
-        """Send a request (with retries) and validate its JSON body as ``adapter``'s type.
+        """Send the surface's request for this (with retries) and validate its JSON answer, read
+        into the documented API's shape, as ``adapter``'s type.
 
-        A success answer whose body is not JSON, or JSON of the wrong shape, is an ``APIError``
-        with the answer's status: never a bare ``ValueError`` or pydantic ``ValidationError``.
+        A 404 page from a surface the client has not settled on moves it to the next surface,
+        which gets the same request (see the class docstring). A success answer whose body is not
+        JSON, or JSON of the wrong shape (an error object with a 200 included), is an
+        ``APIError`` with the answer's status: never a bare ``ValueError``, a pydantic
+        ``ValidationError`` or an empty list.
         """
-        status, data = await self._transport.request_json(
-            method, path, json_body=json_body, params=params
-        )
+        surface = self._api.surface
+        first: SurfaceNotServedError | None = None
+        while True:
+            try:
+                call = build(surface)
+            except NotSupportedError as exc:
+                if first is None:
+                    raise
+                # Moved here from a surface the server does not serve, and this one cannot do it.
+                raise SurfaceNotServedError(
+                    f"{first.message}; and {exc.message}", api=first.api, headers=first.headers
+                ) from exc
+            try:
+                status, data = await self._transport.request_json(
+                    call.method,
+                    call.path,
+                    json_body=call.body,
+                    params=call.params,
+                    auth=call.auth,
+                    quiet_429_wait=call.quiet_429_wait,
+                )
+            except NotFoundError as exc:
+                if exc.body is not None:
+                    raise
+                moved = self._api.not_served(surface, call.path, exc)
+                if first is None:
+                    first = SurfaceNotServedError(
+                        f"{self.base_url} does not serve {surface.title} (a 404 page on "
+                        f"{call.path})",
+                        api=surface.name,
+                        headers=exc.headers,
+                    )
+                surface = moved
+                continue
+            self._api.settle(surface)
+            break
         try:
-            return adapter.validate_python(data)
+            return adapter.validate_python(read(surface, data))
         except ValidationError as exc:
             # ``from None``: pydantic's own message quotes the offending values, and a body of the
             # wrong shape may be an echo of the request, bearer token included. The message names
@@ -560,6 +721,7 @@ class InfernetClient(AsyncResource):
         temperature: float | None,
         top_p: float | None,
         node_id: str | None,
+        min_trust_tier: str | None,
         *,
         stream: bool,
         extra: Mapping[str, Any],
@@ -584,7 +746,10 @@ class InfernetClient(AsyncResource):
         )
         if not request.messages:
             raise ValueError("messages must not be empty")
-        return request.to_json()
+        body = request.to_json()
+        if min_trust_tier is not None:
+            body["min_trust_tier"] = check_trust_tier(min_trust_tier)
+        return body
 
 
 _JSON_TYPE_NAMES: dict[type, str] = {

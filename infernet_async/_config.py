@@ -1,7 +1,9 @@
 """Client configuration: base URL and token resolution from the environment, timeouts, retry policy.
 
-Rules: ``base_url`` is the API root (``.../api/v1``), never an endpoint; a bare origin gets
-``/api/v1``. A token is refused over plain ``http://`` to anything but loopback unless the caller
+Rules: ``base_url`` is the service origin (``https://infernetprotocol.com``, or a mount path under
+one); each API surface adds its own paths. A ``base_url`` ending in ``/api/v1`` (the documented
+API's root, as earlier versions took it) or in ``/v1`` (the OpenAI-compatible root) names the same
+origin. A token is refused over plain ``http://`` to anything but loopback unless the caller
 says ``allow_insecure=True``. The token is wrapped in ``Secret`` as soon as it is read, so no
 ``repr`` of ours can show it.
 """
@@ -12,6 +14,7 @@ import ipaddress
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
@@ -24,10 +27,15 @@ __all__ = [
     "resolve_token",
 ]
 
-DEFAULT_BASE_URL = "https://infernetprotocol.com/api/v1"
+DEFAULT_BASE_URL = "https://infernetprotocol.com"
 BASE_URL_ENV = "INFERNET_BASE_URL"
 TOKEN_ENV = "INFERNET_BEARER_TOKEN"
-_API_ROOT_PATH = "/api/v1"
+# Surface roots a base_url may end in: the origin is what comes before.
+_API_ROOTS = ("/api/v1", "/v1")
+
+
+REDACTED = "[REDACTED]"
+_REDACT_MIN = 6
 
 
 class Secret:
@@ -40,6 +48,25 @@ class Secret:
 
     def get(self) -> str:
         return self._value
+
+    def redact(self, value: Any) -> Any:
+        """``value`` with every occurrence of the secret replaced by ``[REDACTED]``: a string, or
+        the strings inside a decoded JSON value (a server may echo the Authorization header in
+        an error body, a page or a stream event).
+
+        A secret under ``_REDACT_MIN`` characters is left alone: replacing every ``t`` of a
+        message for a test token ``"t"`` would hide the message, not a secret.
+        """
+        secret = self._value
+        if len(secret) < _REDACT_MIN:
+            return value
+        if isinstance(value, str):
+            return value.replace(secret, REDACTED) if secret in value else value
+        if isinstance(value, dict):
+            return {self.redact(k): self.redact(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.redact(v) for v in value]
+        return value
 
     def __repr__(self) -> str:
         return "Secret('**********')"
@@ -57,10 +84,11 @@ class Secret:
         raise TypeError("Secret cannot be pickled")
 
 
-def resolve_base_url(base_url: str | None) -> str:
-    """The API root: the argument, else ``$INFERNET_BASE_URL``, else the hosted control plane.
+def resolve_base_url(base_url: str | None) -> tuple[str, str | None]:
+    """The service origin: the argument, else ``$INFERNET_BASE_URL``, else the hosted service;
+    and the surface root it ended in (``/api/v1`` or ``/v1``), if any.
 
-    A bare origin (``http://127.0.0.1:8080``) gets ``/api/v1``; a trailing slash is dropped.
+    A trailing slash is dropped; a path other than a surface root is kept as a mount prefix.
 
     Raises:
         ValueError: the URL is not ``http(s)://host...``, or carries a query, fragment or
@@ -82,9 +110,12 @@ def resolve_base_url(base_url: str | None) -> str:
         # parameter.
         raise ValueError("base_url must not carry credentials; pass token= instead")
     path = parts.path.rstrip("/")
-    if not path:
-        path = _API_ROOT_PATH
-    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    root: str | None = None
+    for candidate in _API_ROOTS:
+        if path.endswith(candidate):
+            root, path = candidate, path[: -len(candidate)]
+            break
+    return urlunsplit((parts.scheme, parts.netloc, path, "", "")), root
 
 
 def resolve_token(token: str | None) -> Secret | None:
@@ -122,8 +153,12 @@ class Timeouts:
             above the control plane's 15 s ``: ping`` interval, and below ``stall``: a connection
             silent that long is dead (half open), which a stream that reconnects recovers from,
             while a node that sends pings but no token is ``stall``'s.
-        first_token: from sending a stream request to its first token (a job may queue first);
-            ``None`` leaves only ``total`` to bound it.
+        first_token: from sending a stream request to its first token, the response head
+            included. The service starts popular models within 1 to 3 s of submission, so the
+            default of 120 s lets a job queue forty times that, while a server that sends nothing
+            useful (heartbeats only, a head dripped a byte at a time) is given up on in well
+            under ``total``. The error carries the job id, so a job still queued can be read
+            later with ``stream_job()``. ``None`` leaves only ``total`` to bound it.
         stall: no token for this long while the connection stays alive (heartbeats do not reset it):
             a stalled node. Raises ``APITimeoutError`` with the partial text.
         total: one request end to end, including a whole stream. The control plane fails a job after
@@ -137,7 +172,7 @@ class Timeouts:
 
     connect: float | None = 10.0
     read: float | None = 45.0
-    first_token: float | None = None
+    first_token: float | None = 120.0
     stall: float | None = 60.0
     total: float | None = 330.0
 

@@ -110,6 +110,19 @@ def _ip_literal(host: str, port: int) -> list[AddrInfo] | None:
     return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
 
 
+def _resend_on_a_new_connection(
+    method: str, exc: APIConnectionError, *, reused: bool, conn: _Connection
+) -> bool:
+    """Whether a request that failed on ``conn`` goes once more on a new connection: it was a
+    pooled one, nothing of an answer came, and sending again cannot make a second job: a GET, or
+    any request known not to have left (``request_sent`` False). A POST written whole and then
+    met by the close is the ambiguous case: the server may have read it, so it is not resent
+    (a second billed job is worse than an error)."""
+    if not reused or conn.answered or isinstance(exc, APITimeoutError):
+        return False
+    return method in ("GET", "HEAD") or exc.request_sent is False
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection; one request at a time."""
 
@@ -140,6 +153,12 @@ class _Connection(asyncio.Protocol):
         self._resting = False
         # The plain socket under a selector loop's transport, read directly when a rest ends.
         self._sock: socket.socket | None = None
+        # The socket under a selector loop's transport, TLS or not: peeked before the
+        # connection is reused, for a close the loop has not read yet.
+        self._raw: socket.socket | None = None
+        # Whether any byte of the current response came: a request that failed before one did
+        # never reached a server that had closed the connection while it was idle.
+        self._answered = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -154,6 +173,7 @@ class _Connection(asyncio.Protocol):
             # connection cannot be trusted with another request.
             self.close()
             return
+        self._answered = True
         now = self._last_data_at = _monotonic()
         try:
             body = parser.feed(data)
@@ -247,7 +267,34 @@ class _Connection(asyncio.Protocol):
 
     def usable(self) -> bool:
         transport = self._transport
-        return self._state == _IDLE and transport is not None and not transport.is_closing()
+        return (
+            self._state == _IDLE
+            and transport is not None
+            and not transport.is_closing()
+            and not self._peer_gone()
+        )
+
+    def _peer_gone(self) -> bool:
+        """Whether the server closed this idle connection (or sent on it) in a way the loop has
+        not read yet: a FIN that came just after the last response. One ``recv`` with
+        ``MSG_PEEK`` on the non-blocking socket; only where we hold it (selector loops)."""
+        sock = self._raw
+        if sock is None:
+            return False
+        try:
+            pending = sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return False  # nothing pending: the connection is as we left it
+        except OSError:
+            return True  # reset
+        # b"": the close; bytes: nothing may come on an idle connection (a TLS close_notify).
+        del pending
+        return True
+
+    @property
+    def answered(self) -> bool:
+        """Whether any byte of the current response arrived."""
+        return self._answered
 
     async def send(
         self, request: bytes, *, method: str, read_timeout: float | None
@@ -258,6 +305,7 @@ class _Connection(asyncio.Protocol):
             raise APIConnectionError("the connection closed before the request", request_sent=False)
         self._cancel_timer()
         self._state = _ACTIVE
+        self._answered = False
         self._parser = ResponseParser(method=method)
         self._read_timeout = read_timeout
         self._last_data_at = _monotonic()
@@ -740,8 +788,16 @@ class StreamPool:
             request = encode_request(method, url.raw_path_qs, header_items, body)
         except ValueError as exc:
             raise APIConnectionError(f"cannot send the request: {exc}", request_sent=False) from exc
-        conn = await self._acquire(origin, connect_timeout, on_send)
-        head = await conn.send(request, method=method, read_timeout=read_timeout)
+        conn, reused = await self._acquire(origin, connect_timeout, on_send)
+        try:
+            head = await conn.send(request, method=method, read_timeout=read_timeout)
+        except APIConnectionError as exc:
+            if not _resend_on_a_new_connection(method, exc, reused=reused, conn=conn):
+                raise
+            # The server had closed this pooled connection: the request never reached it. Once,
+            # on a connection of its own.
+            conn, _ = await self._acquire(origin, connect_timeout, fresh=True)
+            head = await conn.send(request, method=method, read_timeout=read_timeout)
         return NativeResponse(conn, head, url)
 
     def close(self) -> None:
@@ -766,22 +822,26 @@ class StreamPool:
         origin: Origin,
         connect_timeout: float | None,
         on_granted: Callable[[bool], None] | None = None,
-    ) -> _Connection:
+        *,
+        fresh: bool = False,
+    ) -> tuple[_Connection, bool]:
+        """A connection for ``origin`` and whether it was reused from the pool; ``fresh``: a
+        new one (an idle one may be closed to make room)."""
         while True:
             if self.closed:
                 raise APIConnectionError("the client is closed", request_sent=False)
             idle = self._idle.get(origin)
-            while idle:
+            while idle and not fresh:
                 conn = idle.pop()
                 if conn.usable():
                     if on_granted is not None:
                         on_granted(True)
-                    return conn
+                    return conn, True
                 conn.close()
             if self.open_connections < self.limit:
                 if on_granted is not None:
                     on_granted(True)
-                return await self._connect(origin, connect_timeout)
+                return await self._connect(origin, connect_timeout), False
             if self._close_one_idle():
                 continue
             # A semaphore's wait: one waiter is woken per freed slot, in order; a woken waiter
@@ -840,8 +900,10 @@ class StreamPool:
                 raise APIConnectionError(message, request_sent=False) from exc
             raise
         self._connecting -= 1
-        if context is None and isinstance(self.loop, asyncio.SelectorEventLoop):
-            conn._sock = sock
+        if isinstance(self.loop, asyncio.SelectorEventLoop):
+            conn._raw = sock
+            if context is None:
+                conn._sock = sock
         self._open.add(conn)
         if self.closed:
             conn.close()

@@ -35,6 +35,7 @@ class BatchRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     node_id: str | None = None
+    min_trust_tier: Literal["public", "verified", "trusted"] | None = None
     metadata: dict[str, Any] | None = None
 
     @field_validator("id", mode="before")
@@ -62,7 +63,7 @@ class BatchRequest(BaseModel):
     def stream_arguments(self) -> dict[str, Any]:
         """Keyword arguments for ``InfernetClient.stream``; unset ones keep the server's default."""
         arguments: dict[str, Any] = {"model": self.model, "messages": self.chat_messages()}
-        for name in ("max_tokens", "temperature", "top_p", "node_id"):
+        for name in ("max_tokens", "temperature", "top_p", "node_id", "min_trust_tier"):
             value = getattr(self, name)
             if value is not None:
                 arguments[name] = value

@@ -36,7 +36,7 @@ from contextvars import ContextVar
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
-from .errors import NoCapacityError
+from .errors import NoCapacityError, RateLimitError
 
 __all__ = [
     "RateLimitState",
@@ -185,6 +185,11 @@ class RateLimitState:
         self._model_paused_until: dict[str, float] = {}
         self._model_probing: set[str] = set()
 
+    def pause_left(self) -> float | None:
+        """Seconds left of the pause a 429 set, or ``None`` when requests are not paused."""
+        left = self.paused_until - self._clock()
+        return left if left > 0.0 else None
+
     def model_paused_until(self, model: str) -> float | None:
         """When ``model`` may be asked again (monotonic), or ``None`` when it is not backing off."""
         return self._model_paused_until.get(model)
@@ -269,8 +274,13 @@ class RateLimitState:
         body: object = None,
         *,
         model: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
-        """Learn from the answer to a granted request: budget headers, a 429, a no_capacity."""
+        """Learn from the answer to a granted request: budget headers, a 429, a no_capacity.
+
+        ``retry_after``: the wait a 429 means where its headers and body name none (the surface
+        knows its route's window), else ``None``.
+        """
         now = self._clock()
         wall = self._wall_clock()
         self.outstanding = max(self.outstanding - 1, 0)
@@ -281,6 +291,8 @@ class RateLimitState:
         if status == 429 or code == "rate_limited":
             self._rate_limited_in_a_row += 1
             delay = parse_reset_delay(headers, body, wall)
+            if delay is None:
+                delay = retry_after
             if delay is None:
                 delay = self._backoff(self._rate_limited_in_a_row)
             self.paused_until = max(self.paused_until, now + delay)
@@ -334,8 +346,13 @@ class RateLimiter:
     ``RateLimitState`` to change the burst, the backoff or the clocks.
     """
 
-    def __init__(self, state: RateLimitState | None = None) -> None:
+    def __init__(
+        self, state: RateLimitState | None = None, *, longest_wait: float = math.inf
+    ) -> None:
         self.state = state if state is not None else RateLimitState()
+        # A 429's pause longer than this is not waited out: requests are refused at once, with
+        # the time it ends (the client passes its RetryPolicy.max_retry_after).
+        self.longest_wait = longest_wait
         self._waiters: set[asyncio.Future[None]] = set()
 
     async def acquire(self, model: str | None = None, *, retry: bool = False) -> None:
@@ -358,6 +375,14 @@ class RateLimiter:
                         status=503,
                         code="no_capacity",
                     )
+            paused = self.state.pause_left()
+            if paused is not None and paused > self.longest_wait:
+                until = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + paused))
+                raise RateLimitError(
+                    f"rate limited until {until} (another {paused:.0f} s, longer than the "
+                    f"{self.longest_wait:g} s the client waits): not sent",
+                    retry_after=paused,
+                )
             delay = self.state.reserve(model, retry=retry)
             if delay <= 0.0:
                 return  # no await after the grant: a cancellation here would leak the claim
@@ -389,9 +414,10 @@ class RateLimiter:
         body: object = None,
         *,
         model: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         """Record the answer to a request that ``acquire()`` let through, and wake the waiters."""
-        self.state.observe(status, headers, body, model=model)
+        self.state.observe(status, headers, body, model=model, retry_after=retry_after)
         self._wake()
 
     def release(self, model: str | None = None) -> None:

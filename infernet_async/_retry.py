@@ -78,6 +78,10 @@ def backoff_delay(
     return delay * (0.5 + 0.5 * random())
 
 
+# The longest Retry-After in seconds taken as meant: a day.
+_LONGEST_RETRY_AFTER = 86_400.0
+
+
 def _finite_non_negative(value: float) -> float | None:
     if math.isnan(value) or math.isinf(value):
         return None
@@ -94,9 +98,15 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     if not value:
         return None
     try:
-        return _finite_non_negative(float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # delay-seconds is a non-negative integer (RFC 9110); a negative or absurd one (past a
+        # day) is a broken server, not a wait: ignored, so the backoff applies.
+        if math.isfinite(seconds) and 0.0 <= seconds <= _LONGEST_RETRY_AFTER:
+            return seconds
+        return None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -26,9 +26,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from ._accumulator import Accumulator, ReplayDiverged, ReplayFilter, TerminalReason
+from ._ids import validate_job_id
 from ._resource import AsyncResource
 from ._retry import backoff_delay
-from ._transport import job_path, read_and_release, validate_job_id
+from ._transport import read_and_release
 from .errors import (
     AnswerTooLargeError,
     APIConnectionError,
@@ -36,12 +37,23 @@ from .errors import (
     APITimeoutError,
     IncompleteStreamError,
     NodeDisconnectedError,
+    NotFoundError,
     StreamError,
     stream_error_for_code,
 )
-from .events import Done, ErrorEvent, JobInfo, Restart, StreamEvent, Token, TokenDecoder
+from .events import (
+    Done,
+    ErrorEvent,
+    EventDecoder,
+    JobInfo,
+    Restart,
+    StreamEvent,
+    Token,
+    TokenDecoder,
+)
 
 if TYPE_CHECKING:
+    from ._surfaces import ApiChoice, Call, Surface
     from ._transport import OpenStream, Transport
 
 __all__ = ["NodeDisconnectPolicy", "TokenStream"]
@@ -82,6 +94,7 @@ class TokenStream(AsyncResource):
     def __init__(
         self,
         transport: Transport,
+        api: ApiChoice,
         *,
         request: Mapping[str, Any] | None = None,
         job_id: str | None = None,
@@ -93,6 +106,9 @@ class TokenStream(AsyncResource):
         if request is None and job_id is None:
             raise ValueError("a stream needs a request to submit or a job id")
         self._transport = transport
+        self._api = api
+        # The surface this stream's job lives on, once it is open (its reconnects stay there).
+        self._surface: Surface | None = None
         limit = transport.max_answer_chars
         self._max_answer_chars = limit if limit is not None else sys.maxsize
         self._request = dict(request) if request is not None else None
@@ -105,7 +121,7 @@ class TokenStream(AsyncResource):
         self._collect = False
         # final_text(read_interval=): how long the socket rests between reads once tokens flow.
         self._read_interval = 0.0
-        self._decoder = TokenDecoder()
+        self._decoder: EventDecoder = TokenDecoder()
         self._pending: deque[StreamEvent] = deque()
         self._state = _NEW
         self._error: BaseException | None = None
@@ -149,8 +165,27 @@ class TokenStream(AsyncResource):
 
     @property
     def finished(self) -> bool:
-        """True only after the stream ended cleanly with ``[DONE]``."""
+        """True only after the stream's clean end on its surface: ``[DONE]`` (or ``event: done``)
+        on the jobs API, a finish chunk then ``[DONE]`` with no error chunk on the
+        OpenAI-compatible surface, ``event: done`` on the chat surface."""
         return self._acc.finished
+
+    @property
+    def done_text(self) -> str | None:
+        """The whole answer as the stream's end event stated it (the chat surface's and the typed
+        dialect's ``done`` carry it), or ``None``.
+
+        Where it extends the tokens received, the rest was handed out as one last token, so
+        ``text`` is the whole answer; where it contradicts them, ``text`` keeps the tokens (what
+        the caller saw) and this keeps the server's version.
+        """
+        return self._acc.done_text
+
+    @property
+    def api(self) -> str | None:
+        """The API surface this stream's job lives on (``jobs``, ``openai``, ``chat``), once
+        open."""
+        return self._surface.name if self._surface is not None else None
 
     @property
     def closed(self) -> bool:
@@ -410,22 +445,36 @@ class TokenStream(AsyncResource):
         self._loop = loop
         self._started_at = loop.time()
         try:
-            if self._request is not None:
-                await self._open("POST", "/jobs", json_body=self._request)
-            else:
-                await self._open_job_stream()
+            surface = self._api.surface
+            while True:
+                call = (
+                    surface.stream_call(self._request)
+                    if self._request is not None
+                    else surface.job_stream_call(self._job_id_to_open())
+                )
+                try:
+                    await self._open(call, surface)
+                except NotFoundError as exc:
+                    if exc.body is not None or self._state == _CLOSED:
+                        raise
+                    # A page, not the API: the server has no such route. Nothing was created,
+                    # so the same request goes to the next surface (or this raises).
+                    surface = self._api.not_served(surface, call.path, exc)
+                    continue
+                break
+            self._api.settle(surface)
         except BaseException as exc:
             self._terminate(exc)
             raise
         self._state = _OPEN
 
+    def _job_id_to_open(self) -> str:
+        job_id = self._acc.job_id
+        assert job_id is not None
+        return job_id
+
     async def _open(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        headers: Mapping[str, str] | None = None,
+        self, call: Call, surface: Surface, *, headers: Mapping[str, str] | None = None
     ) -> None:
         assert self._loop is not None
         if self._state == _CLOSED:
@@ -437,12 +486,18 @@ class TokenStream(AsyncResource):
         task, cancelling = self._watch(self._deadline()[0])
         try:
             resp = await self._transport.open_stream(
-                method, path, json_body=json_body, headers=headers, on_send=self._on_send
+                call.method,
+                call.path,
+                json_body=call.body,
+                headers=headers,
+                on_send=self._on_send,
+                auth=call.auth,
+                quiet_429_wait=call.quiet_429_wait,
             )
             if resp.content_type == "application/json":
-                # The server answered with a job object instead of a stream: follow that job's
-                # stream.
-                resp = await self._follow_job_object(resp)
+                # A JSON submission instead of a stream (the chat surface always answers so, the
+                # jobs API may): follow that job's stream.
+                resp = await self._follow_job_object(resp, surface)
             if (
                 not 200 <= resp.status < 300
                 or resp.status == 204
@@ -450,7 +505,7 @@ class TokenStream(AsyncResource):
             ):
                 # Not a stream at all (a redirect without a target, no content, a captive portal's
                 # page): say what came, not that a stream ended early.
-                raise await _not_a_stream(resp)
+                raise self._transport.redacted(await _not_a_stream(resp))
         except BaseException as exc:
             self._raise_unwatched(task, cancelling, exc)
         self._unwatch(task)
@@ -458,7 +513,7 @@ class TokenStream(AsyncResource):
             # aclose() came as the open returned, too late to interrupt it.
             resp.close()
             raise self._closed_while_opening()
-        self._attach(resp)
+        self._attach(resp, surface)
 
     def _on_send(self, sent: bool) -> None:
         """The transport's word on the request being opened: it goes out now (True), or a wait
@@ -482,14 +537,14 @@ class TokenStream(AsyncResource):
         if deadline is not None and (self._watchdog is None or self._watchdog_at > deadline):
             self._arm(deadline)
 
-    async def _follow_job_object(self, resp: OpenStream) -> OpenStream:
+    async def _follow_job_object(self, resp: OpenStream, surface: Surface) -> OpenStream:
         raw = await read_and_release(resp)  # the job's stream may reuse the connection
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
-        job_id = body.get("id") if isinstance(body, dict) else None
-        if not isinstance(job_id, str):
+        job_id = surface.submission_job_id(body)
+        if job_id is None:
             raise APIError(
                 "expected an event stream, got a JSON body without a job id", status=resp.status
             )
@@ -502,16 +557,36 @@ class TokenStream(AsyncResource):
                 status=resp.status,
             ) from None
         self._acc.set_job_id(job_id)
-        return await self._transport.open_stream("GET", job_path(job_id, "/stream"))
+        call = surface.job_stream_call(job_id)
+        try:
+            follow = await self._transport.open_stream(
+                call.method, call.path, auth=call.auth, quiet_429_wait=call.quiet_429_wait
+            )
+        except NotFoundError as exc:
+            if exc.body is not None:
+                raise
+            # The job exists now: a 404 page here must not send the submission to another
+            # surface (a second job), so it is no NotFoundError.
+            raise APIError(
+                f"job {job_id} was created, but its stream route {call.path} answered a 404 page",
+                status=exc.status,
+                headers=exc.headers,
+            ) from exc
+        if follow.content_type == "application/json":
+            # The job's stream route answered with JSON again: that is no stream, whatever it says.
+            raise self._transport.redacted(await _not_a_stream(follow))
+        return follow
 
     async def _open_job_stream(self, headers: Mapping[str, str] | None = None) -> None:
-        job_id = self._acc.job_id
-        assert job_id is not None
-        await self._open("GET", job_path(job_id, "/stream"), headers=headers)
+        surface = self._surface
+        assert surface is not None
+        call = surface.job_stream_call(self._job_id_to_open())
+        await self._open(call, surface, headers=headers)
 
-    def _attach(self, resp: OpenStream) -> None:
+    def _attach(self, resp: OpenStream, surface: Surface) -> None:
         self._resp = resp
-        self._decoder = TokenDecoder()
+        self._surface = surface
+        self._decoder = surface.decoder()
         self._pending.clear()
         header_id = resp.headers.get(_JOB_ID_HEADER)
         if header_id:
@@ -718,7 +793,18 @@ class TokenStream(AsyncResource):
             return event
         if kind is Done:
             assert isinstance(event, Done)
-            self._acc.finish(done_text=event.text)
+            whole = event.text
+            if whole is not None and len(whole) > self._acc.chars:
+                text = self._acc.text
+                if whole.startswith(text):
+                    # The whole answer says more than the tokens did (a relay may drop tokens):
+                    # the rest comes as one token, so that the text and the iteration both end
+                    # as the whole answer. The end is handled next.
+                    rest = Token(whole[len(text) :], event.id)
+                    self._take_token(rest)
+                    self._pending.appendleft(event)
+                    return rest
+            self._acc.finish(done_text=whole)
             self._state = _ENDED
             self._disarm()
             resp, self._resp = self._resp, None
@@ -766,9 +852,14 @@ class TokenStream(AsyncResource):
             self._last_id = event.id
 
     async def _error_event(self, event: ErrorEvent) -> StreamEvent:
+        if event.message:
+            # A server may echo the request, token included, in its error event.
+            event = ErrorEvent(event.code, self._transport.redact(event.message), event.id)
         if (
             event.code == "node_disconnected"
             and self._acc.job_id is not None
+            and self._surface is not None
+            and self._surface.resumable
             and self._restarts < self._transport.retry.max_stream_restarts
             and (self._acc.token_count == 0 or self._policy == "restart")
         ):
@@ -813,6 +904,8 @@ class TokenStream(AsyncResource):
     def _may_reconnect(self) -> bool:
         return (
             self._reconnect
+            and self._surface is not None
+            and self._surface.resumable
             and not self._transport.closed
             and self._state == _OPEN
             and self._acc.job_id is not None

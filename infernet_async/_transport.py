@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -22,7 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
@@ -30,6 +28,7 @@ from yarl import URL
 
 from ._config import RetryPolicy, Secret, Timeouts
 from ._connection import BodySink, NativeResponse, StreamPool, fd_exhaustion_message
+from ._ids import job_path, validate_job_id
 from ._ratelimit import active_limiter
 from ._retry import decide_retry, parse_retry_after, server_retry_after
 from ._version import __version__
@@ -68,26 +67,6 @@ _JSON_BODY_LIMIT = 32 * 1024 * 1024
 # The longest answer a stream holds (InfernetClient(max_answer_chars=)): a job lasts at most 5
 # minutes, and no model writes 64 Mi characters in that time; a server streaming without end does.
 DEFAULT_MAX_ANSWER_CHARS = 64 * 1024 * 1024
-# Job ids are opaque to us but go into URL paths: letters, digits and ``_-.:``, no leading dot,
-# bounded length. Anything else ("../", "?", "#", "%2F", "/") is refused, so an id can never reach
-# another path.
-_JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
-
-
-def validate_job_id(job_id: object) -> str:
-    """Return ``job_id`` if it is a well-formed job id; raises ``ValueError`` otherwise."""
-    if not isinstance(job_id, str) or _JOB_ID_RE.fullmatch(job_id) is None or ".." in job_id:
-        raise ValueError(f"not a valid job id: {job_id!r}")
-    return job_id
-
-
-def job_path(job_id: str, suffix: str = "") -> str:
-    """The path of a job (``/jobs/{id}``, plus ``suffix`` such as ``/stream``), id validated and
-    quoted.
-    """
-    return f"/jobs/{quote(validate_job_id(job_id), safe='')}{suffix}"
-
-
 def _os_error_of(exc: BaseException) -> OSError | None:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return exc.os_error
@@ -298,7 +277,7 @@ class _Binding:
 
 
 class Transport:
-    """Sends requests to one API root with retries; streams open here and are read by
+    """Sends requests to one service origin with retries; streams open here and are read by
     ``TokenStream``.
     """
 
@@ -414,12 +393,15 @@ class Transport:
         # %-escapes as sent.
         return URL(self.base_url + path, encoded=True)
 
-    def _headers(self, url: URL, extra: Mapping[str, str] | None) -> dict[str, str]:
+    def _headers(
+        self, url: URL, extra: Mapping[str, str] | None, *, auth: bool = True
+    ) -> dict[str, str]:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         headers.update(self._extra_headers)
         if extra:
             headers.update(extra)
-        if self._token is not None and _origin(url) == _origin(self._base):
+        # ``auth`` False: a route that takes no token (the chat surface's) never sees it.
+        if auth and self._token is not None and _origin(url) == _origin(self._base):
             headers["Authorization"] = f"Bearer {self._token.get()}"
         return headers
 
@@ -444,6 +426,7 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         stream: bool,
         on_send: SendListener | None = None,
+        auth: bool = True,
     ) -> aiohttp.ClientResponse | NativeResponse:
         """One request, redirects followed by hand; an error status becomes an ``APIError`` (body
         read). Streams go over our own connections unless the session is the caller's.
@@ -461,7 +444,7 @@ class Transport:
                 resp = await self._binding.pool.request(
                     method,
                     url,
-                    headers=self._headers(url, headers),
+                    headers=self._headers(url, headers, auth=auth),
                     json_body=json_body,
                     params=params,
                     connect_timeout=self.timeouts.connect,
@@ -470,7 +453,7 @@ class Transport:
                 )
             else:
                 kwargs: dict[str, Any] = {
-                    "headers": self._headers(url, headers),
+                    "headers": self._headers(url, headers, auth=auth),
                     "timeout": timeout,
                     "allow_redirects": False,
                 }
@@ -524,15 +507,30 @@ class Transport:
         if isinstance(resp, NativeResponse):
             # A whole error body leaves the connection reusable: a fan-out's 429s cost no sockets.
             raw = await read_and_release(resp)
-            raise parse_error_response(resp.status, raw, resp.headers)
-        try:
-            with map_transport_errors(phase="read"):
-                raw = await resp.content.read(_ERROR_BODY_LIMIT)
-        except APIConnectionError:
-            raw = b""
-        finally:
-            resp.close()
-        raise parse_error_response(resp.status, raw, resp.headers)
+        else:
+            try:
+                with map_transport_errors(phase="read"):
+                    raw = await resp.content.read(_ERROR_BODY_LIMIT)
+            except APIConnectionError:
+                raw = b""
+            finally:
+                resp.close()
+        raise self.redacted(parse_error_response(resp.status, raw, resp.headers))
+
+    def redact(self, text: str) -> str:
+        """``text`` without the client's token, should the server have echoed it."""
+        return self._token.redact(text) if self._token is not None else text
+
+    def redacted(self, error: APIError) -> APIError:
+        """``error`` with the token taken out of its message and body, wherever the server
+        echoed it (a 401 quoting the header, a proxy's page): no message, repr or log line of
+        ours shows it."""
+        token = self._token
+        if token is not None:
+            error.message = token.redact(error.message)
+            error.body = token.redact(error.body)
+            error.args = (error.message,)
+        return error
 
     async def _send_limited(
         self,
@@ -545,16 +543,25 @@ class Transport:
         stream: bool,
         retry: bool,
         on_send: SendListener | None = None,
+        auth: bool = True,
+        quiet_429_wait: float | None = None,
     ) -> aiohttp.ClientResponse | NativeResponse:
         """``_send_once`` under the rate limiter of the current fan-out worker, if there is one.
 
         The limiter waits before the request (pacing, a 429 pause, a model's no_capacity backoff)
-        and learns from every answer, errors included (see ``_ratelimit``).
+        and learns from every answer, errors included (see ``_ratelimit``). ``quiet_429_wait``:
+        how long a 429 that names no time means on this route (see ``Call``).
         """
         limiter = active_limiter()
         model: str | None = None
         if limiter is not None:
-            named = json_body.get("model") if isinstance(json_body, Mapping) else None
+            # The model a request is for, whichever surface's body it is (the chat surface's is
+            # camelCase).
+            named = (
+                json_body.get("model", json_body.get("modelName"))
+                if isinstance(json_body, Mapping)
+                else None
+            )
             model = named if isinstance(named, str) else None
             await limiter.acquire(model, retry=retry)
         try:
@@ -566,10 +573,21 @@ class Transport:
                 headers=headers,
                 stream=stream,
                 on_send=on_send,
+                auth=auth,
             )
         except APIError as exc:
+            if (
+                quiet_429_wait is not None
+                and isinstance(exc, RateLimitError)
+                and exc.retry_after is None
+            ):
+                exc.retry_after = quiet_429_wait
+                exc.message += (
+                    f" (the server gave no time; its window for this route is {quiet_429_wait:g} s)"
+                )
             if limiter is not None:
-                limiter.observe(exc.status, exc.headers, exc.body, model=model)
+                wait = exc.retry_after if isinstance(exc, RateLimitError) else None
+                limiter.observe(exc.status, exc.headers, exc.body, model=model, retry_after=wait)
             raise
         except BaseException:
             if limiter is not None:
@@ -611,6 +629,8 @@ class Transport:
         stream: bool,
         read_body: bool = False,
         on_send: SendListener | None = None,
+        auth: bool = True,
+        quiet_429_wait: float | None = None,
     ) -> tuple[aiohttp.ClientResponse | NativeResponse, bytes]:
         """Send with retries; with ``read_body`` the body is read inside the retried block too, so
         a GET whose body is cut off is retried like one that failed earlier. ``on_send`` hears
@@ -628,6 +648,8 @@ class Transport:
                     stream=stream,
                     retry=attempt > 0,
                     on_send=on_send,
+                    auth=auth,
+                    quiet_429_wait=quiet_429_wait,
                 )
                 if not read_body:
                     return resp, b""
@@ -674,10 +696,20 @@ class Transport:
         *,
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
+        auth: bool = True,
+        quiet_429_wait: float | None = None,
     ) -> tuple[int, Any]:
-        """Send a request (with retries); returns the answer's status and decoded JSON body."""
+        """Send a request (with retries); returns the answer's status and decoded JSON body.
+        ``auth`` and ``quiet_429_wait``: see ``_surfaces.Call``."""
         resp, raw = await self._with_retries(
-            method, path, json_body=json_body, params=params, stream=False, read_body=True
+            method,
+            path,
+            json_body=json_body,
+            params=params,
+            stream=False,
+            read_body=True,
+            auth=auth,
+            quiet_429_wait=quiet_429_wait,
         )
         try:
             return resp.status, json.loads(raw)
@@ -696,9 +728,11 @@ class Transport:
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
         on_send: SendListener | None = None,
+        auth: bool = True,
+        quiet_429_wait: float | None = None,
     ) -> OpenStream:
         """Open an event stream (with retries for the opening only); the caller must ``close()``
-        it. ``on_send``: see ``_with_retries``.
+        it. ``on_send``: see ``_with_retries``; ``auth``: whether the token goes along.
         """
         stream_headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
         if headers:
@@ -710,6 +744,8 @@ class Transport:
             headers=stream_headers,
             stream=True,
             on_send=on_send,
+            auth=auth,
+            quiet_429_wait=quiet_429_wait,
         )
         return resp if isinstance(resp, NativeResponse) else StreamResponse(resp)
 

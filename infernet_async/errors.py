@@ -2,13 +2,15 @@
 
     InfernetError
     ├── APIError                  an error answer (.status, .code, .message)
-    │   ├── AuthenticationError   401 unauthorized
+    │   ├── AuthenticationError   401 unauthorized (a resale key's invalid_key too)
     │   ├── BadRequestError       400 bad_request
+    │   ├── PermissionDeniedError 403 (a resale key outside its reservation's time)
     │   ├── NotFoundError         404 without a known code (an unknown job id)
-    │   │   └── ModelNotFoundError    404 model_not_found
-    │   ├── RateLimitError        429 rate_limited (.retry_after)
+    │   │   ├── ModelNotFoundError    404 model_not_found
+    │   │   └── SurfaceNotServedError an HTML 404 on a route of the API surface in use (.api)
+    │   ├── RateLimitError        429 rate_limited (.retry_after, .limit_type, .limit_scope)
     │   ├── InternalServerError   500 internal_error, and other 5xx
-    │   └── NoCapacityError       503 no_capacity
+    │   └── NoCapacityError       503 no_capacity, no node serves the model (.available_models)
     ├── JobFailedError            a job ended in the failed state (.job_id, .code, .message)
     │   └── JobTimeoutError       ... because it exceeded the server's job time limit
     ├── StreamError               a stream ended without [DONE] (.partial_text, .job_id, .code)
@@ -17,18 +19,24 @@
     │   └── AnswerTooLargeError   the answer grew past the client's max_answer_chars (.limit)
     ├── APIConnectionError        no answer at all (DNS, refused, reset, out of file descriptors)
     │   └── APITimeoutError       a configured timeout fired (also a TimeoutError)
-    └── DecodeError               bytes that cannot be decoded as a stream (also a ValueError)
-        └── EventTooLargeError    one line or event exceeds the decoder's size limit
+    ├── DecodeError               bytes that cannot be decoded as a stream (also a ValueError)
+    │   └── EventTooLargeError    one line or event exceeds the decoder's size limit
+    └── NotSupportedError         the API surface in use cannot do this (also a ValueError; .api)
 
 Any other in-stream error code is a plain StreamError. Connection and timeout errors are siblings
 of APIError, not subclasses: they carry no status and no body. The class of an API error comes from
 the body's ``error`` code; the HTTP status decides only when the body has no code (a proxy's HTML
-page, say). This module imports nothing outside the standard library, so the sans-IO layers can
-raise these errors too.
+page, say). Three body shapes are read, whichever surface sent them: the documented
+``{"error": "<code>", "error_message"}``, the OpenAI-compatible ``{"error": {"message", "type",
+"code"}}`` (``code`` a string such as ``invalid_key``, or the HTTP status as a number, which is no
+code) and the chat surface's ``{"error": "<a sentence>", "detail"}``; the message is always the
+server's own words, never a dump of the body. This module imports nothing outside the standard
+library, so the sans-IO layers can raise these errors too.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +49,7 @@ __all__ = [
     "BadRequestError",
     "DecodeError",
     "EventTooLargeError",
+    "INCOMPLETE_STREAM_CODE",
     "IncompleteStreamError",
     "InfernetError",
     "InternalServerError",
@@ -50,14 +59,20 @@ __all__ = [
     "NoCapacityError",
     "NodeDisconnectedError",
     "NotFoundError",
+    "NotSupportedError",
+    "PermissionDeniedError",
     "RateLimitError",
     "StreamError",
+    "SurfaceNotServedError",
     "error_for_response",
     "stream_error_for_code",
 ]
 
 _EXCERPT_LIMIT = 200
 _MESSAGE_LIMIT = 1000
+# An error code is a word (``rate_limited``, ``invalid_key``); the chat surface puts a sentence in
+# the same field.
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 class InfernetError(Exception):
@@ -102,12 +117,41 @@ class BadRequestError(APIError):
     """The request's parameters were invalid (400 ``bad_request``)."""
 
 
+class PermissionDeniedError(APIError):
+    """The request is not allowed now (403): a resale key before or after its reservation, or
+    a cancelled one (``reservation_upcoming``, ``reservation_ended``, ``reservation_cancelled``).
+    """
+
+
 class NotFoundError(APIError):
     """The resource does not exist or is not visible to this token (404)."""
 
 
 class ModelNotFoundError(NotFoundError):
     """The requested model is not registered (404 ``model_not_found``)."""
+
+
+class SurfaceNotServedError(NotFoundError):
+    """The server answered a route of the API surface in use with a page, not the API: it does
+    not serve that surface (the hosted service answers the documented ``/api/v1`` routes this way
+    today).
+
+    ``api`` is the surface that was tried; the message names the others. With ``api`` left unset
+    the client moves on to another surface by itself before this is raised (see
+    ``InfernetClient``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        api: str,
+        status: int = 404,
+        body: object = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, status=status, body=body, headers=headers)
+        self.api = api
 
 
 class RateLimitError(APIError):
@@ -128,6 +172,12 @@ class RateLimitError(APIError):
     ) -> None:
         super().__init__(message, status=status, code=code, body=body, headers=headers)
         self.retry_after = retry_after
+        self.limit_type: str | None = _header(self.headers, "X-Infernet-Limit-Type")
+        """Which limit a resale key hit, where the server says: ``rps``, ``concurrency`` or
+        ``tokens`` (``X-Infernet-Limit-Type``); ``None`` when it does not say."""
+        self.limit_scope: str | None = _header(self.headers, "X-Infernet-Limit-Scope")
+        """Whose limit it was: ``key`` (this key's own) or ``shared`` (the reservation's pool)
+        (``X-Infernet-Limit-Scope``); ``None`` when the server does not say."""
 
 
 class InternalServerError(APIError):
@@ -135,7 +185,25 @@ class InternalServerError(APIError):
 
 
 class NoCapacityError(APIError):
-    """No node has capacity for the model right now (503 ``no_capacity``); retry with backoff."""
+    """No node has capacity for the model right now (503 ``no_capacity``, or no node serves the
+    model); retry with backoff. No job was created.
+
+    ``available_models`` lists the models the server said it does serve (the OpenAI-compatible
+    surface names them), empty when it names none.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 503,
+        code: str | None = None,
+        body: object = None,
+        headers: Mapping[str, str] | None = None,
+        available_models: list[str] | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, body=body, headers=headers)
+        self.available_models: list[str] = list(available_models or [])
 
 
 class JobFailedError(InfernetError):
@@ -236,6 +304,19 @@ class APITimeoutError(APIConnectionError, TimeoutError):
         self.phase = phase
 
 
+class NotSupportedError(InfernetError, ValueError):
+    """The API surface in use cannot do what was asked (job ids on the OpenAI-compatible
+    surface, a parameter it would silently ignore); raised before anything is sent.
+
+    ``api`` names the surface (``"jobs"``, ``"openai"`` or ``"chat"``).
+    """
+
+    def __init__(self, message: str, *, api: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.api = api
+
+
 class DecodeError(InfernetError, ValueError):
     """Bytes that cannot be decoded as an event stream."""
 
@@ -261,14 +342,20 @@ _API_ERRORS_BY_CODE: dict[str, type[APIError]] = {
 _API_ERRORS_BY_STATUS: dict[int, type[APIError]] = {
     400: BadRequestError,
     401: AuthenticationError,
+    403: PermissionDeniedError,
     404: NotFoundError,
     429: RateLimitError,
     500: InternalServerError,
     503: NoCapacityError,
 }
 
+# The code a decoder gives a stream that ended without its surface's clean end, although the
+# server closed it in an orderly way (an OpenAI ``[DONE]`` with no finish chunk before it).
+INCOMPLETE_STREAM_CODE = "incomplete_stream"
+
 _STREAM_ERRORS_BY_CODE: dict[str, type[StreamError]] = {
     "node_disconnected": NodeDisconnectedError,
+    INCOMPLETE_STREAM_CODE: IncompleteStreamError,
 }
 
 
@@ -308,15 +395,10 @@ def error_for_response(
         headers: the response headers, kept on the error.
         retry_after: seconds to wait, already worked out by the caller (for 429).
     """
-    code: str | None = None
-    message: str | None = None
-    if isinstance(body, Mapping):
-        raw_code = body.get("error")
-        if isinstance(raw_code, str) and raw_code:
-            code = raw_code
-        raw_message = body.get("error_message", body.get("message"))
-        if isinstance(raw_message, str) and raw_message:
-            message = raw_message
+    code, message, available = _read_error_body(body)
+    if message is None and isinstance(body, Mapping):
+        # JSON with no message in any known place: the body stays on ``.body``, not in the text.
+        message = f"HTTP {status}" + (f" ({code})" if code else " with no error message")
     if message is None:
         excerpt = _excerpt(text)
         message = f"HTTP {status}: {excerpt}" if excerpt else f"HTTP {status}"
@@ -325,7 +407,67 @@ def error_for_response(
         return cls(
             message, status=status, code=code, body=body, headers=headers, retry_after=retry_after
         )
+    if issubclass(cls, NoCapacityError):
+        if code is None and isinstance(body, Mapping) and body.get("error"):
+            # The API's own refusal (the OpenAI-compatible and chat surfaces give no code word),
+            # not a proxy's page: no job was created, as with the documented ``no_capacity``.
+            code = "no_capacity"
+        return cls(
+            message,
+            status=status,
+            code=code,
+            body=body,
+            headers=headers,
+            available_models=available,
+        )
     return cls(message, status=status, code=code, body=body, headers=headers)
+
+
+def _read_error_body(body: Any) -> tuple[str | None, str | None, list[str]]:
+    """The code, the message and the available models of an error body, in any of the three
+    shapes (see the module docstring); ``None`` for what the body does not say."""
+    if not isinstance(body, Mapping):
+        return None, None, []
+    code: str | None = None
+    message: str | None = None
+    available: list[str] = []
+    error = body.get("error")
+    if isinstance(error, Mapping):
+        # OpenAI-shaped. Its code is either a word or the HTTP status as a number (no news).
+        raw_code = error.get("code")
+        if isinstance(raw_code, str) and _CODE.fullmatch(raw_code):
+            code = raw_code
+        raw_message = error.get("message")
+        if isinstance(raw_message, str) and raw_message.strip():
+            message = raw_message
+        models = error.get("available_models", body.get("available_models"))
+        if isinstance(models, list):
+            available = [m for m in models if isinstance(m, str)]
+    elif isinstance(error, str) and error:
+        if _CODE.fullmatch(error):
+            code = error
+        else:
+            # The chat surface's sentence: the message itself, with the hint it may add.
+            message = error
+            detail = body.get("detail")
+            hint = detail.get("hint") if isinstance(detail, Mapping) else None
+            if isinstance(hint, str) and hint.strip():
+                message = f"{message} ({hint.strip()})"
+    if message is None:
+        raw_message = body.get("error_message", body.get("message"))
+        if isinstance(raw_message, str) and raw_message.strip():
+            message = raw_message
+    if message is not None and len(message) > _MESSAGE_LIMIT:
+        message = message[: _MESSAGE_LIMIT - 1] + "…"
+    return code, message, available
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
+    return value.strip() or None if isinstance(value, str) else None
 
 
 def stream_error_for_code(

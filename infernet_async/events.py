@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from ._textfast import TEXT_EVENTS, scanstring, text_of, unescape
 from .errors import EventTooLargeError
@@ -39,9 +39,12 @@ from .sse import DEFAULT_MAX_EVENT_SIZE, ServerSentEvent, SSEDecoder
 __all__ = [
     "Done",
     "ErrorEvent",
+    "EventDecoder",
     "JobInfo",
+    "Log",
     "Meta",
     "Restart",
+    "Routing",
     "StreamEvent",
     "Token",
     "TokenDecoder",
@@ -109,6 +112,29 @@ class Meta:
 
 
 @dataclass(frozen=True, slots=True)
+class Routing:
+    """The chat surface's ``routing`` event (distributed jobs): which peers serve the job.
+
+    Informational: it changes nothing in the answer. ``data`` is the event's JSON object as sent.
+    """
+
+    data: Mapping[str, Any] = field(default_factory=_empty_data, compare=False)
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """The chat surface's ``log`` event (distributed jobs): a progress line from the serving node.
+
+    Informational. ``message`` is the event's ``message`` (or ``line``) when it has one.
+    """
+
+    message: str | None = None
+    data: Mapping[str, Any] = field(default_factory=_empty_data, compare=False, repr=False)
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Restart:
     """The answer restarted on another node after ``node_disconnected``.
 
@@ -121,7 +147,24 @@ class Restart:
     reason: str = "node_disconnected"
 
 
-StreamEvent = Token | Done | ErrorEvent | JobInfo | Meta | Restart
+StreamEvent = Token | Done | ErrorEvent | JobInfo | Meta | Routing | Log | Restart
+
+
+class EventDecoder(Protocol):
+    """What ``TokenStream`` reads a response body with: bytes in, typed stream events out.
+
+    Sans-IO. Each API surface brings its own (``TokenDecoder`` for the jobs API and the chat
+    surface, ``ChunkDecoder`` for OpenAI chunks); the stream loop never asks which one it has.
+    """
+
+    malformed: int
+
+    @property
+    def last_event_id(self) -> str | None: ...
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[StreamEvent]: ...
+
+    def close(self) -> list[StreamEvent]: ...
 
 
 # Tokens the decoder builds itself fill their slots directly instead of running the frozen dataclass
@@ -489,6 +532,14 @@ class TokenDecoder:
                             event_id,
                         )
                     )
+            elif kind == "routing":
+                obj = self._object(data)
+                if obj is not None:
+                    out.append(Routing(obj, event_id))
+            elif kind == "log":
+                obj = self._object(data)
+                if obj is not None:
+                    out.append(Log(_first_str(obj, "message", "line"), obj, event_id))
             elif kind == "meta":
                 obj = self._object(data)
                 if obj is not None:

@@ -111,9 +111,10 @@ class Job(_Model):
 
 
 class JobList(_Model):
-    """The body of ``GET /jobs``: ``{"jobs": [...]}``."""
+    """The body of ``GET /jobs``: ``{"jobs": [...]}``. The list is required: a body without it
+    (an error object answered with a 200, say) is no empty list."""
 
-    jobs: list[Job] = Field(default_factory=list)
+    jobs: list[Job]
 
 
 class ModelInfo(_Model):
@@ -125,9 +126,10 @@ class ModelInfo(_Model):
 
 
 class ModelList(_Model):
-    """The body of ``GET /models``: ``{"models": [...]}``."""
+    """The body of ``GET /models``: ``{"models": [...]}``. The list is required, as for
+    ``JobList``."""
 
-    models: list[ModelInfo] = Field(default_factory=list)
+    models: list[ModelInfo]
 
 
 JOB_ADAPTER: TypeAdapter[Job] = TypeAdapter(Job)

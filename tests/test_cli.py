@@ -436,3 +436,43 @@ async def test_chat_json_reports_a_refused_request_as_an_error_object(
     assert error["type"] == "error" and error["code"] == code and error["message"]
     assert error["partial_text"] == "" and error["job_id"] is None
     assert_one_error_line(err, fragment)
+
+
+# --- --api: every command on every surface ----------------------------------------------------
+
+
+@pytest.mark.parametrize("api", ["jobs", "openai", "chat"])
+async def test_chat_and_models_work_on_every_surface(
+    dev: DevServer, api: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = await expected_answer(dev)
+    assert await cli("chat", "--api", api, PROMPT) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    assert await cli("models", "--api", api, "--json") == 0
+    models = json.loads(capsys.readouterr().out)["models"]
+    assert "qwen2.5:14b" in [m["id"] for m in models]
+
+
+async def test_jobs_commands_on_the_chat_surface_and_their_limits_elsewhere(
+    dev: DevServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with InfernetClient(dev.url, api="chat") as client:
+        job = await client.submit(model="qwen2.5:14b", messages=[{"role": "user", "content": "Hi"}])
+    assert await cli("jobs", "wait", "--api", "chat", job.id) == 0
+    assert job.id in capsys.readouterr().out
+    assert await cli("jobs", "show", "--api", "openai", job.id) == 1
+    assert_one_error_line(capsys.readouterr().err, "OpenAI-compatible surface", "no job ids")
+    assert await cli("jobs", "list", "--api", "chat") == 1
+    assert_one_error_line(capsys.readouterr().err, "chat surface (/api/chat) cannot list jobs")
+
+
+async def test_api_from_the_environment_and_a_bad_value(
+    dev: DevServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("INFERNET_API", "chat")
+    assert await cli("chat", PROMPT) == 0
+    assert [r.path for r in dev.requests if r.method == "POST"] == ["/api/chat"]
+    capsys.readouterr()
+    monkeypatch.setenv("INFERNET_API", "soap")
+    assert await cli("chat", PROMPT) == 1
+    assert_one_error_line(capsys.readouterr().err, "INFERNET_API must be one of")

@@ -74,7 +74,12 @@ def test_backoff_does_not_overflow_and_rejects_attempt_zero() -> None:
         ("2", 2.0),
         (" 1.5 ", 1.5),
         ("0", 0.0),
-        ("-3", 0.0),
+        # A negative or absurd delay is a broken server: ignored, so the backoff applies.
+        ("-3", None),
+        ("-5", None),
+        ("86400", 86400.0),
+        ("86401", None),
+        ("1e12", None),
         ("", None),
         (None, None),
         ("soon", None),
@@ -523,3 +528,19 @@ async def test_an_untrusted_certificate_fails_once_without_retrying(sleeps: Slee
     finally:
         await runner.cleanup()
     assert info.value.request_sent is False and sleeps.delays == []
+
+
+async def test_a_negative_retry_after_falls_back_to_the_backoff() -> None:
+    # Read as 0 before, three requests went out in no time.
+    sleep = SleepRecorder()
+    body = {"error": "rate_limited", "error_message": "slow down"}
+
+    async def limited(request: web.Request) -> web.Response:
+        return web.json_response(body, status=429, headers={"Retry-After": "-5"})
+
+    async with raw_server(limited) as origin:
+        policy = RetryPolicy(sleep=sleep, backoff_base=1.0)
+        async with InfernetClient(origin, token="t", retry=policy) as client:
+            with pytest.raises(RateLimitError):
+                await client.list_models()
+    assert len(sleep.delays) == 2 and all(d >= 0.5 for d in sleep.delays), sleep.delays

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import ssl
 import traceback
@@ -38,6 +39,8 @@ from infernet_async import (
 )
 from infernet_async._config import RetryPolicy, Secret, Timeouts
 from infernet_async.devserver import DevServer, Fault
+
+from .client_support import raw_server
 
 trustme = pytest.importorskip("trustme")
 
@@ -388,15 +391,15 @@ async def test_redirect_to_the_same_server_under_another_host_name_drops_authori
         rec.record(request)
         raise web.HTTPTemporaryRedirect(f"http://localhost:{port}/api/v1/models")
 
-    app.router.add_get("/api/v1/redirect-me/models", bounce)
+    app.router.add_get("/redirect-me/api/v1/models", bounce)
     async with asyncio.timeout(BOUND), serve(app) as origin:
         port = int(origin.rsplit(":", 1)[1])
         async with InfernetClient(
-            origin + "/api/v1/redirect-me", token=CANARY, timeouts=FAST, retry=NO_RETRY
+            origin + "/redirect-me", token=CANARY, timeouts=FAST, retry=NO_RETRY
         ) as c:
             assert [m.id for m in await c.list_models()] == [MODEL]
     assert rec.requests == [
-        ("GET", "/api/v1/redirect-me/models", f"Bearer {CANARY}"),
+        ("GET", "/redirect-me/api/v1/models", f"Bearer {CANARY}"),
         ("GET", "/api/v1/models", None),
     ]
 
@@ -410,11 +413,11 @@ async def test_same_origin_redirect_keeps_authorization() -> None:
         rec.record(request)
         raise web.HTTPTemporaryRedirect("/api/v1/models")
 
-    app.router.add_get("/api/v1/old/models", bounce)
+    app.router.add_get("/old/api/v1/models", bounce)
     async with (
         asyncio.timeout(BOUND),
         serve(app) as origin,
-        InfernetClient(origin + "/api/v1/old", token=CANARY, timeouts=FAST) as c,
+        InfernetClient(origin + "/old", token=CANARY, timeouts=FAST) as c,
     ):
         await c.list_models()
     assert [auth for _, _, auth in rec.requests] == [f"Bearer {CANARY}"] * 2
@@ -882,3 +885,60 @@ async def test_devserver_answers_hostile_bodies_with_400_not_500(body: bytes) ->
                 assert (await resp.json())["error"] == "bad_request"
         async with InfernetClient(server.base_url, token=CANARY, timeouts=FAST) as c:
             assert await c.complete(model=MODEL, messages=MESSAGES)  # still serving
+
+
+# -- a server that echoes the token --------------------------------------------------------------
+
+ECHOED = "tok-echo-canary-5f2a"
+
+
+def _echoing(kind: str) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        if kind == "json":
+            body = {"error": "unauthorized", "error_message": f"bad token: {auth}", "got": [auth]}
+            return web.json_response(body, status=401)
+        if kind == "html":
+            page = f"<html><body>502 upstream rejected {auth}</body></html>"
+            return web.Response(status=502, text=page, content_type="text/html")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"text": "Hi"}\n\n')
+        event = json.dumps({"error": "bad_request", "message": f"you sent {auth}"})
+        await resp.write(f"data: {event}\n\n".encode())
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+@pytest.mark.parametrize("kind", ["json", "html", "stream"])
+async def test_a_token_the_server_echoes_is_never_shown(kind: str) -> None:
+    async with (
+        raw_server(_echoing(kind)) as origin,
+        InfernetClient(origin, token=ECHOED, retry=NO_RETRY, api="jobs") as client,
+    ):
+        with pytest.raises(InfernetError) as info:
+            await client.complete(model=MODEL, messages=MESSAGES)
+    error = info.value
+    shown = [
+        str(error),
+        repr(error),
+        *map(str, error.args),
+        json.dumps(getattr(error, "body", None)),
+    ]
+    assert all(ECHOED not in text for text in shown), shown
+    assert "[REDACTED]" in str(error)
+
+
+async def test_the_cli_never_prints_an_echoed_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from infernet_async.cli import main
+
+    async with raw_server(_echoing("json")) as origin:
+        monkeypatch.setenv("INFERNET_BASE_URL", origin)
+        monkeypatch.setenv("INFERNET_BEARER_TOKEN", ECHOED)
+        assert await asyncio.to_thread(main, ["models", "--api", "jobs"]) == 1
+    err = capsys.readouterr().err
+    assert ECHOED not in err and "[REDACTED]" in err

@@ -30,6 +30,7 @@ from infernet_async import (
     TokenStream,
 )
 from infernet_async._ratelimit import RateLimiter, limited_by
+from infernet_async._surfaces import ApiChoice
 from infernet_async._transport import SendListener
 from infernet_async.devserver import DevServer, Fault
 
@@ -908,6 +909,9 @@ class _ScriptedTransport:
         self.closed = False
         self.resp = resp
 
+    def redact(self, text: str) -> str:
+        return text
+
     async def open_stream(
         self, method: str, path: str, *, on_send: SendListener | None = None, **_: Any
     ) -> _ScriptedResponse:
@@ -920,7 +924,8 @@ def _scripted_stream(
     timeouts: Timeouts, script: list[bytes | None], on_block: Callable[[], None] | None = None
 ) -> tuple[TokenStream, _ScriptedResponse]:
     resp = _ScriptedResponse(script, on_block)
-    return TokenStream(cast(Any, _ScriptedTransport(timeouts, resp)), job_id="job_x"), resp
+    transport = cast(Any, _ScriptedTransport(timeouts, resp))
+    return TokenStream(transport, ApiChoice("jobs"), job_id="job_x"), resp
 
 
 async def test_a_chunk_buffered_when_the_deadline_has_passed_is_still_returned() -> None:
@@ -1040,3 +1045,61 @@ async def test_resume_falls_back_to_text_when_one_id_tags_every_event() -> None:
         async with client, client.stream_job("job_x") as stream:
             tokens = [t async for t in stream]
     assert tokens == ["A", "B", "C"] and stream.finished
+
+
+def test_the_default_first_token_deadline_is_well_under_the_total() -> None:
+    # Heartbeats alone, or a head dripped a byte at a time, no longer run until the total: the
+    # first token's deadline ends them, while a job queued forty times the service's typical
+    # start (1 to 3 s) still gets its answer.
+    defaults = Timeouts()
+    assert defaults.first_token is not None and defaults.total is not None
+    assert 3 * 40 <= defaults.first_token <= defaults.total / 2
+
+
+@pytest.mark.parametrize("shape", ["pings", "dripped head"])
+async def test_a_server_that_sends_nothing_useful_meets_the_first_token_deadline(
+    shape: str,
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            if shape == "pings":
+                writer.write(head)
+                for _ in range(200):
+                    writer.write(b": ping\n\n")
+                    await asyncio.sleep(0.01)
+            else:
+                for byte in head:
+                    writer.write(bytes([byte]))
+                    await asyncio.sleep(0.01)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # The defaults' proportions, scaled down: read and stall as the defaults, first token at
+    # a third of a second (the default's 120 s), so neither the read timeout (the bytes keep
+    # coming) nor the stall timeout (no first token yet) can be what ends it.
+    timeouts = Timeouts(first_token=0.3)
+    try:
+        async with client_for(f"http://127.0.0.1:{port}", "t", api="jobs", timeouts=timeouts) as c:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(APITimeoutError) as info:
+                await c.stream_job("job_1").final_text()
+            elapsed = asyncio.get_running_loop().time() - started
+    finally:
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers)
+        server.close()
+        await server.wait_closed()
+    assert info.value.phase == "first_token" and info.value.job_id == "job_1"
+    assert elapsed < 1.5

@@ -21,20 +21,25 @@ from .client_support import MODEL, MSG, client_for, data_events, raw_server, sse
 # -- base URL and token ----------------------------------------------------------------------------
 
 
-def test_default_base_url_is_the_hosted_api_root() -> None:
-    assert InfernetClient().base_url == DEFAULT_BASE_URL == "https://infernetprotocol.com/api/v1"
+def test_default_base_url_is_the_hosted_service_origin() -> None:
+    assert InfernetClient().base_url == DEFAULT_BASE_URL == "https://infernetprotocol.com"
 
 
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        ("http://127.0.0.1:8080", "http://127.0.0.1:8080/api/v1"),
-        ("http://127.0.0.1:8080/", "http://127.0.0.1:8080/api/v1"),
-        ("https://infer.example.com/api/v1/", "https://infer.example.com/api/v1"),
-        ("https://example.com/proxy/infernet/api/v1", "https://example.com/proxy/infernet/api/v1"),
+        ("http://127.0.0.1:8080", ("http://127.0.0.1:8080", None)),
+        ("http://127.0.0.1:8080/", ("http://127.0.0.1:8080", None)),
+        # The documented API's root, as earlier versions took base_url: the same origin.
+        ("https://infer.example.com/api/v1/", ("https://infer.example.com", "/api/v1")),
+        ("https://example.com/proxy/i/api/v1", ("https://example.com/proxy/i", "/api/v1")),
+        # The OpenAI-compatible root: the same origin, and a hint for the surface.
+        ("https://infer.example.com/v1", ("https://infer.example.com", "/v1")),
+        # Any other path is a mount prefix the surfaces' paths go under.
+        ("https://example.com/proxy/infernet", ("https://example.com/proxy/infernet", None)),
     ],
 )
-def test_a_bare_origin_gets_the_api_path(given: str, expected: str) -> None:
+def test_base_url_is_the_service_origin(given: str, expected: tuple[str, str | None]) -> None:
     assert resolve_base_url(given) == expected
 
 
@@ -58,7 +63,7 @@ def test_environment_supplies_url_and_token(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("INFERNET_BASE_URL", "https://self-hosted.example")
     monkeypatch.setenv("INFERNET_BEARER_TOKEN", "env-token-canary")
     client = InfernetClient()
-    assert client.base_url == "https://self-hosted.example/api/v1"
+    assert client.base_url == "https://self-hosted.example"
     assert "token=<set>" in repr(client) and "canary" not in repr(client)
     assert InfernetClient("https://other.example", token="").base_url.startswith("https://other")
 

@@ -1,11 +1,34 @@
 """A local Infernet control plane: the whole API on loopback, with simulated nodes and fault
 injection.
 
-``DevServer`` speaks the Infernet API (``POST /api/v1/jobs`` with and without ``stream``,
-``GET /api/v1/jobs/{id}``, ``GET /api/v1/jobs/{id}/stream``, ``GET /api/v1/jobs``,
-``GET /api/v1/models``) the way the hosted control plane does: bearer auth, per-token job visibility
-and rate limits (``X-RateLimit-*`` headers, 429 with ``Retry-After``), the API's error bodies, both
-stream dialects, ``: ping`` heartbeats, node drops with re-queue, and the server-side job timeout.
+``DevServer`` serves three surfaces on one origin, sharing its nodes, scheduler, jobs, faults and
+records:
+
+- the documented jobs API (``POST /api/v1/jobs`` with and without ``stream``,
+  ``GET /api/v1/jobs/{id}``, ``GET /api/v1/jobs/{id}/stream``, ``GET /api/v1/jobs``,
+  ``GET /api/v1/models``) as the API reference describes it: bearer auth, per-token job visibility
+  and rate limits (``X-RateLimit-*`` headers, 429 with ``Retry-After``), the API's error bodies,
+  both stream dialects, ``: ping`` heartbeats, node drops with re-queue, and the server-side job
+  timeout;
+- the OpenAI-compatible surface the hosted service serves today (``POST /v1/chat/completions``,
+  stream or not, and ``GET /v1/models``; ``server.openai_base_url``): compact JSON, OpenAI chunks
+  and ``[DONE]`` (after an error chunk too), OpenAI-shaped errors, no token needed, reservation
+  keys (``resale_keys={"ifr_res_…": ["model", ...]}``, ``resale_rps``,
+  ``server.set_reservation_state(key, "ended")``);
+- the playground chat surface it serves (``POST /api/chat``, ``GET /api/chat/stream/{jobId}``,
+  ``GET /api/chat/{jobId}/status``; ``server.chat_url``): typed events (``job`` with no id, then
+  ``id:``/``event:`` ``meta``, ``token``, ``done`` or ``error``, no ``[DONE]``), replayed from the
+  start on every GET, ``{"error": "<a sentence>"}`` bodies, no token.
+
+Any other path answers Next.js's HTML 404 page (``/api/v1`` keeps its JSON 404).
+``anonymous_rate_limit_per_hour=N`` limits ``POST /v1/chat/completions`` and ``POST /api/chat``
+per client IP and route, as the hosted limits do (429 without headers). ``hosted=True`` (``serve
+--hosted``) behaves like the hosted service today: every ``/api/v1`` route answers the HTML 404,
+the anonymous limit defaults to 20 an hour, and a dropped node is not re-queued: the chat stream
+sends ``: ping`` until ``chat_stream_max_seconds`` (600). By default a dropped node ends the chat
+stream with ``event: error`` and the OpenAI stream with an error chunk, and the job re-queues (a
+new GET of the chat stream shows the new attempt).
+
 Answers come from a deterministic local emulation (no model: template text built from the prompt,
 stable for a prompt and seed, reported by nodes as engine ``local-emulation``) or, with
 ``upstream=URL``, from a real OpenAI-compatible or Ollama server.
@@ -22,7 +45,8 @@ In a test or a notebook::
         record = await server.wait_for_stream_close()
         assert record.closed_by_client and not record.completed
 
-From a shell: ``infernet-async serve --port 8080 --token dev-token`` (prints the URL and token).
+From a shell: ``infernet-async serve --port 8080 --token dev-token`` (prints the three surfaces'
+URLs and the token; ``--hosted``, ``--resale-key KEY=model1,model2``, ``--anonymous-limit N``).
 
 Faults (``server.inject(fault, times=1)``; each applies to the next ``times`` things it matches):
 
@@ -39,7 +63,9 @@ Faults (``server.inject(fault, times=1)``; each applies to the next ``times`` th
 - ``Fault.slow_drip(byte_delay=0.001, chunk_size=1)``: the next stream written a byte at a time.
 
 ``Fault.http_error(429, live_plane=True)`` answers in the hosted plane's current shape (no
-``error_message``, no headers) to test a client's fallbacks.
+``error_message``, no headers) to test a client's fallbacks. On a ``/v1`` or ``/api/chat`` path an
+``http_error`` answers in that surface's own body shape; the stream faults shape the OpenAI and
+chat streams as they do the jobs API's.
 
 Job and stream faults take ``model=`` to match only one model's jobs, and
 ``server.inject(fault, job_id=...)`` scripts a fault for one job.
@@ -49,7 +75,8 @@ speed, answer length, dialect and heartbeats mid-test.
 
 Records: ``server.requests`` (``RequestRecord``: method, path, query, headers with ``Authorization``
 redacted, json, time, status), ``server.streams`` (``StreamRecord``: job_id, path, dialect,
-opened_at, closed_at, tokens_sent, closed_by_client, completed, error, fault),
+opened_at, closed_at, tokens_sent, closed_by_client, completed, error, fault, and ``surface``:
+``"jobs"``, ``"openai"`` or ``"chat"``),
 ``server.open_streams`` and ``await server.wait_for_stream_close(job_id=None, timeout=5)``.
 
 pytest: add ``pytest_plugins = ["infernet_async.devserver.pytest_plugin"]`` to a ``conftest.py`` for

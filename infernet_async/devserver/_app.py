@@ -1,9 +1,18 @@
-"""The HTTP face of the devserver: ``aiohttp.web`` routes that speak ``infernet-api.md`` exactly.
+"""The HTTP face of the devserver: the app, its shared middleware, and the jobs API's routes
+(``/api/v1``), which speak ``infernet-api.md`` exactly.
 
-Every request passes one middleware, in this order: record it, answer an injected ``http_error``
-fault, check the bearer token (401), count it against the token's rate limits (429). Every error
-body is ``{"error": <code>, "error_message": ...}``; rate-limit headers go on every authenticated
-answer, streams included.
+The app also serves the hosted service's own surfaces (``_openai_routes.py`` for ``/v1``,
+``_chat_routes.py`` for ``/api/chat``); any other path answers Next.js's HTML 404 page.
+
+Every request passes one middleware that records it, then by surface:
+
+- ``/api/v1`` (the jobs API): answer an injected ``http_error`` fault, check the bearer token (401),
+  count it against the token's rate limits (429). Every error body is ``{"error": <code>,
+  "error_message": ...}``; rate-limit headers go on every authenticated answer, streams included.
+  With ``hosted=True`` every ``/api/v1`` route answers the HTML 404 instead, as the hosted
+  service does today.
+- ``/v1``, ``/api/chat`` and the rest: answer an injected ``http_error`` fault in the surface's own
+  body shape, then the handler (no bearer token: those routes do their own keys and limits).
 """
 
 from __future__ import annotations
@@ -16,9 +25,19 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ._chat_routes import add_chat_routes
 from ._jobs import JOB_STATUSES, Job, iso, parse_iso
+from ._openai_routes import add_openai_routes
+from ._public import (
+    Surface,
+    SurfaceError,
+    fault_answer,
+    http_error_answer,
+    not_found_page,
+    surface_of,
+)
 from ._records import REDACTED, RequestRecord
-from ._state import SERVER_KEY, RequestState, request_state
+from ._state import PLANE_KEY, SERVER_KEY, RequestState, request_state
 from ._streams import serve_stream
 
 if TYPE_CHECKING:
@@ -63,28 +82,56 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "bad_request"}
 
 
 @web.middleware
-async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     server = request.app[SERVER_KEY]
+    plane = request.app[PLANE_KEY]
     headers = {
         k: (REDACTED if k.lower() == "authorization" else v) for k, v in request.headers.items()
     }
     record = RequestRecord(request.method, request.path, dict(request.query), headers)
-    server._recorder.requests.append(record)
+    plane.recorder.requests.append(record)
     state = RequestState(record)
-    server._inflight[id(request)] = state
+    plane.inflight[id(request)] = state
     try:
-        response = await _guarded(server, state, request, handler)
+        surface = surface_of(request.path)
+        if surface == "jobs" and not plane.hosted:
+            response = await _guarded(server, state, request, handler)
+        else:
+            response = await _public(server, surface, request, handler)
         state.finish(response)
         return response
     finally:
-        del server._inflight[id(request)]
+        del plane.inflight[id(request)]
+
+
+async def _public(
+    server: DevServer, surface: Surface, request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Everything outside the jobs API: no bearer token here (the routes do their own checks)."""
+    plane = request.app[PLANE_KEY]
+    fault = plane.faults.take_request_fault(request.method, request.path)
+    if fault is not None:
+        if surface in ("openai", "chat"):
+            return fault_answer(surface, fault)
+        return server._fault_response(fault)
+    if surface == "jobs":
+        # Hosted mode: the documented API is not deployed; Next.js answers its 404 page.
+        return not_found_page()
+    try:
+        return await handler(request)
+    except SurfaceError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return http_error_answer(surface, exc, server.max_body_bytes)
 
 
 async def _guarded(
     server: DevServer, state: RequestState, request: web.Request, handler: Handler
 ) -> web.StreamResponse:
     try:
-        fault = server._faults.take_request_fault(request.method, request.path)
+        fault = request.app[PLANE_KEY].faults.take_request_fault(request.method, request.path)
         if fault is not None:
             return server._fault_response(fault)
         token_index = server._authenticate(request.headers.get("Authorization"))
@@ -129,9 +176,8 @@ async def _guarded(
 
 
 def _owned_job(request: web.Request) -> Job:
-    server = request.app[SERVER_KEY]
     job_id = request.match_info["job_id"]
-    job = server._store.get(job_id)
+    job = request.app[PLANE_KEY].store.get(job_id)
     # Another token's job is indistinguishable from a missing one: ids must not leak across
     # accounts.
     if job is None or job.owner != request_state(request).token_index:
@@ -167,7 +213,7 @@ def _content(value: Any, index: int) -> str:
     return text
 
 
-def _validate(server: DevServer, body: Any) -> dict[str, Any]:
+def _validate(request: web.Request, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _bad("Request body must be a JSON object")
     model = body.get("model")
@@ -209,7 +255,7 @@ def _validate(server: DevServer, body: Any) -> dict[str, Any]:
     node_id = body.get("node_id")
     if node_id is not None and not isinstance(node_id, str):
         raise _bad("node_id must be a string")
-    scheduler = server._scheduler
+    scheduler = request.app[PLANE_KEY].scheduler
     if model not in scheduler.registered_models():
         raise ApiError(404, "model_not_found", f"Model {model!r} is not registered on any node")
     if node_id is not None:
@@ -230,7 +276,7 @@ def _validate(server: DevServer, body: Any) -> dict[str, Any]:
 
 
 async def create_job(request: web.Request) -> web.StreamResponse:
-    server = request.app[SERVER_KEY]
+    plane = request.app[PLANE_KEY]
     raw = await request.read()
     try:
         body = json.loads(raw) if raw.strip() else None
@@ -239,13 +285,13 @@ async def create_job(request: web.Request) -> web.StreamResponse:
         # limit; RecursionError, nesting thousands deep. Each is the client's fault: 400, not 500.
         raise _bad("Request body must be valid JSON") from None
     request_state(request).record.json = body
-    params = _validate(server, body)
-    scheduler = server._scheduler
+    params = _validate(request, body)
+    scheduler = plane.scheduler
     reason = scheduler.capacity_error(params["model"], params["node_id"])
     if reason is not None:
         raise ApiError(503, "no_capacity", reason)
     job = Job(
-        id=server._store.new_id(),
+        id=plane.store.new_id(),
         owner=request_state(request).token_index,
         model=params["model"],
         messages=params["messages"],
@@ -256,7 +302,7 @@ async def create_job(request: web.Request) -> web.StreamResponse:
     )
     scheduler.submit(job)
     if params["stream"]:
-        return await serve_stream(request, server, job)
+        return await serve_stream(request, job)
     return web.json_response(
         job.to_json(), status=201, headers={"Location": f"{API}/jobs/{job.id}"}
     )
@@ -267,11 +313,11 @@ async def get_job(request: web.Request) -> web.StreamResponse:
 
 
 async def stream_job(request: web.Request) -> web.StreamResponse:
-    return await serve_stream(request, request.app[SERVER_KEY], _owned_job(request))
+    return await serve_stream(request, _owned_job(request))
 
 
 async def list_jobs(request: web.Request) -> web.StreamResponse:
-    server = request.app[SERVER_KEY]
+    store = request.app[PLANE_KEY].store
     query = request.query
     try:
         limit = int(query.get("limit", "20"))
@@ -290,7 +336,7 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
             raise _bad("since must be an ISO-8601 timestamp, e.g. 2026-01-31T12:00:00Z") from None
     owner = request_state(request).token_index
     jobs: list[dict[str, Any]] = []
-    for job in server._store.newest_first():
+    for job in store.newest_first():
         if job.owner != owner or (status is not None and job.status != status):
             continue
         # Compare the created_at clients see (whole milliseconds, as iso() writes it): a job is
@@ -304,7 +350,7 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
 
 
 async def list_models(request: web.Request) -> web.StreamResponse:
-    scheduler = request.app[SERVER_KEY]._scheduler
+    scheduler = request.app[PLANE_KEY].scheduler
     models = []
     for model in sorted(scheduler.registered_models()):
         nodes = scheduler.online_nodes(model)
@@ -315,11 +361,15 @@ async def list_models(request: web.Request) -> web.StreamResponse:
 
 
 def build_app(server: DevServer) -> web.Application:
-    app = web.Application(middlewares=[_api_middleware], client_max_size=server.max_body_bytes)
+    """The app of all three surfaces; it holds the server and, for the handlers, its ``Plane``."""
+    app = web.Application(middlewares=[_middleware], client_max_size=server.max_body_bytes)
     app[SERVER_KEY] = server
+    app[PLANE_KEY] = server._plane
     app.router.add_post(f"{API}/jobs", create_job)
     app.router.add_get(f"{API}/jobs", list_jobs)
     app.router.add_get(f"{API}/jobs/{{job_id}}", get_job)
     app.router.add_get(f"{API}/jobs/{{job_id}}/stream", stream_job)
     app.router.add_get(f"{API}/models", list_models)
+    add_openai_routes(app)
+    add_chat_routes(app)
     return app

@@ -1,8 +1,9 @@
 """The ``serve`` subcommand: run the local control plane until Ctrl-C.
 
 Registered by ``infernet_async.cli``; imports ``aiohttp.web`` only when the command runs, so
-building the parser stays cheap. It prints the base URL and the token (and the ``export`` lines the
-SDK reads) to stdout, then serves until SIGINT or SIGTERM. A value out of range is a usage error
+building the parser stays cheap. It prints the URLs of the three surfaces (the jobs API, the
+OpenAI-compatible ``/v1`` and the playground chat), the token (and the ``export`` lines the SDK
+reads) to stdout, then serves until SIGINT or SIGTERM. A value out of range is a usage error
 (one line, exit 2), caught by the argument types before the server is built.
 """
 
@@ -57,6 +58,16 @@ def _probability(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be within 0..1, got {value:g}")
     return value
+
+
+def _resale_key(text: str) -> tuple[str, tuple[str, ...]]:
+    key, sep, models = text.partition("=")
+    names = tuple(m.strip() for m in models.split(",") if m.strip())
+    if not sep or not key.startswith("ifr_res_") or len(key) == len("ifr_res_") or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=model1,model2 with a key starting 'ifr_res_', got {text!r}"
+        )
+    return key, names
 
 
 def register(subparsers: Any) -> None:
@@ -129,6 +140,31 @@ def register(subparsers: Any) -> None:
         metavar="P",
         help="chance that a node drops mid-answer (chaos testing)",
     )
+    parser.add_argument(
+        "--hosted",
+        action="store_true",
+        help=(
+            "behave like the hosted service today: /api/v1 answers 404, 20 anonymous requests an "
+            "hour, a dropped node leaves the chat stream pinging (no re-queue)"
+        ),
+    )
+    parser.add_argument(
+        "--resale-key",
+        action="append",
+        dest="resale_keys",
+        type=_resale_key,
+        metavar="KEY=MODEL[,MODEL...]",
+        help="a reservation key (ifr_res_...) for /v1 and the models it reserves (repeatable)",
+    )
+    parser.add_argument(
+        "--anonymous-limit",
+        type=lambda text: whole_number(text, low=0),
+        metavar="N",
+        help=(
+            "requests an hour per client IP on POST /v1/chat/completions and POST /api/chat "
+            "(0 = unlimited; default unlimited, 20 with --hosted)"
+        ),
+    )
     parser.set_defaults(handler=_handle)
 
 
@@ -142,6 +178,9 @@ async def _serve(args: argparse.Namespace) -> int:
 
     from ._server import DevServer
 
+    anonymous: dict[str, Any] = {}
+    if args.anonymous_limit is not None:
+        anonymous["anonymous_rate_limit_per_hour"] = args.anonymous_limit or None
     server = DevServer(
         host=args.host,
         port=args.port,
@@ -160,6 +199,9 @@ async def _serve(args: argparse.Namespace) -> int:
         rate_limit_per_minute=args.rate_limit_per_minute,
         rate_limit_per_hour=args.rate_limit_per_hour,
         node_drop_probability=args.node_drop_probability,
+        hosted=args.hosted,
+        resale_keys=dict(args.resale_keys or ()),
+        **anonymous,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -173,11 +215,23 @@ async def _serve(args: argparse.Namespace) -> int:
             else "local emulation: answers are generated text, not a model"
         )
         models = sorted({m for node in server.nodes if node["online"] for m in node["models"]})
+        limit = server.anonymous_rate_limit_per_hour
+        anonymous_limit = "unlimited" if limit is None else f"{limit}/hour per IP"
+        jobs_note = (
+            "answers 404, as the hosted service does today"
+            if server.hosted
+            else f"bearer token, stream dialect {server.dialect}"
+        )
         _write(f"Infernet local control plane ({engine})")
-        _write(f"  URL:    {server.base_url}")
+        _write(f"  Jobs API:          {server.base_url}  ({jobs_note})")
+        _write(f"  OpenAI-compatible: {server.openai_base_url}  (no key; {anonymous_limit})")
+        _write(f"  Playground chat:   {server.chat_url}  (no token; {anonymous_limit})")
         _write(f"  Token:  {server.token}")
         _write(f"  Models: {', '.join(models)}")
-        _write(f"  Stream dialect: {server.dialect}")
+        if args.resale_keys:
+            _write(f"  Resale keys: {len(args.resale_keys)} (Authorization: Bearer ifr_res_...)")
+        if server.hosted:
+            _write("  Mode: hosted (as the hosted service behaves today)")
         _write(f"export INFERNET_BASE_URL={server.base_url}")
         _write(f"export INFERNET_BEARER_TOKEN={server.token}")
         _write("Press Ctrl-C to stop.")

@@ -105,9 +105,16 @@ class Job:
     error_id: int | None = None
     excluded_nodes: set[str] = field(default_factory=set)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    updated_at: float = 0.0
+    # The latest error of any attempt (a dropped node's too, while the job runs again).
+    latest_error_message: str | None = None
+
+    def __post_init__(self) -> None:
+        self.updated_at = self.updated_at or self.created_at
 
     def notify(self) -> None:
         """Wake every stream following this job (each holds the Event current when it looked)."""
+        self.updated_at = time.time()
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
 
@@ -150,6 +157,7 @@ class Job:
         elif outcome == "dropped":
             self.status = "pending"
             self.excluded_nodes.add(attempt.node_id)
+            self.latest_error_message = f"node disconnected: {message}"
         else:
             self._fail(
                 error or "internal_error", message or "the job failed", event_id=attempt.end_id
@@ -171,6 +179,7 @@ class Job:
         self.status = "failed"
         self.completed_at = time.time()
         self.error, self.error_message, self.error_id = error, message, event_id
+        self.latest_error_message = message
 
     def to_json(self) -> dict[str, Any]:
         """The job object of the API reference."""

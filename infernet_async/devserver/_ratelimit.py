@@ -1,17 +1,21 @@
-"""Per-token rate limits: fixed windows of a minute and an hour, as the API reference describes.
+"""Rate limits in fixed windows: a window opens with its first request and resets when its
+length has passed.
 
-A window opens with its first request and resets when its length has passed. ``X-RateLimit-Limit``
-is the per-minute limit; ``Remaining`` and ``Reset`` describe whichever window runs out first.
+- ``RateLimiter``: the jobs API's per-token limits, a minute and an hour, as the API reference
+  describes. ``X-RateLimit-Limit`` is the per-minute limit; ``Remaining`` and ``Reset`` describe
+  whichever window runs out first.
+- ``WindowCounter``: one window per key (the anonymous per-IP-per-route hour of the hosted routes,
+  a resale key's second).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-__all__ = ["Decision", "RateLimiter"]
+__all__ = ["AnonymousLimiter", "Decision", "RateLimiter", "WindowCounter"]
 
 
 @dataclass(slots=True)
@@ -80,3 +84,61 @@ class RateLimiter:
 
     def reset(self) -> None:
         self._windows.clear()
+
+
+class WindowCounter:
+    """One fixed window of ``length`` seconds per key; ``hit`` both decides and counts.
+
+    Windows that have ended are dropped once they outnumber ``max_keys``, so memory stays bounded
+    however many clients come by.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        length: float,
+        clock: Callable[[], float] = time.time,
+        max_keys: int = 10_000,
+    ) -> None:
+        if limit < 1:
+            raise ValueError("rate limits must be >= 1")
+        self.limit = limit
+        self.length = length
+        self.clock = clock
+        self.max_keys = max_keys
+        self._windows: dict[Hashable, _Window] = {}
+
+    def hit(self, key: Hashable) -> Decision:
+        now = self.clock()
+        window = self._windows.get(key)
+        if window is None:
+            if len(self._windows) >= self.max_keys:
+                self._windows = {k: w for k, w in self._windows.items() if now < w.reset}
+            window = self._windows[key] = _Window(self.length, self.limit)
+        window.roll(now)
+        if window.count >= self.limit:
+            return Decision(False, self.limit, 0, window.reset)
+        window.count += 1
+        return Decision(True, self.limit, self.limit - window.count, window.reset)
+
+    def reset(self) -> None:
+        self._windows.clear()
+
+
+class AnonymousLimiter:
+    """The hosted routes' limit without a key: ``per_hour`` requests per client IP per route
+    (``None``: unlimited)."""
+
+    def __init__(self, per_hour: int | None, clock: Callable[[], float] = time.time) -> None:
+        if per_hour is not None and per_hour < 1:
+            raise ValueError("anonymous_rate_limit_per_hour must be >= 1 (or None for no limit)")
+        self.per_hour = per_hour
+        self._counter = None if per_hour is None else WindowCounter(per_hour, 3600.0, clock)
+
+    def check(self, client: str, route: str) -> Decision | None:
+        """The decision for one request (counted when allowed), or ``None`` when unlimited."""
+        return None if self._counter is None else self._counter.hit((client, route))
+
+    def reset(self) -> None:
+        if self._counter is not None:
+            self._counter.reset()

@@ -42,14 +42,16 @@ class RequestRecord:
 
 @dataclass(slots=True)
 class StreamRecord:
-    """One event stream the devserver served (``POST /jobs`` with ``stream: true`` or ``GET
-    .../stream``).
+    """One event stream the devserver served (``POST /jobs`` with ``stream: true``, ``GET
+    .../stream``, ``POST /v1/chat/completions`` with ``stream: true`` or ``GET
+    /api/chat/stream/{id}``).
 
-    ``closed_by_client`` is true when the client went away before the server finished the stream;
-    ``completed`` is true when the stream ended with ``[DONE]`` (or ``event: done``); ``error`` is
-    the code of the error event sent, if any; ``fault`` names the injected fault that shaped the
-    stream.
-    ``opened_at``/``closed_at`` are ``time.time()`` values.
+    ``surface`` is ``"jobs"`` (the documented API; ``dialect`` is then ``"data"`` or ``"typed"``),
+    ``"openai"`` or ``"chat"`` (``dialect`` is the same name). ``closed_by_client`` is true when
+    the client went away before the server finished the stream; ``completed`` is true when the
+    stream ended with a success (``[DONE]`` after a finish, or ``event: done``); ``error`` is the
+    code of the error sent, if any (``node_disconnected``, ``not_found``...); ``fault`` names the
+    injected fault that shaped the stream. ``opened_at``/``closed_at`` are ``time.time()`` values.
     """
 
     job_id: str
@@ -62,6 +64,7 @@ class StreamRecord:
     completed: bool = False
     error: str | None = None
     fault: str | None = None
+    surface: str = "jobs"
 
     @property
     def closed(self) -> bool:

@@ -10,6 +10,10 @@ Rules (the API reference's lifecycle):
 - a node that drops takes all its attempts with it: each ends ``dropped`` and its job is re-queued;
   a node dropped by a fault comes back after ``node_reconnect_delay``;
 - a job still unfinished ``job_timeout`` seconds after submission fails with ``timeout``.
+
+With ``hosted=True`` the scheduler behaves like the hosted control plane today instead: a dropped
+node strands its attempts (no re-queue: the job stays running with nothing more to come) and a job
+past ``job_timeout`` fails with ``expired: …``.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ class Scheduler:
         node_drop_probability: float,
         node_reconnect_delay: float,
         max_pending: int,
+        hosted: bool = False,
     ) -> None:
         ids = [spec.id for spec in nodes]
         if len(set(ids)) != len(ids):
@@ -126,6 +131,7 @@ class Scheduler:
         self.node_drop_probability = node_drop_probability
         self.node_reconnect_delay = node_reconnect_delay
         self.max_pending = max_pending
+        self.hosted = hosted
         self.pending: deque[Job] = deque()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._timeouts: dict[str, asyncio.TimerHandle] = {}
@@ -264,14 +270,18 @@ class Scheduler:
         if task is not None:
             task.cancel()
         limit = f"{self.job_timeout:g}"
-        job.fail("timeout", f"Job exceeded the server's {limit} s time limit")
+        if self.hosted:
+            job.fail("expired", f"expired: no answer within {limit} s")
+        else:
+            job.fail("timeout", f"Job exceeded the server's {limit} s time limit")
         self.store.finished(job)
 
     # -- nodes
     # --------------------------------------------------------------------------------------
 
     def drop_node(self, node_id: str, *, reconnect_after: float | None = None) -> None:
-        """Take a node offline: its attempts end ``dropped`` and their jobs go back to the queue."""
+        """Take a node offline: its attempts end ``dropped`` and their jobs go back to the queue
+        (hosted: the attempts stay open with nothing more to come, until the job times out)."""
         node = self.nodes[node_id]
         node.online = False
         current = asyncio.current_task()
@@ -280,8 +290,11 @@ class Scheduler:
             job = self.store.get(job_id)
             if job is None:
                 continue
-            job.end_attempt("dropped", error="node_disconnected", message=NODE_DISCONNECTED_MESSAGE)
-            self.pending.appendleft(job)
+            if not self.hosted:
+                job.end_attempt(
+                    "dropped", error="node_disconnected", message=NODE_DISCONNECTED_MESSAGE
+                )
+                self.pending.appendleft(job)
             task = self._running.pop(job_id, None)
             if task is not None and task is not current:
                 task.cancel()

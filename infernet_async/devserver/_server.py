@@ -1,7 +1,8 @@
 """``DevServer``: the embedded local control plane as an async resource.
 
-It owns the aiohttp runner and site, the job store, the scheduler, the fault book, the rate limiter
-and the records, and exposes the knobs tests turn. Lifecycle: ``start()`` binds (port 0 picks a free
+It owns the aiohttp runner and site and the ``Plane`` the app's handlers share (the job store, the
+scheduler, the fault book, the rate limiters, the resale keys and the records), and exposes the
+knobs tests turn. Lifecycle: ``start()`` binds (port 0 picks a free
 port),
 ``aclose()`` ends every stream and job task and releases the port; both are idempotent, and a closed
 server cannot be started again.
@@ -13,7 +14,7 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from aiohttp import web
@@ -22,16 +23,16 @@ from .._resource import AsyncResource
 from ._faults import Fault, FaultBook
 from ._generator import LocalGenerator
 from ._jobs import JobStore, iso
-from ._ratelimit import RateLimiter
+from ._ratelimit import AnonymousLimiter, RateLimiter
 from ._records import Recorder, RequestRecord, StreamRecord
+from ._resale import ResaleBook, ReservationState
 from ._scheduler import DEFAULT_NODES, NodeSpec, Scheduler
 from ._sse_writer import NEWLINES, Dialect
+from ._state import Plane
 from ._upstream import UpstreamBackend, UpstreamKind
 
 if TYPE_CHECKING:
     import aiohttp
-
-    from ._state import RequestState
 
 __all__ = ["DevServer"]
 
@@ -41,6 +42,7 @@ class _Unset:
 
 
 _UNSET: Final = _Unset()
+HOSTED_ANONYMOUS_LIMIT: Final = 20
 # The listen backlog, as uvicorn's and gunicorn's: a fan-out opens its connections all at once, and
 # aiohttp's 128 would drop the SYNs past it (the client's kernel sends them again a second later).
 LISTEN_BACKLOG: Final = 2048
@@ -50,6 +52,11 @@ _State = Literal["unopened", "started", "closed"]
 
 class DevServer(AsyncResource):
     """A local Infernet control plane on loopback, with simulated nodes, faults and records.
+
+    One origin serves three surfaces over the same nodes, jobs, faults and records: the documented
+    jobs API under ``/api/v1`` (bearer tokens), the OpenAI-compatible ``/v1`` routes and the
+    playground chat routes under ``/api/chat`` (no token), the latter two as the hosted service
+    writes them today.
 
     Args:
         host, port: where to listen; ``port=0`` picks a free port (read it from ``.url``).
@@ -74,6 +81,19 @@ class DevServer(AsyncResource):
         upstream: relay generation to an OpenAI-compatible (``.../v1``) or Ollama server.
         upstream_kind, upstream_api_key, upstream_model: how to talk to it.
         record_limit: how many request and stream records to keep.
+        hosted: behave like the hosted service today: every ``/api/v1`` route answers the HTML 404
+            page, the anonymous limit defaults to 20 an hour, and a dropped node strands its job
+            (no re-queue: the chat stream sends ``: ping`` until ``chat_stream_max_seconds``; the
+            job fails ``expired: …`` at ``job_timeout``).
+        anonymous_rate_limit_per_hour: requests an hour per client IP on ``POST
+            /v1/chat/completions`` and on ``POST /api/chat`` (each its own count) without a resale
+            key; ``None`` is unlimited (the default; 20 with ``hosted``).
+        resale_keys: reservation keys (``ifr_res_…``) and the model ids each reserves, for the
+            ``/v1`` routes; ``set_reservation_state`` changes a key's state.
+        resale_rps: requests per second each resale key may make (429 with ``Retry-After`` past
+            it).
+        chat_stream_max_seconds: how long a ``/api/chat/stream`` (and a ``/v1`` completion) may
+            run before the server gives up on it (600 on the hosted service).
     """
 
     def __init__(
@@ -103,6 +123,11 @@ class DevServer(AsyncResource):
         upstream_api_key: str | None = None,
         upstream_model: str | None = None,
         record_limit: int = 10_000,
+        hosted: bool = False,
+        anonymous_rate_limit_per_hour: int | None | _Unset = _UNSET,
+        resale_keys: Mapping[str, Sequence[str]] | None = None,
+        resale_rps: int = 10,
+        chat_stream_max_seconds: float = 600.0,
     ) -> None:
         token_list = [tokens] if isinstance(tokens, str) else list(tokens)
         if not token_list or not all(token_list):
@@ -121,14 +146,16 @@ class DevServer(AsyncResource):
             raise ValueError("answer_tokens must be >= 1")
         if not 0.0 <= node_drop_probability <= 1.0:
             raise ValueError("node_drop_probability must be within [0, 1]")
+        if chat_stream_max_seconds <= 0:
+            raise ValueError("chat_stream_max_seconds must be > 0")
+        if isinstance(anonymous_rate_limit_per_hour, _Unset):
+            anonymous_rate_limit_per_hour = HOSTED_ANONYMOUS_LIMIT if hosted else None
         self.host = host
         self.port = port
         self.tokens: tuple[str, ...] = tuple(token_list)
         # Digests, so every comparison is between equal-length values and leaks no token length.
         self._token_digests = [hashlib.sha256(t.encode()).digest() for t in token_list]
-        self.dialect: Dialect = dialect
-        self.heartbeat_interval = heartbeat_interval
-        self.newline = newline
+        self.hosted = hosted
         self.max_body_bytes = max_body_bytes
         self.seed = seed
         self.upstream = upstream
@@ -137,10 +164,8 @@ class DevServer(AsyncResource):
         self._upstream_model = upstream_model
         self._node_specs = list(nodes) if nodes is not None else None
         self._generator = LocalGenerator(seed=seed, answer_tokens=answer_tokens)
-        self._faults = FaultBook()
-        self._recorder = Recorder(record_limit)
-        self._limiter = RateLimiter(rate_limit_per_minute, rate_limit_per_hour)
-        self._store = JobStore(seed=seed, history_limit=history_limit)
+        store = JobStore(seed=seed, history_limit=history_limit)
+        faults = FaultBook()
         self._scheduler_options: dict[str, Any] = {
             "seed": seed,
             "job_timeout": job_timeout,
@@ -149,20 +174,84 @@ class DevServer(AsyncResource):
             "node_drop_probability": node_drop_probability,
             "node_reconnect_delay": node_reconnect_delay,
             "max_pending": max_pending,
+            "hosted": hosted,
         }
-        self._scheduler = Scheduler(
-            self._store,
-            self._faults,
-            self._generator,
-            nodes=self._node_specs or DEFAULT_NODES,
-            **self._scheduler_options,
+        self._plane = Plane(
+            store=store,
+            scheduler=Scheduler(
+                store,
+                faults,
+                self._generator,
+                nodes=self._node_specs or DEFAULT_NODES,
+                **self._scheduler_options,
+            ),
+            faults=faults,
+            recorder=Recorder(record_limit),
+            limiter=RateLimiter(rate_limit_per_minute, rate_limit_per_hour),
+            anonymous=AnonymousLimiter(anonymous_rate_limit_per_hour),
+            resale=ResaleBook(resale_keys, resale_rps),
+            dialect=dialect,
+            newline=newline,
+            heartbeat_interval=heartbeat_interval,
+            hosted=hosted,
+            chat_stream_max_seconds=chat_stream_max_seconds,
         )
-        self._stream_tasks: set[asyncio.Task[Any]] = set()
-        self._inflight: dict[int, RequestState] = {}
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._state: _State = "unopened"
-        self._closing = False
+
+    # -- the shared state, as the handlers see it --------------------------------------------------
+
+    @property
+    def _store(self) -> JobStore:
+        return self._plane.store
+
+    @property
+    def _faults(self) -> FaultBook:
+        return self._plane.faults
+
+    @property
+    def _recorder(self) -> Recorder:
+        return self._plane.recorder
+
+    @property
+    def _limiter(self) -> RateLimiter:
+        return self._plane.limiter
+
+    @property
+    def _scheduler(self) -> Scheduler:
+        return self._plane.scheduler
+
+    @property
+    def dialect(self) -> Dialect:
+        """The jobs API's stream dialect, ``"data"`` or ``"typed"``."""
+        return self._plane.dialect
+
+    @dialect.setter
+    def dialect(self, value: Dialect) -> None:
+        self.configure(dialect=value)
+
+    @property
+    def heartbeat_interval(self) -> float | None:
+        """Seconds of silence before a ``: ping``, or ``None``."""
+        return self._plane.heartbeat_interval
+
+    @heartbeat_interval.setter
+    def heartbeat_interval(self, value: float | None) -> None:
+        self.configure(heartbeat_interval=value)
+
+    @property
+    def newline(self) -> str:
+        """The jobs API streams' line ending."""
+        return self._plane.newline
+
+    @property
+    def anonymous_rate_limit_per_hour(self) -> int | None:
+        return self._plane.anonymous.per_hour
+
+    @property
+    def chat_stream_max_seconds(self) -> float:
+        return self._plane.chat_stream_max_seconds
 
     # -- lifecycle
     # ----------------------------------------------------------------------------------
@@ -225,7 +314,7 @@ class DevServer(AsyncResource):
             nodes = [
                 NodeSpec("node_upstream", tuple(dict.fromkeys(models)), "upstream", 50.0, 0.0, 8)
             ]
-        self._scheduler = Scheduler(
+        self._plane.scheduler = Scheduler(
             self._store, self._faults, backend, nodes=nodes, **self._scheduler_options
         )
 
@@ -237,9 +326,9 @@ class DevServer(AsyncResource):
         await self._release()
 
     async def _release(self) -> None:
-        self._closing = True
+        self._plane.closing = True
         await self._scheduler.aclose()
-        tasks = [t for t in self._stream_tasks if not t.done()]
+        tasks = [t for t in self._plane.stream_tasks if not t.done()]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -267,6 +356,16 @@ class DevServer(AsyncResource):
     def base_url(self) -> str:
         """The API base URL, ``url + "/api/v1"`` (what ``INFERNET_BASE_URL`` should hold)."""
         return self.url + "/api/v1"
+
+    @property
+    def openai_base_url(self) -> str:
+        """The OpenAI-compatible base URL, ``url + "/v1"`` (an OpenAI client's ``base_url``)."""
+        return self.url + "/v1"
+
+    @property
+    def chat_url(self) -> str:
+        """The playground chat route, ``url + "/api/chat"``."""
+        return self.url + "/api/chat"
 
     @property
     def token(self) -> str:
@@ -317,9 +416,9 @@ class DevServer(AsyncResource):
         if not isinstance(dialect, _Unset):
             if dialect not in ("data", "typed"):
                 raise ValueError(f"unknown dialect {dialect!r}")
-            self.dialect = dialect
+            self._plane.dialect = dialect
         if not isinstance(heartbeat_interval, _Unset):
-            self.heartbeat_interval = heartbeat_interval
+            self._plane.heartbeat_interval = heartbeat_interval
         if not isinstance(node_drop_probability, _Unset):
             scheduler.node_drop_probability = node_drop_probability
 
@@ -429,7 +528,20 @@ class DevServer(AsyncResource):
         self._scheduler.restore_node(node_id)
 
     def reset_rate_limits(self) -> None:
+        """Forget every count: the tokens', the anonymous clients' and the resale keys'."""
         self._limiter.reset()
+        self._plane.anonymous.reset()
+        self._plane.resale.reset()
+
+    def set_reservation_state(self, key: str, state: ReservationState) -> None:
+        """Set a resale key's reservation ``"active"``, ``"upcoming"``, ``"ended"`` or
+        ``"cancelled"`` (the last three answer 403 ``reservation_<state>``).
+
+        Raises:
+            KeyError: ``key`` is not one of ``resale_keys``.
+            ValueError: an unknown state.
+        """
+        self._plane.resale.set_state(key, state)
 
     def __repr__(self) -> str:
         where = self.url if self._state == "started" else self._state

@@ -6,6 +6,12 @@ no wake-up is lost) with a timeout only for the next heartbeat. A stream follows
 that attempt's node drops, the stream sends ``node_disconnected`` and ends, while the job runs again
 elsewhere.
 
+Two pumps share the output (``_Output``: faults, heartbeats, records) and ``run_event_stream``
+(headers, records, hang-ups): ``_pump`` for the jobs API (a finished job replays as one token) and
+``follow_job`` for the hosted surfaces (the job's stored events from the start, token by token with
+the same ids). ``follow_job`` drives any ``JobSink``: a stream's ``_Output`` or the collector of a
+non-streaming OpenAI answer.
+
 Client disconnects arrive as cancellation (``handler_cancellation=True``) or as a failed write;
 either way the stream record is closed with ``closed_by_client=True`` and the job keeps running (a
 submitted job cannot be cancelled).
@@ -14,20 +20,24 @@ submitted job cannot be cancelled).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from ._faults import Fault
 from ._jobs import Attempt, Job, iso
 from ._records import StreamRecord
-from ._sse_writer import EventWriter
-from ._state import request_state
+from ._sse_writer import EventWriter, StreamWriter
+from ._state import PLANE_KEY, request_state
 
-if TYPE_CHECKING:
-    from ._server import DevServer
+__all__ = ["JobSink", "follow_job", "run_event_stream", "serve_stream"]
 
-__all__ = ["serve_stream"]
+SSE_HEADERS: Mapping[str, str] = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 
 
 class _Hangup(Exception):
@@ -41,7 +51,7 @@ class _Output:
         self,
         response: web.StreamResponse,
         record: StreamRecord,
-        writer: EventWriter,
+        writer: StreamWriter,
         faults: list[Fault],
         heartbeat: float | None,
     ) -> None:
@@ -65,6 +75,9 @@ class _Output:
                 await self.response.write(data[start : start + drip.chunk_size])
                 await asyncio.sleep(drip.byte_delay)
         self.last_write = self.loop.time()
+
+    async def meta(self, payload: Mapping[str, Any], id: int) -> None:
+        await self.send(self.writer.meta(payload, id))
 
     async def token(self, text: str, id: int) -> None:
         await self.send(self.writer.token(text, id))
@@ -122,7 +135,7 @@ async def _pump(job: Job, out: _Output) -> None:
             current = job.attempt
             if current is not None and current.outcome != "dropped":
                 attempt = current
-                await out.send(out.writer.meta(attempt.meta(job.model), attempt.base_id))
+                await out.meta(attempt.meta(job.model), attempt.base_id)
                 if attempt.outcome == "completed" and attempt.tokens:
                     # A finished job replays as its whole text in one event, then [DONE].
                     await out.token(job.content, attempt.token_id(len(attempt.tokens) - 1))
@@ -149,36 +162,93 @@ async def _pump(job: Job, out: _Output) -> None:
         await out.wait(changed)
 
 
-async def serve_stream(request: web.Request, server: DevServer, job: Job) -> web.StreamResponse:
-    """Answer ``request`` with the event stream of ``job`` in the server's dialect."""
-    faults = server._faults.take_stream_faults(job.model, job.id)
-    writer = EventWriter(server.dialect, server.newline)
-    record = StreamRecord(
-        job.id,
-        request.path,
-        server.dialect,
-        fault=", ".join(f.describe() for f in faults) or None,
-    )
-    response = web.StreamResponse(
-        status=200,
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-            "X-Infernet-Job-Id": job.id,
-        },
-    )
+class JobSink(Protocol):
+    """Where ``follow_job`` puts a job's events."""
+
+    async def meta(self, payload: Mapping[str, Any], id: int) -> None: ...
+
+    async def token(self, text: str, id: int) -> None: ...
+
+    async def done(self, text: str, finished_at: float, reason: str, id: int) -> None: ...
+
+    async def error(self, code: str, message: str, id: int) -> None: ...
+
+    async def wait(self, changed: asyncio.Event) -> None: ...
+
+
+async def follow_job(job: Job, sink: JobSink) -> None:
+    """A job's stored events from the start (``meta``, every token with its id, the end), then
+    live, for the hosted surfaces: one attempt, as ``_pump``, but a finished job replays token by
+    token.
+
+    A dropped node ends it with ``node_disconnected`` (the job runs again elsewhere; a new follow
+    shows the new attempt). On a hosted scheduler a dropped node's attempt stays open instead, and
+    this waits (the sink's heartbeats) until the job times out or the caller's cap ends it.
+    """
+    attempt: Attempt | None = None
+    sent = 0
+    while True:
+        changed = job.changed
+        if attempt is None:
+            current = job.attempt
+            if current is not None and current.outcome != "dropped":
+                attempt = current
+                await sink.meta(attempt.meta(job.model), attempt.base_id)
+            elif job.status == "failed":
+                assert job.error is not None and job.error_message is not None
+                await sink.error(job.error, job.error_message, job.error_id or job.next_id)
+                return
+        if attempt is not None:
+            while sent < len(attempt.tokens):
+                await sink.token(attempt.tokens[sent], attempt.token_id(sent))
+                sent += 1
+            if attempt.outcome == "completed":
+                assert attempt.finished_at is not None
+                text = "".join(attempt.tokens)
+                await sink.done(text, attempt.finished_at, attempt.reason, attempt.end_id)
+                return
+            if attempt.outcome == "dropped":
+                message = f"node disconnected: {attempt.error_message}"
+                await sink.error("node_disconnected", message, attempt.end_id)
+                return
+            if attempt.outcome is not None:
+                await sink.error(
+                    attempt.error or "internal_error",
+                    attempt.error_message or "the job failed",
+                    attempt.end_id,
+                )
+                return
+        await sink.wait(changed)
+
+
+async def run_event_stream(
+    request: web.Request,
+    *,
+    record: StreamRecord,
+    writer: StreamWriter,
+    faults: list[Fault],
+    body: Callable[[_Output], Awaitable[None]],
+    headers: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
+    """Answer ``request`` with an event stream that ``body`` writes through an ``_Output``.
+
+    Records the stream, applies the stream ``faults`` (a ``disconnect`` ends it without its end
+    event, an aborting one mid-body), and notes a client that went away.
+    """
+    plane = request.app[PLANE_KEY]
+    record.fault = ", ".join(f.describe() for f in faults) or None
+    response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **(headers or {})})
     request_state(request).finish(response)
     if any(f.kind == "disconnect" for f in faults):
         response.force_close()
     task = asyncio.current_task()
     assert task is not None
     await response.prepare(request)
-    server._recorder.stream_opened(record)
-    server._stream_tasks.add(task)
-    out = _Output(response, record, writer, faults, server.heartbeat_interval)
+    plane.recorder.stream_opened(record)
+    plane.stream_tasks.add(task)
+    out = _Output(response, record, writer, faults, plane.heartbeat_interval)
     try:
-        await _pump(job, out)
+        await body(out)
     except _Hangup:
         assert out.hangup is not None
         if out.hangup.abort and request.transport is not None:
@@ -190,13 +260,27 @@ async def serve_stream(request: web.Request, server: DevServer, job: Job) -> web
         record.closed_by_client = True
         return response
     except asyncio.CancelledError:
-        record.closed_by_client = not server._closing
+        record.closed_by_client = not plane.closing
         raise
     finally:
-        server._stream_tasks.discard(task)
-        server._recorder.stream_closed(record)
+        plane.stream_tasks.discard(task)
+        plane.recorder.stream_closed(record)
     try:
         await response.write_eof()
     except ConnectionResetError:
         record.closed_by_client = True
     return response
+
+
+async def serve_stream(request: web.Request, job: Job) -> web.StreamResponse:
+    """Answer ``request`` with the jobs API's event stream of ``job`` in the server's dialect."""
+    plane = request.app[PLANE_KEY]
+    faults = plane.faults.take_stream_faults(job.model, job.id)
+    return await run_event_stream(
+        request,
+        record=StreamRecord(job.id, request.path, plane.dialect),
+        writer=EventWriter(plane.dialect, plane.newline),
+        faults=faults,
+        body=lambda out: _pump(job, out),
+        headers={"X-Infernet-Job-Id": job.id},
+    )
