@@ -27,12 +27,25 @@ TerminalReason = Literal[
 ]
 
 
+# Tokens are folded into one UTF-8 piece every _FOLD tokens. A ``str`` costs ~50 bytes beyond its
+# text, so keeping one per token let a server sending one-character tokens make a stream hold ~30
+# times its answer (6.3 GB for "€" tokens within the default timeout); one piece per _FOLD tokens
+# costs a byte or so per token. UTF-8, not ``str``: a ``str`` widens every character of a piece to
+# the widest one in it (four bytes an ASCII character, beside one emoji).
+_FOLD = 256
+
+
 class Accumulator:
-    """The partial-response state of one ``TokenStream``."""
+    """The partial-response state of one ``TokenStream``.
+
+    Memory: the text as UTF-8 (``nbytes``), plus up to ``_FOLD`` recent tokens, plus the ``str``
+    that ``text`` builds when asked for (kept until the next token).
+    """
 
     __slots__ = (
-        "_joined",
-        "_joined_parts",
+        "_pieces",
+        "_recent",
+        "_text",
         "attempt",
         "chars",
         "done_text",
@@ -40,15 +53,18 @@ class Accumulator:
         "error_message",
         "finished",
         "job_id",
-        "parts",
+        "nbytes",
         "reason",
+        "token_count",
     )
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
-        self._joined = ""
-        self._joined_parts = 0
+        self._pieces: list[bytes] = []
+        self._recent: list[str] = []
+        self._text: str | None = ""
+        self.token_count = 0
         self.chars = 0  # len(text), kept as tokens come: text is joined only when asked for
+        self.nbytes = 0  # len(text) in UTF-8: what the answer-size limit counts
         self.job_id: str | None = None
         self.finished = False
         self.reason: TerminalReason | None = None
@@ -59,23 +75,43 @@ class Accumulator:
 
     @property
     def text(self) -> str:
-        """Everything received in the current attempt, joined lazily and incrementally."""
-        if self._joined_parts != len(self.parts):
-            self._joined += "".join(self.parts[self._joined_parts :])
-            self._joined_parts = len(self.parts)
-        return self._joined
+        """Everything received in the current attempt, joined when asked for."""
+        text = self._text
+        if text is None:
+            self._fold()
+            pieces = self._pieces
+            if len(pieces) > 1:
+                pieces[:] = [b"".join(pieces)]
+            # surrogatepass: JSON may carry a lone surrogate escape, which a token keeps as is.
+            text = self._text = pieces[0].decode("utf-8", "surrogatepass") if pieces else ""
+        return text
 
-    @property
-    def token_count(self) -> int:
-        return len(self.parts)
+    def _fold(self) -> None:
+        recent = self._recent
+        if recent:
+            self._pieces.append("".join(recent).encode("utf-8", "surrogatepass"))
+            recent.clear()
+
+    def add_token(self, text: str, nbytes: int | None = None) -> None:
+        """Add one token (the stream passes no empty one: it carries nothing and is not
+        counted); ``nbytes`` is its UTF-8 size when the caller has it already."""
+        recent = self._recent
+        recent.append(text)
+        self.token_count += 1
+        self.chars += len(text)
+        self.nbytes += self.utf8_size(text) if nbytes is None else nbytes
+        self._text = None
+        if len(recent) >= _FOLD:
+            self._fold()
+
+    @staticmethod
+    def utf8_size(text: str) -> int:
+        """``len(text.encode())``, without encoding an ASCII text (``isascii`` is O(1))."""
+        return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
     @property
     def terminal(self) -> bool:
         return self.reason is not None
-
-    def add_token(self, text: str) -> None:
-        self.parts.append(text)
-        self.chars += len(text)
 
     def set_job_id(self, job_id: str | None) -> None:
         # The first id wins: a replayed stream of the same job cannot change it, and a header beats
@@ -104,10 +140,12 @@ class Accumulator:
         text.
         """
         discarded = self.text
-        self.parts = []
-        self._joined = ""
-        self._joined_parts = 0
+        self._pieces = []
+        self._recent = []
+        self._text = ""
+        self.token_count = 0
         self.chars = 0
+        self.nbytes = 0
         self.reason = None
         self.error_code = None
         self.error_message = None

@@ -53,7 +53,7 @@ from ._surfaces import (
     is_resale_key,
     resolve_api,
 )
-from ._transport import DEFAULT_MAX_ANSWER_CHARS, Transport
+from ._transport import DEFAULT_MAX_ANSWER_BYTES, Transport
 from .errors import (
     APIError,
     APITimeoutError,
@@ -130,10 +130,11 @@ class InfernetClient(AsyncResource):
             for other requests (a fan-out raises it to its ``concurrency``); more streams wait for
             a free connection.
         headers: extra headers for every request.
-        max_answer_chars: the longest answer a stream may hold, in characters (default 64 Mi,
+        max_answer_bytes: the longest answer a stream may hold, in UTF-8 bytes (default 64 MiB,
             far past any model's output); past it the stream raises ``AnswerTooLargeError`` with
-            the answer so far, so a server streaming without end cannot exhaust memory. ``None``:
-            no limit.
+            the answer so far, so a server streaming without end cannot exhaust memory: a stream
+            holds about its answer's UTF-8 size (twice that while ``text`` is read), whatever the
+            token sizes. ``None``: no limit.
 
     Raises:
         ValueError: a malformed base URL or ``api``, or a token that would travel unencrypted
@@ -153,7 +154,7 @@ class InfernetClient(AsyncResource):
         allow_insecure: bool = False,
         max_connections: int = 100,
         headers: Mapping[str, str] | None = None,
-        max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
+        max_answer_bytes: int | None = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         self._state = _State.UNOPENED
         self.base_url, root = resolve_base_url(base_url)
@@ -174,8 +175,8 @@ class InfernetClient(AsyncResource):
             raise ValueError("ssl=False disables certificate checks; it needs allow_insecure=True")
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
-        if max_answer_chars is not None and max_answer_chars < 1:
-            raise ValueError("max_answer_chars must be >= 1, or None for no limit")
+        if max_answer_bytes is not None and max_answer_bytes < 1:
+            raise ValueError("max_answer_bytes must be >= 1, or None for no limit")
         if headers and any(k.lower() == "authorization" for k in headers):
             raise ValueError("pass the token as token=, not as an Authorization header")
         if headers and any(
@@ -202,7 +203,7 @@ class InfernetClient(AsyncResource):
             ssl=ssl,
             max_connections=max_connections,
             headers=headers,
-            max_answer_chars=max_answer_chars,
+            max_answer_bytes=max_answer_bytes,
         )
         self._entered = False
         self._streams: weakref.WeakSet[TokenStream] = weakref.WeakSet()

@@ -109,8 +109,8 @@ class TokenStream(AsyncResource):
         self._api = api
         # The surface this stream's job lives on, once it is open (its reconnects stay there).
         self._surface: Surface | None = None
-        limit = transport.max_answer_chars
-        self._max_answer_chars = limit if limit is not None else sys.maxsize
+        limit = transport.max_answer_bytes
+        self._max_answer_bytes = limit if limit is not None else sys.maxsize
         self._request = dict(request) if request is not None else None
         self._policy: NodeDisconnectPolicy = on_node_disconnect
         self._reconnect = reconnect
@@ -789,8 +789,7 @@ class TokenStream(AsyncResource):
         kind = type(event)
         if kind is Token:
             assert isinstance(event, Token)
-            self._take_token(event)
-            return event
+            return event if self._take_token(event) else None
         if kind is Done:
             assert isinstance(event, Done)
             whole = event.text
@@ -821,18 +820,27 @@ class TokenStream(AsyncResource):
             self._last_id = getattr(event, "id", None)
         return event
 
-    def _take_token(self, event: Token) -> None:
-        if self._acc.chars + len(event.text) > self._max_answer_chars:
-            limit = self._max_answer_chars
-            self._acc.fail("error", code="answer_too_large", message="the answer is too large")
+    def _take_token(self, event: Token) -> bool:
+        """Take a token into the answer; False for an empty one, which carries nothing: it is not
+        counted, not handed out and no progress for the deadlines (a server sending millions of
+        them must not hold memory or keep a stalled stream alive)."""
+        text = event.text
+        if not text:
+            return False
+        acc = self._acc
+        size = len(text) if text.isascii() else acc.utf8_size(text)
+        if acc.nbytes + size > self._max_answer_bytes:
+            limit = self._max_answer_bytes
+            acc.fail("error", code="answer_too_large", message="the answer is too large")
             raise AnswerTooLargeError(
-                f"the answer grew past max_answer_chars={limit}; the stream was closed there",
+                f"the answer grew past max_answer_bytes={limit} (UTF-8); the stream was closed "
+                "there",
                 limit=limit,
                 partial_text=self.text,
                 job_id=self.job_id,
             )
         # Appended before it is handed out: ``text`` covers every token the caller may have seen.
-        self._acc.add_token(event.text)
+        acc.add_token(text, size)
         assert self._loop is not None
         now = self._loop.time()
         self._last_token_at = now
@@ -850,6 +858,7 @@ class TokenStream(AsyncResource):
                 self._arm(deadline)
         if event.id is not None:
             self._last_id = event.id
+        return True
 
     async def _error_event(self, event: ErrorEvent) -> StreamEvent:
         if event.message:

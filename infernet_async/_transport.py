@@ -42,7 +42,7 @@ from .errors import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_ANSWER_CHARS",
+    "DEFAULT_MAX_ANSWER_BYTES",
     "OpenStream",
     "SendListener",
     "StreamResponse",
@@ -64,9 +64,12 @@ _ERROR_BODY_LIMIT = 64 * 1024
 # A JSON answer (a job, a page of at most 100 jobs, the models) is far smaller; a body past this is
 # refused rather than read into memory whole, whatever the server (or a proxy) sends.
 _JSON_BODY_LIMIT = 32 * 1024 * 1024
-# The longest answer a stream holds (InfernetClient(max_answer_chars=)): a job lasts at most 5
-# minutes, and no model writes 64 Mi characters in that time; a server streaming without end does.
-DEFAULT_MAX_ANSWER_CHARS = 64 * 1024 * 1024
+# The longest answer a stream holds, in UTF-8 bytes (InfernetClient(max_answer_bytes=)): a job
+# lasts at most 5 minutes, and no model writes 64 MiB in that time; a server streaming without end
+# does.
+DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
 def _os_error_of(exc: BaseException) -> OSError | None:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return exc.os_error
@@ -292,10 +295,10 @@ class Transport:
         ssl: SSLContext | bool | None = None,
         max_connections: int = 100,
         headers: Mapping[str, str] | None = None,
-        max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
+        max_answer_bytes: int | None = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         self.base_url = base_url
-        self.max_answer_chars = max_answer_chars
+        self.max_answer_bytes = max_answer_bytes
         self._base = URL(base_url)
         self._token = token
         self.timeouts = timeouts

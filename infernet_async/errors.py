@@ -16,7 +16,7 @@
     ├── StreamError               a stream ended without [DONE] (.partial_text, .job_id, .code)
     │   ├── NodeDisconnectedError the node went offline mid-stream; the job was re-queued
     │   ├── IncompleteStreamError the connection ended without [DONE] and without an error event
-    │   └── AnswerTooLargeError   the answer grew past the client's max_answer_chars (.limit)
+    │   └── AnswerTooLargeError   the answer grew past the client's max_answer_bytes (.limit)
     ├── APIConnectionError        no answer at all (DNS, refused, reset, out of file descriptors)
     │   └── APITimeoutError       a configured timeout fired (also a TimeoutError)
     ├── DecodeError               bytes that cannot be decoded as a stream (also a ValueError)
@@ -256,10 +256,10 @@ class IncompleteStreamError(StreamError):
 
 
 class AnswerTooLargeError(StreamError):
-    """The answer grew past the client's ``max_answer_chars`` and the stream was closed there.
+    """The answer grew past the client's ``max_answer_bytes`` and the stream was closed there.
 
     ``partial_text`` is the answer up to the token that would have passed the limit; ``limit`` is
-    the limit, in characters. A server streaming without end cannot make the client hold more.
+    the limit, in UTF-8 bytes. A server streaming without end cannot make the client hold more.
     """
 
     def __init__(

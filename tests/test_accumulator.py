@@ -56,7 +56,7 @@ def test_restart_discards_the_attempt_and_counts_it() -> None:
     acc.fail("node_disconnected")
     assert acc.restart() == "old"
     assert acc.text == "" and acc.reason is None and acc.attempt == 2
-    assert acc.chars == 0  # max_answer_chars counts the new attempt only
+    assert acc.chars == acc.nbytes == 0  # max_answer_bytes counts the new attempt only
     acc.add_token("new")
     acc.finish()
     assert acc.text == "new" and acc.finished and acc.chars == 3
@@ -327,3 +327,31 @@ async def test_a_re_run_with_growing_ids_is_not_spliced_onto_the_old_text() -> N
     with pytest.raises(IncompleteStreamError, match="differs") as info:
         await _reconnect(first, second)
     assert info.value.partial_text == "The cat sat"
+
+
+def test_memory_is_about_the_utf8_size_whatever_the_token_sizes() -> None:
+    # One str per token held a one-character "€" token in ~80 bytes: 6.3 GB for a hostile stream.
+    import sys
+
+    for token in ("€", "ab", "😀", "x"):
+        acc = Accumulator()
+        count = 200_000
+        for _ in range(count):
+            acc.add_token(token)
+        held = sum(map(sys.getsizeof, acc._pieces)) + sum(map(sys.getsizeof, acc._recent))
+        utf8 = len(token.encode()) * count
+        assert acc.nbytes == utf8 and acc.chars == len(token) * count
+        assert held < 1.25 * utf8 + 32_768, (token, held, utf8)
+        assert acc.text == token * count  # and the text is whole
+
+
+def test_tokens_fold_without_changing_the_text_or_its_counts() -> None:
+    acc = Accumulator()
+    expected = ""
+    for n in range(300):
+        text = f"t{n}\u2028é" if n % 7 else "\ud83d"  # a lone surrogate a JSON escape can carry
+        acc.add_token(text)
+        expected += text
+        if n % 50 == 0:
+            assert acc.text == expected
+    assert acc.text == expected and acc.token_count == 300 and acc.chars == len(expected)

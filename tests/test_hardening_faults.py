@@ -707,7 +707,7 @@ async def endless_tokens(conn: Conn) -> None:
 
 @contextlib.asynccontextmanager
 async def capped_client(
-    fault: Script, max_answer_chars: int
+    fault: Script, max_answer_bytes: int
 ) -> AsyncIterator[tuple[RawServer, InfernetClient]]:
     async with RawServer(first_then_good(fault)) as server:
         client = InfernetClient(
@@ -715,7 +715,7 @@ async def capped_client(
             token="tok",
             timeouts=Timeouts(connect=5.0, read=5.0, stall=5.0, total=30.0),
             retry=RetryPolicy(max_retries=0),
-            max_answer_chars=max_answer_chars,
+            max_answer_bytes=max_answer_bytes,
         )
         try:
             yield server, client
@@ -723,18 +723,18 @@ async def capped_client(
             await client.aclose()
 
 
-async def test_an_endless_answer_stops_at_max_answer_chars_with_the_text_so_far() -> None:
+async def test_an_endless_answer_stops_at_max_answer_bytes_with_the_text_so_far() -> None:
     async with asyncio.timeout(BOUND), capped_client(endless_tokens, 25) as (server, client):
         stream, err = await expect_failure(client, AnswerTooLargeError)
         assert err.limit == 25
-        # The token that would pass the limit is not taken: 2 of 10 characters, not 3.
+        # The token that would pass the limit is not taken: 2 of 10 bytes, not 3.
         assert err.partial_text == stream.text == "0123456789" * 2
         assert not stream.finished
         await server.wait_released()
         await still_works(client)
 
 
-async def test_a_collected_answer_and_a_fan_out_stop_at_max_answer_chars_too() -> None:
+async def test_a_collected_answer_and_a_fan_out_stop_at_max_answer_bytes_too() -> None:
     async with asyncio.timeout(BOUND), capped_client(endless_tokens, 25) as (server, client):
         with pytest.raises(AnswerTooLargeError) as caught:
             await client.complete(model=MODEL, messages=MESSAGES)
@@ -748,7 +748,7 @@ async def test_a_collected_answer_and_a_fan_out_stop_at_max_answer_chars_too() -
         await server.wait_released()
 
 
-async def test_an_answer_exactly_at_max_answer_chars_is_whole() -> None:
+async def test_an_answer_exactly_at_max_answer_bytes_is_whole() -> None:
     async def exact(conn: Conn) -> None:
         body = token("0123456789") + token("0123456789") + token("01234") + DONE
         await conn.send(head() + chunk(body) + LAST_CHUNK)
@@ -758,10 +758,10 @@ async def test_an_answer_exactly_at_max_answer_chars_is_whole() -> None:
         assert stream.finished and len(stream.text) == 25
 
 
-def test_max_answer_chars_must_be_positive_or_none() -> None:
-    with pytest.raises(ValueError, match="max_answer_chars"):
-        InfernetClient("http://127.0.0.1:1", token="tok", max_answer_chars=0)
-    InfernetClient("http://127.0.0.1:1", token="tok", max_answer_chars=None)
+def test_max_answer_bytes_must_be_positive_or_none() -> None:
+    with pytest.raises(ValueError, match="max_answer_bytes"):
+        InfernetClient("http://127.0.0.1:1", token="tok", max_answer_bytes=0)
+    InfernetClient("http://127.0.0.1:1", token="tok", max_answer_bytes=None)
 
 
 # --- Broken HTTP around the stream ----------------------------------------------------------------
@@ -1000,3 +1000,47 @@ async def test_an_endless_json_answer_is_refused_with_bounded_memory() -> None:
         assert len(server.requests) == 1  # refused, not retried
         await server.wait_released()
         await still_works(client)
+
+
+async def test_the_answer_limit_counts_utf8_bytes() -> None:
+    async def euros(conn: Conn) -> None:
+        body = token("€€€€") * 3 + DONE  # 12 characters, 36 bytes
+        await conn.send(head() + chunk(body) + LAST_CHUNK)
+
+    async with asyncio.timeout(BOUND), capped_client(euros, 30) as (_, client):
+        stream, err = await expect_failure(client, AnswerTooLargeError)
+        assert err.partial_text == stream.text == "€€€€" * 2 and err.limit == 30
+    async with asyncio.timeout(BOUND), capped_client(euros, 36) as (_, client):
+        stream = await collect(client)
+        assert stream.finished and stream.text == "€€€€" * 3
+
+
+async def empty_tokens_after_one(conn: Conn) -> None:
+    """One token, then empty ones without end (20 million in 25 s held 300 MB before)."""
+    await conn.send(head() + chunk(token("Hi")))
+    burst = chunk(token("") * 2000)
+    while not conn.reader.at_eof():
+        await conn.send(burst)
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("collecting", [False, True])
+async def test_empty_tokens_are_no_progress_and_hold_nothing(collecting: bool) -> None:
+    async with RawServer(first_then_good(empty_tokens_after_one)) as server:
+        timeouts = Timeouts(connect=5.0, read=5.0, stall=0.3, total=30.0)
+        async with InfernetClient(
+            server.url, token="tok", timeouts=timeouts, retry=RetryPolicy(max_retries=0)
+        ) as client:
+            stream = client.stream(model=MODEL, messages=MESSAGES)
+            seen: list[str] = []
+            with pytest.raises(APITimeoutError) as info:
+                async with asyncio.timeout(BOUND), stream:
+                    if collecting:
+                        await stream.final_text()
+                    else:
+                        seen.extend([t async for t in stream])
+            assert info.value.phase == "stall" and info.value.partial_text == "Hi"
+            assert stream.token_count == 1 and seen in ([], ["Hi"])
+            held = stream._acc._recent + stream._acc._pieces
+            assert stream._acc.nbytes == 2 and held in (["Hi"], [b"Hi"])
+            await server.wait_released()

@@ -96,6 +96,9 @@ def _reference_chunk(obj: dict[str, Any]) -> tuple[str, str | None] | None:
     return content or "", finish if type(finish) is str and finish else None
 
 
+_FALLBACK = "the stream reported an error"
+
+
 class Reference:
     """The rules over SSEDecoder events, fed like a decoder (``feed``/``close``)."""
 
@@ -170,8 +173,7 @@ class Reference:
         return out
 
 
-_FALLBACK = "the stream reported an error"
-Result = tuple[list[list[StreamEvent]], int, "str | None", bool]
+Result = tuple[list[list[StreamEvent]], int, str | None, bool]
 
 
 def per_feed(make: Any, chunks: list[Any]) -> Result:

@@ -905,7 +905,7 @@ class _ScriptedTransport:
     def __init__(self, timeouts: Timeouts, resp: _ScriptedResponse) -> None:
         self.timeouts = timeouts
         self.retry = fast_retry()
-        self.max_answer_chars: int | None = None
+        self.max_answer_bytes: int | None = None
         self.closed = False
         self.resp = resp
 
