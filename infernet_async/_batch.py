@@ -314,7 +314,9 @@ class BatchSummary:
 class MapsRequests(Protocol):
     """A client that can fan requests out: ``InfernetClient.map``."""
 
-    def map(self, requests: Requests, *, concurrency: int, max_attempts: int) -> FanOut: ...
+    def map(
+        self, requests: Requests, *, concurrency: int, max_attempts: int, **pacing: Any
+    ) -> FanOut: ...
 
 
 async def run_batch(
@@ -324,6 +326,8 @@ async def run_batch(
     *,
     concurrency: int,
     max_attempts: int = 3,
+    rate: float | None = None,
+    burst: int = 1,
     defaults: BatchDefaults,
     resume: ResumeState,
     summary: BatchSummary,
@@ -333,6 +337,7 @@ async def run_batch(
 
     ``summary`` is filled as jobs end, so a caller that is interrupted still has the figures.
     Cancelled jobs are written with their partial text before the cancellation propagates.
+    ``rate`` and ``burst``: the caller's own cap (``InfernetClient.map``).
     """
     lines_by_index: dict[int, int] = {}
     submitted = 0
@@ -369,7 +374,10 @@ async def run_batch(
             on_invalid=record_invalid,
             on_line=remember_line,
         )
-        fan_out = client.map(requests, concurrency=concurrency, max_attempts=max_attempts)
+        pacing: dict[str, Any] = {} if rate is None else {"rate": rate, "burst": burst}
+        fan_out = client.map(
+            requests, concurrency=concurrency, max_attempts=max_attempts, **pacing
+        )
         try:
             async with fan_out as outcomes:
                 async for outcome in outcomes:

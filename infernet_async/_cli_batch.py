@@ -10,6 +10,7 @@ same command again to resume).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -38,6 +39,19 @@ from ._cli_common import (
 from ._fanout import BatchOutcome
 
 __all__ = ["register"]
+
+
+def _rate(text: str) -> float:
+    """``N``, ``N/s`` or ``N/m``, as requests a second."""
+    number, _, unit = text.strip().partition("/")
+    per = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0}.get(unit.strip().lower())
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if per is None or not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected N, N/s or N/m with N > 0, got {text!r}")
+    return value / per
 
 
 def register(subparsers: Any) -> None:
@@ -88,6 +102,22 @@ def register(subparsers: Any) -> None:
             "attempts per job when the control plane refused it (default 3; each attempt is also "
             "retried by the client's retry policy, twice by default)"
         ),
+    )
+    parser.add_argument(
+        "--rate",
+        type=_rate,
+        metavar="N[/s|/m]",
+        help=(
+            "at most N submissions a second (N/s) or a minute (N/m); default: as fast as the "
+            "server's rate-limit budget allows"
+        ),
+    )
+    parser.add_argument(
+        "--burst",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="with --rate: how many may go back to back (default 1)",
     )
     parser.add_argument(
         "--retry-failed",
@@ -216,6 +246,8 @@ def _handle(args: argparse.Namespace) -> int:
                     output,
                     concurrency=args.concurrency,
                     max_attempts=args.max_attempts,
+                    rate=args.rate,
+                    burst=args.burst,
                     defaults=defaults,
                     resume=resume,
                     summary=summary,

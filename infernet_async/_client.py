@@ -40,7 +40,7 @@ from ._fanout import (
     stream_job_runner,
 )
 from ._ids import validate_job_id
-from ._ratelimit import RateLimiter, RateLimitState
+from ._ratelimit import Pacer, RateLimiter, RateLimitState
 from ._resource import AsyncResource
 from ._retry import backoff_delay
 from ._stream import NodeDisconnectPolicy, TokenStream
@@ -593,6 +593,8 @@ class InfernetClient(AsyncResource):
         max_attempts: int = 3,
         on_outcome: OutcomeCallback | None = None,
         read_interval: float = DEFAULT_READ_INTERVAL,
+        rate: float | None = None,
+        burst: int = 1,
         **stream_options: Any,
     ) -> FanOut:
         """Stream many ``BatchRequest``s, at most ``concurrency`` at once; outcomes as they end.
@@ -606,14 +608,23 @@ class InfernetClient(AsyncResource):
         tokens flow, its socket is read at most every ``read_interval`` seconds, many tokens a
         read (see ``TokenStream.final_text``; 0 reads each chunk as it comes). See ``FanOut`` and
         ``stream_job_runner``.
+
+        Pacing: by default the jobs go as fast as the server's budget allows (``X-RateLimit-*``:
+        what is left goes at once; a spent budget waits for the window). ``rate`` caps the
+        submissions at that many a second (``rate=100 / 60`` for 100 a minute), ``burst`` of them
+        back to back.
         """
         self._ensure_open()
+        pacer = Pacer(rate, burst=burst) if rate is not None else None
+        if rate is None and burst != 1:
+            raise ValueError("burst goes with rate")
         return FanOut(
             stream_job_runner(
                 self,
                 max_attempts=max_attempts,
                 stream_options=stream_options,
                 read_interval=read_interval,
+                pacer=pacer,
             ),
             requests,
             concurrency=concurrency,
@@ -630,6 +641,8 @@ class InfernetClient(AsyncResource):
         max_attempts: int = 3,
         on_outcome: OutcomeCallback | None = None,
         read_interval: float = DEFAULT_READ_INTERVAL,
+        rate: float | None = None,
+        burst: int = 1,
         **stream_options: Any,
     ) -> list[BatchOutcome]:
         """Like ``map()``, to the end: the outcomes in input order. Failed jobs do not raise.
@@ -643,6 +656,8 @@ class InfernetClient(AsyncResource):
             max_attempts=max_attempts,
             on_outcome=on_outcome,
             read_interval=read_interval,
+            rate=rate,
+            burst=burst,
             **stream_options,
         )
         return await gather(fan_out)

@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._fanout_models import BatchOutcome, BatchRequest, OutcomeError, Status
-from ._ratelimit import RateLimiter, limited_by
+from ._ratelimit import Pacer, RateLimiter, limited_by
 from ._retry import is_retryable
 from .errors import StreamError
 
@@ -76,12 +76,19 @@ RunJob = Callable[[int, BatchRequest, OutcomeCallback], Awaitable[BatchOutcome]]
 class _JobClock:
     """The figures of one job across its attempts."""
 
-    __slots__ = ("attempt_started", "attempts", "clock", "started")
+    __slots__ = ("attempt_started", "attempts", "clock", "sent", "started")
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.started = self.attempt_started = clock()
         self.attempts = 0
+        self.sent = False
+
+    def note(self, stream: _TokenStreamLike | None) -> None:
+        """Record whether this attempt's request left the client (the stream says so: it knows
+        when its request went out)."""
+        if stream is not None and stream.time_to_send is not None:
+            self.sent = True
 
     def next_attempt(self) -> None:
         self.attempts += 1
@@ -95,6 +102,7 @@ class _JobClock:
         stream: _TokenStreamLike | None,
         exc: BaseException | None = None,
     ) -> BatchOutcome:
+        self.note(stream)
         text = stream.text if stream is not None else ""
         job_id = stream.job_id if stream is not None else None
         if isinstance(exc, StreamError):
@@ -109,6 +117,7 @@ class _JobClock:
             error=OutcomeError.from_exception(exc) if exc is not None else None,
             job_id=job_id,
             attempts=self.attempts,
+            sent=self.sent,
             tokens=stream.token_count if stream is not None else 0,
             latency=self.clock() - self.started,
             time_to_send=self._time_to_send(stream),
@@ -144,8 +153,12 @@ def stream_job_runner(
     stream_options: dict[str, Any] | None = None,
     read_interval: float = DEFAULT_READ_INTERVAL,
     clock: Callable[[], float] = time.perf_counter,
+    pacer: Pacer | None = None,
 ) -> RunJob:
     """A ``RunJob`` that streams each request through ``client.stream``.
+
+    ``pacer``: the caller's own cap; every submission (first attempts and resubmissions) waits
+    for it.
 
     A job whose failure proves no job was created (rate limited, no capacity, connection refused,
     see ``_retry``) and that delivered no token is submitted again, up to ``max_attempts`` in all,
@@ -168,6 +181,8 @@ def stream_job_runner(
             figures.next_attempt()
             stream: _TokenStreamLike | None = None
             try:
+                if pacer is not None:
+                    await pacer.wait()
                 # Inside the try: parameters the client refuses make this job's outcome, not
                 # the whole fan-out's failure.
                 stream = client.stream(**arguments)
@@ -181,6 +196,7 @@ def stream_job_runner(
             except Exception as exc:
                 delivered = stream is not None and stream.token_count > 0
                 retry = not delivered and is_retryable("POST", exc)
+                figures.note(stream)
                 if retry and figures.attempts < max_attempts:
                     if backoff is not None:
                         await anyio.sleep(backoff(figures.attempts))

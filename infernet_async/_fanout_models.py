@@ -104,6 +104,9 @@ class BatchOutcome(BaseModel):
     the node's time). All in seconds; a job that never sent its request has no ``time_to_send``.
     ``attempts`` counts the fan-out's submissions of the job; each of them may have been retried
     by the client's ``RetryPolicy`` as any request is (``max_retries``, 2 by default).
+    ``sent`` is True once a submission of the job left the client (the server may have created
+    the job, and may bill it, even if it was then cancelled here); False when none ever did (a
+    job cancelled or refused while it waited for a slot, the rate limiter or the pacer).
     ``exception`` (not serialized) is the error itself, for ``isinstance`` checks.
     """
 
@@ -116,6 +119,7 @@ class BatchOutcome(BaseModel):
     error: OutcomeError | None = None
     job_id: str | None = None
     attempts: int = 0
+    sent: bool = False
     tokens: int = 0
     latency: float = 0.0
     time_to_send: float | None = None

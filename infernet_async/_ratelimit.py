@@ -3,10 +3,11 @@
 Rules (the control plane allows 60 requests a minute per token by default):
 1. Learn the budget before fanning out: until a first answer arrives, at most ``burst`` requests
    are in flight (after a 429, one).
-2. Pace from the headers of every response: ``X-RateLimit-Remaining`` requests are spread evenly
-   over the time left until ``X-RateLimit-Reset`` (GCRA), after a burst of ``burst`` requests (or
-   of one second's worth, when the budget is large).
-   Requests sent but not yet answered count against the budget, so a stale header never oversends.
+2. A budget, not a speed: while ``X-RateLimit-Remaining`` (less the requests in flight) allows,
+   requests go at once, bounded only by the caller's concurrency; once it is spent, every request
+   waits for the window to turn (``X-RateLimit-Reset``), then the new window's budget goes at
+   once. Requests sent but not yet answered count against the budget, so a stale header never
+   oversends. A cap of the caller's own is a ``Pacer`` (``gather(rate=, burst=)``).
 3. One 429 pauses every request of the client until the time the server gave: ``Retry-After``,
    else ``X-RateLimit-Reset``, else the body's ``detail.resetAt`` (all the live plane sends), else
    the backoff.
@@ -39,6 +40,7 @@ from email.utils import parsedate_to_datetime
 from .errors import NoCapacityError, RateLimitError
 
 __all__ = [
+    "Pacer",
     "RateLimitState",
     "RateLimiter",
     "active_limiter",
@@ -52,9 +54,6 @@ __all__ = [
 _EPOCH_THRESHOLD = 1_000_000_000
 # Reset is whole seconds; waiting a little past it avoids arriving a hair before the window turns.
 _DEFAULT_RESET_MARGIN = 0.25
-# Pacing may run this far ahead of the even schedule whatever the burst: with a large budget the
-# spacing is microseconds, and holding requests to it would only serialize them on the loop's clock.
-_MIN_TOLERANCE = 1.0
 
 
 def default_backoff(attempt: int) -> float:
@@ -142,7 +141,7 @@ class RateLimitState:
     """The limiter's decisions, without waiting: ``reserve()`` says how long a request must wait.
 
     Args:
-        burst: requests that may go back to back before pacing spreads the rest of the budget.
+        burst: requests in flight while the budget is still unknown (rule 1).
         backoff: seconds to wait after the n-th failure in a row (a 429 giving no time,
             no_capacity).
         clock: a monotonic clock in seconds (pauses and pacing).
@@ -179,7 +178,6 @@ class RateLimitState:
         self._awaiting_budget = probe_first
         self._probe_allowance = burst  # requests in flight while the budget is unknown
         self._probes = 0
-        self._next_at = -math.inf  # GCRA theoretical arrival time (monotonic)
         self._rate_limited_in_a_row = 0
         self._model_failures: dict[str, int] = {}
         self._model_paused_until: dict[str, float] = {}
@@ -237,7 +235,6 @@ class RateLimitState:
             # A new window: the full limit again, until a response says otherwise.
             self.remaining = self.limit
             self.reset_at = None
-            self._next_at = -math.inf
         if self.remaining is None:
             if not self._awaiting_budget:
                 return 0.0
@@ -249,15 +246,8 @@ class RateLimitState:
             if self.reset_at is None:
                 return math.inf  # wait for an answer to tell us the window
             return self.reset_at + self._reset_margin - wall
-        if self.reset_at is None:
-            return 0.0
-        time_left = max(self.reset_at + self._reset_margin - wall, 0.0)
-        spacing = time_left / self.remaining
-        arrival = max(self._next_at, now)
-        tolerance = max((self._burst - 1) * spacing, _MIN_TOLERANCE)
-        if arrival - now > tolerance:
-            return arrival - now - tolerance
-        self._next_at = arrival + spacing
+        # A budget, not a speed: what is left of it goes at once (the caller's concurrency bounds
+        # it), and only a spent budget waits for the window to turn.
         return 0.0
 
     def release(self, model: str | None = None) -> None:
@@ -451,3 +441,46 @@ def limited_by(limiter: RateLimiter | None) -> Iterator[None]:
         yield
     finally:
         _ACTIVE.reset(token)
+
+
+class Pacer:
+    """The caller's own cap: at most ``rate`` requests a second, ``burst`` of them back to back
+    (a token bucket). The server's budget is the ``RateLimiter``'s; this is for a caller who must
+    stay under a rate of their own whatever the budget allows.
+
+    Args:
+        rate: requests per second (``60 / 60`` is one a second; ``gather(rate=)`` takes it so).
+        burst: how many may go at once after a quiet spell (at least 1).
+        clock: a monotonic clock in seconds.
+    """
+
+    def __init__(
+        self, rate: float, *, burst: int = 1, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not rate > 0 or math.isinf(rate):
+            raise ValueError("rate must be a positive number of requests per second")
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def reserve(self) -> float:
+        """Take one request's token now (0.0), or say how many seconds until one is due."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate
+
+    async def wait(self) -> None:
+        """Wait until a request may go, and take its token."""
+        while True:
+            delay = self.reserve()
+            if delay <= 0.0:
+                return
+            await asyncio.sleep(delay)

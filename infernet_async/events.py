@@ -191,56 +191,92 @@ def _tokens(texts: list[str], event_id: str | None) -> list[StreamEvent]:
     return tokens
 
 
-# Above this many characters the fast path finds all events with one regex call (C loop) instead of
-# walking them one by one in Python, which is cheaper for the one to three events of a live chunk.
+# Above this many characters the fast path first tries one regex call over the whole region (a C
+# loop, for the guide's data-only dialect) before walking events one by one in Python, which is
+# cheaper for the one to three events of a live chunk.
 _WALK_LIMIT = 256
 
 
 def _walk(
     text: str, event_id: str | None, position: int, tokens: list[StreamEvent]
-) -> tuple[list[StreamEvent], str | None] | None:
-    """Append to ``tokens`` the token events of ``text`` from ``position`` on and return them with
-    the last event id, if ``text`` holds nothing but token events from there; else ``None``.
+) -> tuple[str | None, int]:
+    """Append to ``tokens`` the token events of ``text`` from ``position`` on, up to the first event
+    the walk does not take; returns the last event id and where it stopped (``len(text)`` when it
+    took every event, else the start of the event it left, with the id as of that start).
 
-    Takes the shapes both dialects send, event by event: an optional ``id: <id>`` line, an
-    optional ``event: token`` line, then ``data: {"text": "..."}`` (or ``{"text":"..."}``) and the
-    blank line. Each JSON string is read by json's own scanner (strict: no raw control characters,
-    so no line end either), and what follows it must be exactly the end of the object and the
-    blank line. Anything else, an id with a CR or NUL included, is left to the SSE decoder.
+    ``text`` starts at an event boundary and ends with a blank line. An event the walk takes is a
+    block of lines, any of them in any order: ``id: <id>`` (no CR, no NUL), ``event: token``,
+    comments (``:`` lines, no CR), then ``data: {"text": "..."}`` (also ``{"text":"..."}``, and
+    ``data:`` without its space) and the blank line; or a block of such lines ended by a blank line
+    without any data (a ``: ping`` heartbeat, an id-only block: no event). Each JSON string is read
+    by json's own scanner (strict: no raw control characters, so no line end either), and what
+    follows it must be exactly the end of the object and the blank line. The event type is
+    ``token`` or none ("message"), which ``_interpret`` reads alike for such data. No line it takes
+    holds a CR, so a region with CRs (lone or in CRLF) is decoded exactly too: the caller hands
+    what the walk leaves to the SSE decoder's line loop after the SSE decoder's own line-end
+    normalisation.
     """
     append = tokens.append
     size = len(text)
     while position < size:
+        begin = position
+        begin_id = event_id
         if text.startswith('data: {"text": "', position):
             start = position + 16
         else:
-            if text.startswith("id: ", position):
-                line_end = text.find("\n", position)
-                value = text[position + 4 : line_end]
-                if "\r" in value or "\x00" in value:
-                    return None
-                event_id = value
-                position = line_end + 1
-            if text.startswith("event: token\n", position):
-                position += 13
-            if text.startswith('data: {"text": "', position):
-                start = position + 16
-            elif text.startswith('data: {"text":"', position):
-                start = position + 15
-            else:
-                return None
+            while True:
+                char = text[position]
+                if char == "d":
+                    if text.startswith('data: {"text":"', position):
+                        start = position + 15
+                    elif text.startswith('data: {"text": "', position):
+                        start = position + 16
+                    elif text.startswith('data:{"text":"', position):
+                        start = position + 14
+                    elif text.startswith('data:{"text": "', position):
+                        start = position + 15
+                    else:
+                        return begin_id, begin
+                    break
+                if char == "i":
+                    if not text.startswith("id: ", position):
+                        return begin_id, begin
+                    line_end = text.find("\n", position)
+                    value = text[position + 4 : line_end]
+                    if "\r" in value or "\x00" in value:
+                        return begin_id, begin
+                    event_id = value
+                    position = line_end + 1
+                elif char == "e":
+                    if not text.startswith("event: token\n", position):
+                        return begin_id, begin
+                    position += 13
+                elif char == ":":
+                    line_end = text.find("\n", position)
+                    if text.find("\r", position, line_end) >= 0:
+                        return begin_id, begin
+                    position = line_end + 1
+                elif char == "\n":
+                    # A blank line ends a block without data: nothing is dispatched.
+                    position += 1
+                    if position == size:
+                        return event_id, size
+                    begin = position
+                    begin_id = event_id
+                else:
+                    return begin_id, begin
         try:
             body, position = scanstring(text, start)
         except ValueError:
-            return None
+            return begin_id, begin
         if not text.startswith("}\n\n", position):
-            return None
+            return begin_id, begin
         position += 3
         token = _new(Token)
         _set_text(token, body)
         _set_token_id(token, event_id)
         append(token)
-    return tokens, event_id
+    return event_id, size
 
 
 def _text_events(text: str, event_id: str | None) -> list[StreamEvent] | None:
@@ -253,6 +289,12 @@ def _text_events(text: str, event_id: str | None) -> list[StreamEvent] | None:
     if "\\" in text:
         bodies = [unescape(body) if "\\" in body else body for body in bodies]
     return _tokens(bodies, event_id)
+
+
+def _blank(tail: bytes | bytearray) -> bool:
+    """Whether held bytes that follow a line end hold a blank line (with CR line ends: the CRLF
+    and LF ones are found before). Such bytes complete an event: the SSE decoder must see them."""
+    return tail[0] == 13 or b"\r\r" in tail or b"\n\r" in tail
 
 
 def _first_str(obj: Mapping[str, Any], *keys: str) -> str | None:
@@ -332,18 +374,19 @@ class TokenDecoder:
         """
         sse = self._sse
         # Fast path, taken while the SSE decoder sits at an event boundary with nothing pending:
-        # the bytes since that boundary, up to the last blank line, are decoded at once and, if they
-        # are nothing but token events ({"text": "..."} data, either dialect), turned into tokens
-        # without the per-line SSE loop and without json.loads (see _walk and _textfast for why
-        # that is exact). Anything else goes to the SSE decoder, with the pending bytes in front,
-        # exactly as if it had seen every byte.
+        # the bytes since that boundary, up to the last blank line, are decoded at once, their
+        # token events turned into tokens without the per-line SSE loop and without json.loads
+        # (see _walk and _textfast for why that is exact), and any other event handed to the SSE
+        # decoder's line loop alone, in order. Bytes that cannot be decoded this way go to the SSE
+        # decoder, with the pending bytes in front, exactly as if it had seen every byte.
         if type(chunk) is not bytes:
             chunk = bytes(chunk)  # one copy, and held bytes and new ones are of one kind
         if sse._boundary:
             pending = self._pending
+            limit = self._limit
             data: bytes | bytearray
             if pending:
-                if len(pending) + len(chunk) > self._limit:
+                if len(pending) + len(chunk) > limit:
                     # Too big to hold: never copy a huge chunk, let the SSE decoder judge it.
                     return self._flush(chunk, holding=False)
                 start = len(pending) - 1  # a blank line may straddle the two
@@ -351,64 +394,109 @@ class TokenDecoder:
                 data = pending
                 stop = pending.rfind(b"\n\n", start) + 2
             else:
+                start = 0
                 data = chunk
                 stop = chunk.rfind(b"\n\n") + 2
-            if stop > 1:
-                if stop <= self._limit:
-                    region = data if stop == len(data) else data[:stop]
+            crlf = False
+            if stop < 2:
+                if 13 not in chunk:
+                    # No blank line yet: keep the bytes (a CR held before cannot end an event
+                    # without one in this chunk).
+                    if len(data) <= limit:
+                        if data is chunk:
+                            pending += chunk
+                        return []
+                else:
+                    # CR line ends: the region ends with the last CRLF blank line.
+                    stop = data.rfind(b"\n\r\n", start - 1 if start else 0) + 3
+                    if stop > 2:
+                        crlf = True
+                    elif (
+                        len(data) <= limit
+                        and data.find(b"\r\r", start) < 0
+                        and data.find(b"\n\r", start) < 0
+                    ):
+                        # No blank line yet (a lone CR at the end may still be half a CRLF).
+                        if data is chunk:
+                            pending += chunk
+                        return []
+            if 1 < stop <= limit:
+                region = data if stop == len(data) else data[:stop]
+                try:
+                    text = region.decode()
+                except UnicodeDecodeError:
+                    text = region.decode("utf-8", "replace")
+                if crlf:
+                    # The SSE decoder's own normalisation; the region ends with a whole CRLF.
+                    text = text.replace("\r\n", "\n")
+                    if "\r" in text:
+                        text = text.replace("\r", "\n")
+                event_id = sse._last_id
+                tokens: list[StreamEvent] | None = None
+                position = 0
+                if stop > _WALK_LIMIT:
+                    tokens = _text_events(text, event_id)
+                elif text.startswith('data: {"text": "'):
+                    # The first event inline: in the live case it is the only one.
                     try:
-                        text = region.decode()
-                    except UnicodeDecodeError:
-                        text = region.decode("utf-8", "replace")
-                    event_id = sse._last_id
-                    tokens: list[StreamEvent] | None = None
-                    walked = None
-                    if stop > _WALK_LIMIT:
-                        tokens = _text_events(text, event_id)
-                        if tokens is None:
-                            walked = _walk(text, event_id, 0, [])
-                    elif text.startswith('data: {"text": "'):
-                        # The first event inline: in the live case it is the only one.
-                        try:
-                            body, end = scanstring(text, 16)
-                        except ValueError:
-                            end = 0
-                        if text.startswith("}\n\n", end):
-                            token = _new(Token)
-                            _set_text(token, body)
-                            _set_token_id(token, event_id)
-                            if end + 3 == len(text):
-                                if region is chunk:  # the whole chunk was this one event
-                                    return [token]
-                                tokens = [token]
-                            else:
-                                walked = _walk(text, event_id, end + 3, [token])
-                    else:
-                        walked = _walk(text, event_id, 0, [])
-                    if walked is not None:
-                        tokens, sse._last_id = walked
-                    elif tokens is None and stop <= _WALK_LIMIT:
-                        # Other spacing (data:{"text":...}) or a near miss: the regex decides.
-                        tokens = _text_events(text, event_id)
-                    if tokens is not None:
-                        if data is pending:
-                            del pending[:stop]  # O(1): CPython moves a bytearray's start
-                        elif stop < len(chunk):
-                            if len(chunk) - stop > self._limit:
-                                return tokens + self._flush(memoryview(chunk)[stop:], holding=True)
-                            pending += memoryview(chunk)[stop:]
-                        if pending and (b"\r" in pending or len(pending) > self._limit):
-                            tokens += self._flush(b"", holding=True)
-                        return tokens
-            elif len(data) <= self._limit and b"\r" not in chunk:
-                # No blank line yet: keep the bytes. A CR could end an event without any "\n\n",
-                # so a chunk with one goes to the SSE decoder at once.
-                if data is chunk:
-                    pending += chunk
-                return []
+                        body, end = scanstring(text, 16)
+                    except ValueError:
+                        end = 0
+                    if text.startswith("}\n\n", end):
+                        token = _new(Token)
+                        _set_text(token, body)
+                        _set_token_id(token, event_id)
+                        if end + 3 == len(text):
+                            if region is chunk:  # the whole chunk was this one event
+                                return [token]
+                            tokens = [token]
+                        else:
+                            tokens = [token]
+                            position = end + 3
+                if tokens is None or position:
+                    if tokens is None:
+                        tokens = []
+                    event_id, position = _walk(text, event_id, position, tokens)
+                    if position < len(text):
+                        event_id = self._walk_rest(text, event_id, position, tokens)
+                    sse._last_id = event_id
+                if data is pending:
+                    del pending[:stop]  # O(1): CPython moves a bytearray's start
+                elif stop < len(chunk):
+                    if len(chunk) - stop > limit:
+                        return tokens + self._flush(memoryview(chunk)[stop:], holding=True)
+                    pending += memoryview(chunk)[stop:]
+                if pending and (len(pending) > limit or (13 in pending and _blank(pending))):
+                    tokens += self._flush(b"", holding=True)
+                return tokens
             if data is pending:
                 return self._flush(b"", holding=False)
         return self._general(chunk)
+
+    def _walk_rest(
+        self, text: str, event_id: str | None, position: int, tokens: list[StreamEvent]
+    ) -> str | None:
+        """Decode ``text`` from ``position``, where ``_walk`` stopped, to its end: each event the
+        walk does not take goes to the SSE decoder's line loop alone, the walk takes the rest.
+
+        ``text`` ends with a blank line and the SSE decoder sits at an event boundary, so feeding
+        it the lines of one event at a time (its own line-end normalisation first) is what feeding
+        it the bytes would do. Returns the last event id.
+        """
+        sse = self._sse
+        lines_of = sse._interpret
+        size = len(text)
+        while position < size:
+            end = text.find("\n\n", position) + 2  # the event's blank line (or one before)
+            segment = text[position:end]
+            if "\r" in segment:
+                segment = segment.replace("\r\n", "\n").replace("\r", "\n")
+            lines = segment.split("\n")
+            lines.pop()  # the empty string after the last line end
+            sse._last_id = event_id
+            tokens += self._interpret(lines_of(lines))
+            event_id, position = _walk(text, sse._last_id, end, tokens)
+        return event_id
 
     def _general(self, raw: bytes | memoryview) -> list[StreamEvent]:
         """Decode ``raw`` with the SSE decoder and interpret its events."""

@@ -12,6 +12,7 @@ import pytest
 
 from infernet_async import NoCapacityError
 from infernet_async._ratelimit import (
+    Pacer,
     RateLimiter,
     RateLimitState,
     default_backoff,
@@ -97,38 +98,45 @@ def test_probing_can_be_turned_off():
 # ---------------------------------------------------------------- pacing from headers
 
 
-def test_plenty_of_budget_goes_at_once_up_to_the_burst():
+def test_the_budget_goes_at_once_not_spread_over_the_window():
+    # A rate limit is a budget, not a speed: 59 left of 60 a minute go now, none is held back.
     clock = FakeClock()
-    state = make_state(clock, burst=30)
-    learn(state, budget(1000, 999, 60))
-    for _ in range(30):
+    state = make_state(clock, burst=1)
+    learn(state, budget(60, 59, 60))
+    for _ in range(59):
         grant(state)
-    # Beyond the burst, the rest share 60 s: one every ~62 ms.
-    delay = state.reserve()
-    assert 0.0 < delay < 0.1
+    # Spent: every request waits for the window to turn, then the new window's budget goes.
+    assert state.reserve() == pytest.approx(60.0)
+    clock.advance(60.0)
+    for _ in range(60):
+        grant(state)
+    assert state.reserve() == math.inf  # the limit again, spent; the next answer says more
 
 
 def test_a_large_budget_is_never_held_to_a_microsecond_schedule():
     state = make_state(FakeClock(), burst=2)
     learn(state, budget(10**9, 10**9, 60))
-    for _ in range(10_000):  # one second's worth is ~16 million requests
+    for _ in range(10_000):
         grant(state)
 
 
-def test_the_rest_of_the_budget_is_spread_evenly_to_the_reset():
+def test_a_pacer_caps_the_rate_with_a_burst() -> None:
     clock = FakeClock()
-    state = make_state(clock, burst=1)
-    learn(state, budget(60, 5, 10))  # 5 left, 10 s to the reset: one every 2 s
-    grant(state)
-    # Pacing may run up to a second ahead of the even schedule, then holds to it.
-    assert state.reserve() == pytest.approx(1.0, abs=0.01)
-    clock.advance(1.0)
-    grant(state)
-    # Spacing is the time left over the budget left: 9 s / 4, then 7 s / 3.
-    assert state.reserve() == pytest.approx(2.25, abs=0.01)
-    clock.advance(2.25)
-    grant(state)
-    assert state.reserve() == pytest.approx(2.25, abs=0.01)
+    pacer = Pacer(2.0, burst=3, clock=clock.monotonic)
+    for _ in range(3):
+        assert pacer.reserve() == 0.0  # the burst goes at once
+    assert pacer.reserve() == pytest.approx(0.5)  # then one every half second
+    clock.advance(0.5)
+    assert pacer.reserve() == 0.0
+    assert pacer.reserve() == pytest.approx(0.5)
+    clock.advance(10.0)  # a quiet spell refills the burst, not more
+    for _ in range(3):
+        assert pacer.reserve() == 0.0
+    assert pacer.reserve() > 0.0
+    with pytest.raises(ValueError):
+        Pacer(0.0)
+    with pytest.raises(ValueError):
+        Pacer(1.0, burst=0)
 
 
 def test_an_exhausted_budget_waits_for_the_reset():
