@@ -17,7 +17,21 @@ every job at once, no rate limit worth the name, heartbeats off):
 - ``socket_floor``: not in the default run (``--clients ...,socket_floor``): the same job without
   asyncio's transports, a non-blocking socket on the loop's ``add_reader``/``add_writer``.
 
-Peers run their K streams with ``asyncio.gather`` on one shared client with a pool of K.
+On the OpenAI-compatible surface (``POST /v1/chat/completions``, ``stream: true``, no token):
+
+- ``openai_python``: the official ``openai`` package, ``AsyncOpenAI(max_retries=0)`` and
+  ``chat.completions.create(stream=True)``, ``chunk.choices[0].delta.content`` of every chunk;
+- ``infernet_async_openai``: ours with ``api="openai"``, the interactive path: one
+  ``client.stream(...)`` per answer, every token read with ``async for token in stream``;
+- ``infernet_async_openai_map``: ours with ``api="openai"`` driven as ``infernet_async`` is, the
+  fan-out ``client.map(requests, concurrency=K)`` (its sockets rest between reads).
+
+Peers run their K streams with ``asyncio.gather`` on one shared client with a pool of K (the
+``openai`` client's own pool: up to 1,000 connections), as does ``infernet_async_openai``.
+
+The clients that keep the answer text (``openai_python`` and ours on the OpenAI surface) have it
+checked, after the timing, against the text the DevServer's deterministic generator gives that
+prompt: a wrong answer counts as an error.
 
 Two regimes, each at every K: ``paced`` (model speed: the server sends ``--server-rate`` tokens/s in
 all, shared by the K streams, each lasting at least ``--duration`` s, so all K are open at once
@@ -70,6 +84,9 @@ CLIENTS = (
     "aiohttp_sse_client2",
     "aiohttp_floor",
     "asyncio_floor",
+    "openai_python",
+    "infernet_async_openai",
+    "infernet_async_openai_map",
 )
 
 
@@ -120,6 +137,9 @@ class StreamTimes:
     ended: float = 0.0
     tokens: int = 0
     error: str | None = None
+    # The answer and the request's number, for the clients whose text is checked after the run.
+    text: str | None = None
+    index: int = -1
 
 
 def _body(max_tokens: int, i: int) -> dict[str, Any]:
@@ -129,6 +149,31 @@ def _body(max_tokens: int, i: int) -> dict[str, Any]:
         "max_tokens": max_tokens,
         "stream": True,
     }
+
+
+def expected_text(i: int, max_tokens: int) -> str:
+    """The answer the DevServer sends request ``i`` (seed 0, ``answer_tokens`` = ``max_tokens``)."""
+    from infernet_async.devserver._generator import LocalGenerator
+
+    tokens, _ = LocalGenerator(seed=0, answer_tokens=max_tokens).tokens(
+        MODEL, _body(max_tokens, i)["messages"], max_tokens
+    )
+    return "".join(tokens)
+
+
+def check_answers(times: list[StreamTimes], max_tokens: int) -> None:
+    """Turn every kept answer that is not the expected text into an error (outside the timing)."""
+    for record in times:
+        if record.text is None or record.error is not None:
+            continue
+        expected = expected_text(record.index, max_tokens)
+        if record.text != expected:
+            record.error = f"answer {record.index}: {record.text[:60]!r} != {expected[:60]!r}"
+
+
+def _origin(url: str) -> str:
+    """The server's origin from the jobs API's base URL (``.../api/v1``)."""
+    return url.removesuffix("/").removesuffix("/api/v1")
 
 
 async def run_infernet_async(
@@ -430,6 +475,107 @@ async def run_socket_floor(url: str, k: int, max_tokens: int) -> list[StreamTime
     return list(await asyncio.gather(*(one(i) for i in range(k))))
 
 
+# ---------------------------------------------------------------- the OpenAI-compatible surface
+
+
+def _messages(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Benchmark question number {i}."}]
+
+
+async def run_openai_python(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
+    """The official ``openai`` client against ``/v1``: its default pool (1,000 connections)."""
+    import openai
+
+    async with openai.AsyncOpenAI(
+        base_url=_origin(url) + "/v1", api_key="unused", max_retries=0
+    ) as client:
+
+        async def one(i: int) -> StreamTimes:
+            record = StreamTimes(time.perf_counter(), index=i)
+            parts: list[str] = []
+            try:
+                stream = await client.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": f"Benchmark question number {i}."}],
+                    max_tokens=max_tokens,
+                    stream=True,
+                )
+                async with stream:
+                    async for chunk in stream:
+                        content = chunk.choices[0].delta.content
+                        if content:  # not the role chunk nor the finish chunk
+                            parts.append(content)
+                            if record.first is None:
+                                record.first = time.perf_counter()
+                            record.tokens += 1
+            except Exception as exc:
+                record.error = repr(exc)
+            record.text = "".join(parts)
+            record.ended = time.perf_counter()
+            return record
+
+        return list(await asyncio.gather(*(one(i) for i in range(k))))
+
+
+async def run_infernet_async_openai(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
+    """Ours on ``/v1``, the interactive path: a ``TokenStream`` per answer, every token read."""
+    from infernet_async import InfernetClient
+
+    async with InfernetClient(_origin(url), api="openai", max_connections=k) as client:
+
+        async def one(i: int) -> StreamTimes:
+            record = StreamTimes(time.perf_counter(), index=i)
+            stream = client.stream(model=MODEL, messages=_messages(i), max_tokens=max_tokens)
+            try:
+                async with stream:
+                    async for _token in stream:
+                        if record.first is None:
+                            record.first = time.perf_counter()
+                        record.tokens += 1
+            except Exception as exc:
+                record.error = repr(exc)
+            record.text = stream.text
+            record.ended = time.perf_counter()
+            return record
+
+        return list(await asyncio.gather(*(one(i) for i in range(k))))
+
+
+async def run_infernet_async_openai_map(url: str, k: int, max_tokens: int) -> list[StreamTimes]:
+    """Ours on ``/v1`` driven as ``infernet_async`` is: ``client.map(requests, concurrency=K)``."""
+    from infernet_async import BatchRequest, InfernetClient
+
+    times: list[StreamTimes] = []
+    requests = (
+        BatchRequest(
+            id=str(i),
+            model=MODEL,
+            prompt=f"Benchmark question number {i}.",
+            max_tokens=max_tokens,
+        )
+        for i in range(k)
+    )
+    async with (
+        InfernetClient(_origin(url), api="openai", max_connections=k) as client,
+        client.map(requests, concurrency=k) as outcomes,
+    ):
+        async for outcome in outcomes:
+            ended = time.perf_counter()
+            started = ended - outcome.latency
+            first = (
+                started + (outcome.time_to_send or 0.0) + outcome.time_to_first_token
+                if outcome.time_to_first_token is not None
+                else None
+            )
+            error = None if outcome.ok else f"{outcome.error}"
+            times.append(
+                StreamTimes(
+                    started, first, ended, outcome.tokens, error, outcome.text, outcome.index
+                )
+            )
+    return times
+
+
 RUNNERS: dict[str, Callable[[str, int, int], Awaitable[list[StreamTimes]]]] = {
     "infernet_async": run_infernet_async,
     "infernet_async_eager": run_infernet_async_eager,
@@ -439,8 +585,27 @@ RUNNERS: dict[str, Callable[[str, int, int], Awaitable[list[StreamTimes]]]] = {
     "aiohttp_floor": run_aiohttp_floor,
     "asyncio_floor": run_asyncio_floor,
     "socket_floor": run_socket_floor,
+    "openai_python": run_openai_python,
+    "infernet_async_openai": run_infernet_async_openai,
+    "infernet_async_openai_map": run_infernet_async_openai_map,
 }
 PEERS = ("httpx_guide", "httpx_sse", "aiohttp_sse_client2")
+# Ours against the best of which peers: the jobs API's clients, or the openai package on /v1.
+PAIRINGS = (
+    ("infernet_async", PEERS),
+    ("infernet_async_eager", PEERS),
+    ("infernet_async_openai", ("openai_python",)),
+    ("infernet_async_openai_map", ("openai_python",)),
+)
+LABELS = {
+    "aiohttp_floor": "(aiohttp, no parsing)",
+    "asyncio_floor": "(bare asyncio.Protocol, no parsing)",
+    "socket_floor": "(bare socket on the loop's selector, no parsing)",
+    "infernet_async_eager": "infernet_async, read_interval=0",
+    "openai_python": "openai (official client), /v1",
+    "infernet_async_openai": "infernet_async api=openai, async for token in stream",
+    "infernet_async_openai_map": "infernet_async api=openai, client.map",
+}
 
 
 def _rss() -> int:
@@ -500,7 +665,10 @@ def client(args: argparse.Namespace) -> None:
     runner = RUNNERS[args.client]
     # Warm up in the same process (imports, lazy initialisation) before measuring.
     run = _runner_for(args.loop)
-    run(runner(args.url, min(args.k, 8), args.max_tokens))
+    warm = run(runner(args.url, min(args.k, 8), args.max_tokens))
+    check_answers(warm, args.max_tokens)
+    if any(t.error for t in warm):
+        sys.exit(f"warm-up failed: {next(t.error for t in warm if t.error)}")
     rss_before = _rss()
     sampler = _RssSampler()
     sampler.start()
@@ -510,6 +678,7 @@ def client(args: argparse.Namespace) -> None:
     wall = time.perf_counter() - wall_before
     cpu = _cpu() - cpu_before
     peak = sampler.finish()
+    check_answers(times, args.max_tokens)
     tokens = sum(t.tokens for t in times)
     errors = [t.error for t in times if t.error]
     ttfts = [t.first - t.started for t in times if t.first is not None]
@@ -650,12 +819,7 @@ def _ratio_table(results: list[dict[str, Any]], regime: str, ks: list[int]) -> s
         ours = next((r for r in at_k if r["client"] == "infernet_async"), None)
         for r in at_k:
             ratio = f"{r['cpu_us_per_token'] / ours['cpu_us_per_token']:.2f}x" if ours else "n/a"
-            name = {
-                "aiohttp_floor": "(aiohttp, no parsing)",
-                "asyncio_floor": "(bare asyncio.Protocol, no parsing)",
-                "socket_floor": "(bare socket on the loop's selector, no parsing)",
-                "infernet_async_eager": "infernet_async, read_interval=0",
-            }.get(r["client"], r["client"])
+            name = LABELS.get(r["client"], r["client"])
             rows.append(
                 f"| {k} | {name} | {r['cpu_us_per_token']:.1f} | {ratio} | "
                 f"{r['tokens_per_s']:.0f} | {r['rss_per_stream_kib']:.1f} | {r['max_open']} | "
@@ -664,10 +828,16 @@ def _ratio_table(results: list[dict[str, Any]], regime: str, ks: list[int]) -> s
     return "\n".join(rows)
 
 
-def _best_peer_ratio(results: list[dict[str, Any]], regime: str, k: int) -> str:
+def _best_peer_ratio(
+    results: list[dict[str, Any]],
+    regime: str,
+    k: int,
+    ours_name: str = "infernet_async",
+    peer_names: tuple[str, ...] = PEERS,
+) -> str:
     at_k = [r for r in results if r["k"] == k and r.get("regime") == regime]
-    ours = next((r for r in at_k if r["client"] == "infernet_async"), None)
-    peers = [r for r in at_k if r["client"] in PEERS and r.get("cpu_us_per_token")]
+    ours = next((r for r in at_k if r["client"] == ours_name), None)
+    peers = [r for r in at_k if r["client"] in peer_names and r.get("cpu_us_per_token")]
     if ours is None or not ours.get("cpu_us_per_token") or not peers:
         return "n/a"
     best = min(peers, key=lambda r: r["cpu_us_per_token"])
@@ -677,11 +847,46 @@ def _best_peer_ratio(results: list[dict[str, Any]], regime: str, k: int) -> str:
     )
 
 
+def _pairs_table(results: list[dict[str, Any]], regimes: list[str], ks: list[int]) -> str:
+    """Each of ours against the cheapest (CPU per token) of its peers in ``PAIRINGS``."""
+    rows = [
+        "| regime | K | tokens an answer | ours | CPU µs/token | TTFT overhead ms "
+        "| best peer | CPU µs/token | TTFT overhead ms | peer / ours |",
+        "|---|---:|---:|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for regime in regimes:
+        for k in ks:
+            at_k = [
+                r
+                for r in results
+                if r["k"] == k and r.get("regime") == regime and r.get("cpu_us_per_token")
+            ]
+            for ours_name, peer_names in PAIRINGS:
+                ours = next((r for r in at_k if r["client"] == ours_name), None)
+                peers = [r for r in at_k if r["client"] in peer_names]
+                if ours is None or not peers:
+                    continue
+                peer = min(peers, key=lambda r: r["cpu_us_per_token"])
+                ours_label = LABELS.get(ours_name, ours_name)
+                peer_label = LABELS.get(peer["client"], peer["client"])
+                rows.append(
+                    f"| {regime} | {k} | {ours['tokens_per_answer']} | {ours_label} "
+                    f"| {ours['cpu_us_per_token']:.1f} | {ours['ttft_overhead_ms']:.1f} "
+                    f"| {peer_label} "
+                    f"| {peer['cpu_us_per_token']:.1f} | {peer['ttft_overhead_ms']:.1f} "
+                    f"| {peer['cpu_us_per_token'] / ours['cpu_us_per_token']:.2f}x |"
+                )
+    return "\n".join(rows)
+
+
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the least CPU per token (best of N), reporting the most errors of any run."""
     measured = [r for r in runs if r.get("cpu_us_per_token")]
     best = dict(min(measured, key=lambda r: r["cpu_us_per_token"]) if measured else runs[0])
-    best["errors"] = max(r.get("errors", 0) for r in runs)
+    worst = max(runs, key=lambda r: r.get("errors", 0))
+    best["errors"] = worst.get("errors", 0)
+    if best["errors"] and not best.get("first_error"):
+        best["first_error"] = worst.get("first_error")  # another run's: say what went wrong
     best["runs"] = len(runs)
     return best
 
@@ -754,6 +959,10 @@ def drive(args: argparse.Namespace) -> None:
         for k in ks:
             ratio = _best_peer_ratio(bench.results, regime, k)
             print(f"{regime}, K = {k}: infernet_async uses {ratio}")
+            for ours_name, peer_names in PAIRINGS[2:]:
+                ratio = _best_peer_ratio(bench.results, regime, k, ours_name, peer_names)
+                if ratio != "n/a":
+                    print(f"{regime}, K = {k}: {ours_name} uses {ratio}")
     if ceiling is not None:
         print(
             f"ceiling: {ceiling['k']} concurrent streams with no error "
@@ -764,6 +973,8 @@ def drive(args: argparse.Namespace) -> None:
         for regime in regimes:
             print()
             print(_ratio_table(bench.results, regime, ks))
+        print()
+        print(_pairs_table(bench.results, regimes, ks))
     if args.json:
         Path(args.json).write_text(json.dumps(bench.results, indent=2))
 

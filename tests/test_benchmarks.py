@@ -20,7 +20,11 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 ANSWER_TOKENS = 6
 STREAMS = 3
 # The clients that need more than the dev extra, and the module each imports.
-NEEDS = {"httpx_sse": "httpx_sse", "aiohttp_sse_client2": "aiohttp_sse_client2"}
+NEEDS = {
+    "httpx_sse": "httpx_sse",
+    "aiohttp_sse_client2": "aiohttp_sse_client2",
+    "openai_python": "openai",
+}
 
 
 def load_benchmark(name: str) -> ModuleType:
@@ -60,6 +64,24 @@ async def test_each_bench_e2e_client_streams_whole_answers(client: str, server: 
     assert [t.error for t in times] == [None] * STREAMS
     assert [t.tokens for t in times] == [ANSWER_TOKENS] * STREAMS
     assert all(t.first is not None and t.started <= t.first <= t.ended for t in times)
+    kept = [t for t in times if t.text is not None]
+    # The OpenAI surface's clients keep their answers, and each is the one the prompt gets.
+    if client in ("openai_python", "infernet_async_openai", "infernet_async_openai_map"):
+        assert len(kept) == STREAMS
+    assert sorted(t.index for t in kept) == list(range(len(kept)))
+    assert [t.text for t in kept] == [bench.expected_text(t.index, ANSWER_TOKENS) for t in kept]
+    bench.check_answers(times, ANSWER_TOKENS)
+    assert [t.error for t in times] == [None] * STREAMS
+
+
+def test_a_wrong_answer_is_an_error() -> None:
+    right = bench.StreamTimes(0.0, tokens=ANSWER_TOKENS, index=1)
+    right.text = bench.expected_text(1, ANSWER_TOKENS)
+    wrong = bench.StreamTimes(0.0, tokens=ANSWER_TOKENS, index=2)
+    wrong.text = bench.expected_text(2, ANSWER_TOKENS)[:-1]
+    bench.check_answers([right, wrong], ANSWER_TOKENS)
+    assert right.error is None
+    assert wrong.error is not None and wrong.error.startswith("answer 2: ")
 
 
 def test_every_runner_but_the_opt_in_floor_runs_by_default() -> None:
