@@ -17,7 +17,6 @@ plane's: ``pending``, ``assigned`` (a node took it, no token yet), ``running``, 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from typing import Any
@@ -42,7 +41,7 @@ from ._records import StreamRecord
 from ._scheduler import NodeState
 from ._sse_writer import ChatEventWriter
 from ._state import PLANE_KEY, Plane, request_state
-from ._streams import _Output, follow_job, run_event_stream
+from ._streams import _Output, follow_capped, run_event_stream
 
 __all__ = ["add_chat_routes", "live_row", "live_status", "provider_id"]
 
@@ -225,13 +224,8 @@ async def stream_chat(request: web.Request) -> web.StreamResponse:
     found = job
 
     async def body(out: _Output) -> None:
-        await out.send(writer.job(live_row(found)))
-        await out.after_tokens(0, found.next_id)
-        try:
-            async with asyncio.timeout(plane.chat_stream_max_seconds):
-                await follow_job(found, out)
-        except TimeoutError:
-            await out.send(writer.capped())
+        cap = plane.chat_stream_max_seconds
+        await follow_capped(out, found, live_row(found), cap, writer.capped())
 
     return await run_event_stream(
         request,

@@ -42,7 +42,7 @@ from ._records import StreamRecord
 from ._resale import Grant, ResaleError
 from ._sse_writer import OpenAIChunkWriter
 from ._state import PLANE_KEY, Plane, request_state
-from ._streams import _Output, follow_job, run_event_stream
+from ._streams import _Output, follow_capped, follow_job, run_event_stream
 
 __all__ = ["add_openai_routes"]
 
@@ -163,13 +163,7 @@ async def _stream(
     writer = OpenAIChunkWriter(completion_id, created, job.model)
 
     async def body(out: _Output) -> None:
-        await out.send(writer.job({}))
-        await out.after_tokens(0, job.next_id)
-        try:
-            async with asyncio.timeout(plane.chat_stream_max_seconds):
-                await follow_job(job, out)
-        except TimeoutError:
-            await out.send(writer.capped())
+        await follow_capped(out, job, {}, plane.chat_stream_max_seconds, writer.capped())
 
     return await run_event_stream(
         request,

@@ -31,7 +31,7 @@ from ._records import StreamRecord
 from ._sse_writer import EventWriter, StreamWriter
 from ._state import PLANE_KEY, request_state
 
-__all__ = ["JobSink", "follow_job", "run_event_stream", "serve_stream"]
+__all__ = ["JobSink", "follow_capped", "follow_job", "run_event_stream", "serve_stream"]
 
 SSE_HEADERS: Mapping[str, str] = {
     "Content-Type": "text/event-stream",
@@ -219,6 +219,21 @@ async def follow_job(job: Job, sink: JobSink) -> None:
                 )
                 return
         await sink.wait(changed)
+
+
+async def follow_capped(
+    out: _Output, job: Job, first: Mapping[str, Any], cap: float, capped: bytes
+) -> None:
+    """A hosted surface's stream body: its first event (``first``, the job row or nothing), the
+    faults due before any token, then ``follow_job`` until the server's cap (hosted: 10 minutes),
+    where ``capped`` ends it as that surface ends a capped stream."""
+    await out.send(out.writer.job(first))
+    await out.after_tokens(0, job.next_id)
+    try:
+        async with asyncio.timeout(cap):
+            await follow_job(job, out)
+    except TimeoutError:
+        await out.send(capped)
 
 
 async def run_event_stream(
