@@ -38,11 +38,12 @@ _FOLD = 256
 class Accumulator:
     """The partial-response state of one ``TokenStream``.
 
-    Memory: the text as UTF-8 (``nbytes``), plus up to ``_FOLD`` recent tokens, plus the ``str``
-    that ``text`` builds when asked for (kept until the next token).
+    Memory: the text as UTF-8 (``nbytes``) plus up to ``_FOLD`` recent tokens; once ``text`` is
+    read, the ``str`` it built stands for everything before (its pieces are freed).
     """
 
     __slots__ = (
+        "_head",
         "_pieces",
         "_recent",
         "_text",
@@ -59,6 +60,9 @@ class Accumulator:
     )
 
     def __init__(self) -> None:
+        # The text as a str once ``text`` was read (the pieces before it are freed), then the
+        # pieces and the recent tokens that came after.
+        self._head = ""
         self._pieces: list[bytes] = []
         self._recent: list[str] = []
         self._text: str | None = ""
@@ -75,15 +79,21 @@ class Accumulator:
 
     @property
     def text(self) -> str:
-        """Everything received in the current attempt, joined when asked for."""
+        """Everything received in the current attempt, joined when asked for.
+
+        The pieces are decoded one at a time and each is freed as it is, so joining holds the
+        text about twice at most (the parts and the joined ``str``), not three times.
+        """
         text = self._text
         if text is None:
             self._fold()
             pieces = self._pieces
-            if len(pieces) > 1:
-                pieces[:] = [b"".join(pieces)]
-            # surrogatepass: JSON may carry a lone surrogate escape, which a token keeps as is.
-            text = self._text = pieces[0].decode("utf-8", "surrogatepass") if pieces else ""
+            parts = [self._head]
+            pieces.reverse()
+            while pieces:
+                # surrogatepass: JSON may carry a lone surrogate escape, which a token keeps.
+                parts.append(pieces.pop().decode("utf-8", "surrogatepass"))
+            text = self._head = self._text = "".join(parts)
         return text
 
     def _fold(self) -> None:
@@ -140,6 +150,7 @@ class Accumulator:
         text.
         """
         discarded = self.text
+        self._head = ""
         self._pieces = []
         self._recent = []
         self._text = ""

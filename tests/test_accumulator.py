@@ -355,3 +355,25 @@ def test_tokens_fold_without_changing_the_text_or_its_counts() -> None:
         if n % 50 == 0:
             assert acc.text == expected
     assert acc.text == expected and acc.token_count == 300 and acc.chars == len(expected)
+
+
+def test_reading_the_text_holds_it_about_twice_at_most() -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        acc = Accumulator()
+        for _ in range(400_000):
+            acc.add_token("ab")
+        size = acc.nbytes
+        tracemalloc.reset_peak()
+        text = acc.text
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(text) == size
+    # Everything traced at the peak: the pieces (freed as they are decoded), the decoded parts
+    # and the joined text: about twice the answer, not three times.
+    assert peak < 2.3 * size, peak / size
+    acc.add_token("c")
+    assert acc.text == text + "c" and acc._pieces == []
