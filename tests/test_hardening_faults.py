@@ -1041,6 +1041,6 @@ async def test_empty_tokens_are_no_progress_and_hold_nothing(collecting: bool) -
                         seen.extend([t async for t in stream])
             assert info.value.phase == "stall" and info.value.partial_text == "Hi"
             assert stream.token_count == 1 and seen in ([], ["Hi"])
-            held = stream._acc._recent + stream._acc._pieces
-            assert stream._acc.nbytes == 2 and held in (["Hi"], [b"Hi"])
+            acc = stream._acc
+            assert acc.nbytes == 2 and len(acc._recent) + len(acc._pieces) <= 1
             await server.wait_released()
