@@ -44,6 +44,7 @@ __all__ = [
     "EXIT_USAGE",
     "add_connection_arguments",
     "describe_error",
+    "proxy_url",
     "notice",
     "open_client",
     "run",
@@ -68,7 +69,29 @@ def write_out(text: str) -> None:
     sys.stdout.flush()
 
 
+def proxy_url(text: str) -> str:
+    """argparse type for ``--proxy``: an ``http://`` proxy URL (checked here, so a typo is a usage
+    error that does not echo a password)."""
+    from ._proxy import parse_proxy_url
+
+    try:
+        parse_proxy_url(text, source="--proxy")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--proxy",
+        metavar="URL",
+        type=proxy_url,
+        help=(
+            "an http:// forward proxy for every request, http://[user:password@]host[:port] "
+            "(https is tunnelled with CONNECT); default $HTTPS_PROXY, $HTTP_PROXY or $ALL_PROXY, "
+            "except hosts in $NO_PROXY and loopback"
+        ),
+    )
     parser.add_argument(
         "--base-url",
         metavar="URL",
@@ -99,7 +122,8 @@ async def open_client(
     base_url = getattr(args, "base_url", None) or os.environ.get(BASE_URL_ENV) or None
     token = os.environ.get(TOKEN_ENV) or None
     async with contextlib.AsyncExitStack() as stack:
-        if base_url is None and token is None:
+        embedded = base_url is None and token is None
+        if embedded:
             from .devserver import DevServer
 
             dev = await stack.enter_async_context(DevServer())
@@ -109,7 +133,9 @@ async def open_client(
                 f"{dev.url} (emulated nodes; answers are generated text, not a model)"
                 + (f"; {embedded_caveat}" if embedded_caveat else "")
             )
-        client = InfernetClient(base_url, token, api=getattr(args, "api", None))
+        # The embedded control plane is in this process, on loopback: --proxy is for a real one.
+        proxy = None if embedded else getattr(args, "proxy", None)
+        client = InfernetClient(base_url, token, api=getattr(args, "api", None), proxy=proxy)
         yield await stack.enter_async_context(client)
 
 

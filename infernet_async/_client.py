@@ -40,6 +40,7 @@ from ._fanout import (
     stream_job_runner,
 )
 from ._ids import validate_job_id
+from ._proxy import resolve_proxies
 from ._ratelimit import Pacer, RateLimiter, RateLimitState
 from ._resource import AsyncResource
 from ._retry import backoff_delay
@@ -117,28 +118,41 @@ class InfernetClient(AsyncResource):
             request the server does not rate-limit, once per client; the move is logged at DEBUG
             and ``client.api`` tells the surface in use.
         session: an ``aiohttp.ClientSession`` of yours to send every request with, streams
-            included; it is never closed by the client. Without one, the client creates a session
-            for its JSON requests and reads streams over HTTP/1.1 connections of its own, which
-            cost far less CPU per token.
+            included; it is never closed by the client, and it keeps its own proxy settings
+            (its ``trust_env``, or a ``proxy=`` per request of yours): ``proxy`` and ``trust_env``
+            here do not apply to it. Without one, the client creates a session for its JSON
+            requests and reads streams over HTTP/1.1 connections of its own, which cost far less
+            CPU per token.
         timeouts: connect, idle read, first token, stall and total timeouts (see ``Timeouts``).
         retry: retry counts and backoff (see ``RetryPolicy``).
         ssl: an ``ssl.SSLContext`` for custom CAs or client certificates; ``False`` disables
             verification and needs ``allow_insecure=True``.
         allow_insecure: allow sending the token over plain ``http://`` to a non-loopback host (and
             ``ssl=False``).
-        max_connections: the most connections the client opens at once, for streams and again
-            for other requests (a fan-out raises it to its ``concurrency``); more streams wait for
-            a free connection.
+        max_connections: the most connections (sockets) the client has open at once, streams and
+            other requests together, idle keep-alive ones included (a fan-out raises it to its
+            ``concurrency``); a request that finds none free closes an idle one or waits for one.
+            A request made while the client's own streams hold every connection waits for one
+            of them to end.
         headers: extra headers for every request.
         max_answer_bytes: the longest answer a stream may hold, in UTF-8 bytes (default 64 MiB,
             far past any model's output); past it the stream raises ``AnswerTooLargeError`` with
             the answer so far, so a server streaming without end cannot exhaust memory: a stream
             holds about its answer's UTF-8 size (twice that while ``text`` is read), whatever the
             token sizes. ``None``: no limit.
+        proxy: an ``http://[user:password@]host[:port]`` forward proxy for every request, JSON
+            and streams (an https origin is tunnelled through it with ``CONNECT``; the
+            credentials go to the proxy only, as ``Proxy-Authorization``). It wins over the
+            environment. Default: the environment's, read when the client is built.
+        trust_env: read ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (either
+            case, lower case first) when ``proxy`` is not given, as curl, requests and httpx do;
+            loopback hosts never go through them. ``False``: connect directly unless ``proxy``
+            says otherwise.
 
     Raises:
-        ValueError: a malformed base URL or ``api``, or a token that would travel unencrypted
-            without ``allow_insecure``.
+        ValueError: a malformed base URL or ``api``, a token that would travel unencrypted
+            without ``allow_insecure``, a ``proxy`` that is not an ``http://`` URL (or given with
+            ``session``), or an environment proxy for the base URL that cannot be used (SOCKS).
     """
 
     def __init__(
@@ -155,6 +169,8 @@ class InfernetClient(AsyncResource):
         max_connections: int = 100,
         headers: Mapping[str, str] | None = None,
         max_answer_bytes: int | None = DEFAULT_MAX_ANSWER_BYTES,
+        proxy: str | None = None,
+        trust_env: bool = True,
     ) -> None:
         self._state = _State.UNOPENED
         self.base_url, root = resolve_base_url(base_url)
@@ -185,6 +201,15 @@ class InfernetClient(AsyncResource):
             # aiohttp would refuse it too, but only at the first request and with its own error:
             # refuse it where the mistake is made, as for the token.
             raise ValueError("a header name or value contains a line break or NUL")
+        if proxy is not None and session is not None:
+            raise ValueError(
+                "proxy= applies to the client's own connections; a session of yours keeps its own "
+                "proxy settings (pass proxy= to its requests, or build it with trust_env=True)"
+            )
+        proxies = resolve_proxies(proxy, trust_env=trust_env and session is None)
+        # An environment proxy that cannot be used for the base URL (SOCKS, say) is an error here,
+        # not at the first request.
+        proxies.select(parts.scheme, parts.hostname or "", parts.port)
         self._has_token = secret is not None
         self._api = ApiChoice(
             chosen,
@@ -204,6 +229,7 @@ class InfernetClient(AsyncResource):
             max_connections=max_connections,
             headers=headers,
             max_answer_bytes=max_answer_bytes,
+            proxies=proxies,
         )
         self._entered = False
         self._streams: weakref.WeakSet[TokenStream] = weakref.WeakSet()

@@ -9,9 +9,19 @@ and one of the SSE decoder, and the reading task wakes only when the stream's co
 something to take (for ``final_text`` and the fan-out: only at the end). benchmarks/README.md has
 the figures. JSON requests, and streams on a session the caller passed in, stay on aiohttp.
 
-Rules: the pool bounds the connections open at once (``limit``); a connection goes back to the
-pool only after a whole, length-delimited, keep-alive response; every error that leaves this module
-is an ``APIConnectionError`` or ``APITimeoutError``. ``close()`` is synchronous.
+Proxies: a connection is keyed by its origin and the proxy it goes through (``_proxy``). An https
+origin is reached through an ``http://`` proxy with a ``CONNECT host:port`` tunnel, then TLS to the
+origin inside it; a plain-http origin through the proxy with absolute-form request targets. The
+proxy's credentials go in the ``CONNECT`` or on the proxied request only; the origin's headers never
+go into a ``CONNECT``. Once connected, a proxied connection is read exactly as a direct one: the
+per-chunk path does not know about proxies.
+
+Rules: every socket the pool opens holds a slot of the client's ``ConnectionBudget``, from before
+it connects until it is closed, and aiohttp's sockets (``_transport``) hold slots of the same
+budget, so ``max_connections`` bounds them all; a connection goes back to the pool only after a
+whole, length-delimited, keep-alive response; every error that leaves this module is an
+``APIConnectionError``, an ``APITimeoutError`` or (a proxy's refusal) an ``APIError``. ``close()``
+is synchronous.
 """
 
 from __future__ import annotations
@@ -33,13 +43,24 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ._http1 import ProtocolError, ResponseHead, ResponseParser, encode_request
-from .errors import APIConnectionError, APITimeoutError
+from ._proxy import Proxy, proxy_refused
+from ._version import __version__
+from .errors import APIConnectionError, APIError, APITimeoutError
 
-__all__ = ["BodySink", "NativeResponse", "StreamPool", "fd_exhaustion_message", "rest_length"]
+__all__ = [
+    "BodySink",
+    "ConnectionBudget",
+    "NativeResponse",
+    "StreamPool",
+    "fd_exhaustion_message",
+    "rest_length",
+]
 
 # Takes body bytes; returns True when the reading task should wake up for them.
 BodySink = Callable[[bytes], bool]
 Origin = tuple[str, str, int]
+# What a pooled connection can serve: its origin, through which proxy (or none).
+PoolKey = tuple[Origin, Proxy | None]
 # (family, type, proto, canonname, sockaddr), as getaddrinfo gives them.
 AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
 _DNS_TTL = 10.0
@@ -64,6 +85,9 @@ _REST_SHARE = 0.1
 _REST_HALVINGS = 16
 _IDLE, _ACTIVE, _DRAINING, _CLOSED = range(4)
 _monotonic = time.monotonic
+# A proxy's answer to CONNECT: its head is all we read, and a head past this is not one.
+_CONNECT_HEAD_LIMIT = 64 * 1024
+_USER_AGENT = f"infernet-async/{__version__}"
 
 
 def fd_exhaustion_message(exc: OSError) -> str | None:
@@ -123,12 +147,109 @@ def _resend_on_a_new_connection(
     return method in ("GET", "HEAD") or exc.request_sent is False
 
 
+class ConnectionBudget:
+    """The client's sockets, whichever stack opens them: at most ``limit`` open at once.
+
+    Each socket takes a slot before it connects and gives it back once it is closed: the pool's
+    connections (``StreamPool``) and aiohttp's (``_transport``'s connector). ``give()`` hands the
+    slot on at the loop's next turn, after the transport's own close callback, so the socket is
+    really gone before another connects in its place. When none is free, ``reclaim()`` asks the
+    stacks, in the order they registered, to close one idle keep-alive connection; else the
+    taker waits, first come first served.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self.loop = loop
+        self.limit = limit
+        self.used = 0
+        self.closed = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._reclaimers: list[Callable[[], bool]] = []
+
+    def add_reclaimer(self, reclaim: Callable[[], bool]) -> None:
+        """``reclaim()`` closes one idle connection of a stack (True) or finds none (False)."""
+        self._reclaimers.append(reclaim)
+
+    def set_limit(self, limit: int) -> None:
+        grown = limit - self.limit
+        self.limit = limit
+        for _ in range(max(grown, 0)):
+            self.wake_one()
+
+    def try_take(self) -> bool:
+        if self.used < self.limit:
+            self.used += 1
+            return True
+        return False
+
+    def give(self) -> None:
+        if self.loop.is_closed():
+            self._give_now()
+        else:
+            self.loop.call_soon(self._give_now)
+
+    def _give_now(self) -> None:
+        self.used -= 1
+        self.wake_one()
+
+    def reclaim(self) -> bool:
+        return any(reclaim() for reclaim in self._reclaimers)
+
+    async def take(self) -> None:
+        """Take a slot: a free one, one an idle connection gives up, or the next to be freed."""
+        while True:
+            if self.closed:
+                raise APIConnectionError("the client is closed", request_sent=False)
+            if self.try_take():
+                return
+            if self.reclaim():
+                await asyncio.sleep(0)  # the closed socket's slot comes back at the next turn
+                continue
+            await self.wait()
+
+    async def wait(self) -> None:
+        """Wait until a slot may be free (or an idle connection came back, or the client closed).
+
+        A semaphore's wait: one waiter is woken per event, in order; a woken waiter that is
+        cancelled passes its turn on, and a cancelled one stays in the queue to be skipped (no
+        O(n) removal when a fan-out of thousands is cancelled at once).
+        """
+        waiter = self.loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.wake_one()
+            raise
+
+    @property
+    def waiting(self) -> bool:
+        """Whether anyone may be waiting (a cancelled waiter still in the queue counts)."""
+        return bool(self._waiters)
+
+    def wake_one(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection; one request at a time."""
 
-    def __init__(self, pool: StreamPool, origin: Origin) -> None:
+    def __init__(self, pool: StreamPool, key: PoolKey) -> None:
         self._pool = pool
-        self.origin = origin
+        self.key = key
+        self.origin = key[0]
         self._loop = pool.loop
         self._transport: asyncio.Transport | None = None
         self._state = _ACTIVE
@@ -649,12 +770,22 @@ class _Inflater:
 class NativeResponse:
     """An open response on one of our connections: the same surface as ``StreamResponse``."""
 
-    __slots__ = ("_conn", "_done", "_inflater", "content_type", "headers", "status", "url")
+    __slots__ = (
+        "_conn",
+        "_done",
+        "_inflater",
+        "content_type",
+        "headers",
+        "reason",
+        "status",
+        "url",
+    )
 
     def __init__(self, conn: _Connection, head: ResponseHead, url: URL) -> None:
         self._conn = conn
         self._done = False
         self.status = head.status
+        self.reason = head.reason
         self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(head.headers))
         self.url = str(url)
         media = self.headers.get("Content-Type", "application/octet-stream")
@@ -714,32 +845,40 @@ class NativeResponse:
 
 
 class StreamPool:
-    """Our connections, by origin: at most ``limit`` open at once, idle ones kept for
-    ``keepalive`` seconds."""
+    """Our connections, by origin and proxy, each holding a slot of ``budget`` while open; idle
+    ones kept for ``keepalive`` seconds."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         *,
         ssl: ssl_module.SSLContext | bool | None,
-        limit: int,
+        limit: int | None = None,
+        budget: ConnectionBudget | None = None,
         keepalive: float = 15.0,
     ) -> None:
+        if budget is None:
+            budget = ConnectionBudget(loop, limit if limit is not None else 100)
         self.loop = loop
-        self.limit = limit
+        self.budget = budget
         self._ssl = ssl
         self._ssl_context: ssl_module.SSLContext | None = None
         self._keepalive = keepalive
-        self._idle: dict[Origin, list[_Connection]] = {}
+        self._idle: dict[PoolKey, list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._connecting = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
         self._dns: dict[tuple[str, int], tuple[list[AddrInfo], float]] = {}
         self._lookups: dict[tuple[str, int], asyncio.Future[list[AddrInfo]]] = {}
         self.closed = False
         # Resting connections (read_at_intervals), by the rest's length: one timer per length
         # wakes them all, so their reads come together in one turn of the event loop.
         self._resting: dict[float, tuple[list[_Connection], asyncio.TimerHandle]] = {}
+        budget.add_reclaimer(self._close_one_idle)
+
+    @property
+    def limit(self) -> int:
+        """The most sockets open at once: the budget's, shared with the client's other stack."""
+        return self.budget.limit
 
     @property
     def open_connections(self) -> int:
@@ -751,10 +890,7 @@ class StreamPool:
         return len(self._open) - sum(map(len, self._idle.values()))
 
     def set_limit(self, limit: int) -> None:
-        grown = limit - self.limit
-        self.limit = limit
-        for _ in range(max(grown, 0)):
-            self._wake_one()
+        self.budget.set_limit(limit)
 
     async def request(
         self,
@@ -767,10 +903,17 @@ class StreamPool:
         connect_timeout: float | None,
         read_timeout: float | None,
         on_send: Callable[[bool], None] | None = None,
+        proxy: Proxy | None = None,
     ) -> NativeResponse:
         """Send one request on a pooled or new connection; returns once the head is in.
         ``on_send(True)`` once the pool has a connection, or a slot to open one, for it: a wait
-        for a free connection is the client's, connecting is the request's."""
+        for a free connection is the client's, connecting is the request's. ``proxy``: the
+        forward proxy to go through (``_proxy.ProxySettings.select``), or none.
+
+        Raises:
+            APIError: the proxy answered 407 (or refused the origin) to a plain-http request or
+                to the ``CONNECT``.
+        """
         if params:
             url = url.update_query(params)
         origin: Origin = (url.scheme, url.raw_host or "", url.port or 0)
@@ -781,14 +924,23 @@ class StreamPool:
             # Host fields are a 400 (RFC 9112 §3.2).
             header_items.append(("Host", url.host_port_subcomponent or ""))
         header_items.extend(headers.items())
+        target = url.raw_path_qs
+        if proxy is not None and url.scheme == "http":
+            # Forwarded by the proxy (RFC 9112 §3.2.2): the absolute URL, and its credentials on
+            # the request itself; an https origin gets them in the CONNECT instead.
+            target = str(url.with_fragment(None))
+            authorization = proxy.authorization
+            if authorization is not None:
+                header_items.append(("Proxy-Authorization", authorization))
         if json_body is not None:
             body = json.dumps(json_body).encode()
             header_items.append(("Content-Type", "application/json"))
         try:
-            request = encode_request(method, url.raw_path_qs, header_items, body)
+            request = encode_request(method, target, header_items, body)
         except ValueError as exc:
             raise APIConnectionError(f"cannot send the request: {exc}", request_sent=False) from exc
-        conn, reused = await self._acquire(origin, connect_timeout, on_send)
+        key: PoolKey = (origin, proxy)
+        conn, reused = await self._acquire(key, connect_timeout, on_send)
         try:
             head = await conn.send(request, method=method, read_timeout=read_timeout)
         except APIConnectionError as exc:
@@ -796,7 +948,7 @@ class StreamPool:
                 raise
             # The server had closed this pooled connection: the request never reached it. Once,
             # on a connection of its own.
-            conn, _ = await self._acquire(origin, connect_timeout, fresh=True)
+            conn, _ = await self._acquire(key, connect_timeout, fresh=True)
             head = await conn.send(request, method=method, read_timeout=read_timeout)
         return NativeResponse(conn, head, url)
 
@@ -810,27 +962,26 @@ class StreamPool:
         for _, timer in self._resting.values():
             timer.cancel()
         self._resting.clear()
-        waiters, self._waiters = self._waiters, deque()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        # Our waiters see the pool closed; the other stack's re-check and wait again.
+        self.budget.wake_all()
 
     # -- connections -------------------------------------------------------------------------------
 
     async def _acquire(
         self,
-        origin: Origin,
+        key: PoolKey,
         connect_timeout: float | None,
         on_granted: Callable[[bool], None] | None = None,
         *,
         fresh: bool = False,
     ) -> tuple[_Connection, bool]:
-        """A connection for ``origin`` and whether it was reused from the pool; ``fresh``: a
-        new one (an idle one may be closed to make room)."""
+        """A connection for ``key`` and whether it was reused from the pool; ``fresh``: a new
+        one (an idle one may be closed to make room)."""
+        budget = self.budget
         while True:
             if self.closed:
                 raise APIConnectionError("the client is closed", request_sent=False)
-            idle = self._idle.get(origin)
+            idle = self._idle.get(key)
             while idle and not fresh:
                 conn = idle.pop()
                 if conn.usable():
@@ -838,23 +989,16 @@ class StreamPool:
                         on_granted(True)
                     return conn, True
                 conn.close()
-            if self.open_connections < self.limit:
+            if budget.try_take():
                 if on_granted is not None:
                     on_granted(True)
-                return await self._connect(origin, connect_timeout), False
-            if self._close_one_idle():
+                return await self._connect(key, connect_timeout), False
+            if budget.reclaim():
+                # The closed socket's slot comes back at the next turn of the loop, after the
+                # socket itself is gone: never one more open than the budget, even for a moment.
+                await asyncio.sleep(0)
                 continue
-            # A semaphore's wait: one waiter is woken per freed slot, in order; a woken waiter
-            # that is cancelled passes its turn on, and a cancelled one stays in the queue to be
-            # skipped (no O(n) removal when a fan-out of thousands is cancelled at once).
-            waiter = self.loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_one()
-                raise
+            await budget.wait()
 
     def _close_one_idle(self) -> bool:
         for conns in self._idle.values():
@@ -863,52 +1007,110 @@ class StreamPool:
                 return True
         return False
 
-    async def _connect(self, origin: Origin, connect_timeout: float | None) -> _Connection:
+    async def _connect(self, key: PoolKey, connect_timeout: float | None) -> _Connection:
+        """A new connection for ``key``; the caller took a budget slot for it, which this gives
+        back if connecting fails."""
+        origin, proxy = key
         scheme, host, port = origin
         context = self._context() if scheme == "https" else None
+        peer = (proxy.host, proxy.port) if proxy is not None else (host, port)
         self._connecting += 1
+        sock: socket.socket | None = None
+        reached = False  # the socket to the proxy (or the origin) connected
         try:
             async with asyncio.timeout(connect_timeout):
                 # RFC 8305, as aiohttp's connector does: a name whose first address black-holes
                 # (broken IPv6) still connects through the next within the connect timeout.
                 # aiohappyeyeballs rather than create_connection(happy_eyeballs_delay=...), whose
                 # staggered_race leaks the winning socket when cancelled on Python < 3.12.
-                infos = await self._resolve(host, port)
+                infos = await self._resolve(*peer)
                 if len(infos) == 1:
                     sock = await self._connect_socket(infos[0])
                 else:
                     sock = await aiohappyeyeballs.start_connection(
                         infos, happy_eyeballs_delay=0.25, interleave=1, loop=self.loop
                     )
+                reached = True
+                if proxy is not None and context is not None:
+                    await self._tunnel(sock, proxy, host, port)
+                tunnelled, sock = sock, None  # from here on the transport owns it
                 _, conn = await self.loop.create_connection(
-                    lambda: _Connection(self, origin),
-                    sock=sock,
+                    lambda: _Connection(self, key),
+                    sock=tunnelled,
                     ssl=context,
                     server_hostname=host if context is not None else None,
                 )
         except BaseException as exc:
+            if sock is not None:
+                sock.close()
             self._connecting -= 1
-            self._wake_one()
-            if isinstance(exc, TimeoutError):
-                raise APITimeoutError(
-                    f"timed out connecting to {host}:{port}", phase="connect", request_sent=False
-                ) from exc
-            if isinstance(exc, OSError):
-                message = fd_exhaustion_message(exc) or (
-                    f"connection failed: cannot connect to {host}:{port}: {exc}"
-                )
-                raise APIConnectionError(message, request_sent=False) from exc
-            raise
+            self.budget.give()
+            error = _connect_error(exc, host, port, proxy, reached=reached)
+            if error is exc:
+                raise
+            raise error from exc
         self._connecting -= 1
         if isinstance(self.loop, asyncio.SelectorEventLoop):
-            conn._raw = sock
+            conn._raw = tunnelled
             if context is None:
-                conn._sock = sock
+                conn._sock = tunnelled
         self._open.add(conn)
         if self.closed:
             conn.close()
             raise APIConnectionError("the client is closed", request_sent=False)
         return conn
+
+    async def _tunnel(self, sock: socket.socket, proxy: Proxy, host: str, port: int) -> None:
+        """``CONNECT host:port`` through ``proxy`` on the connected ``sock``; returns once the
+        proxy answered 2xx (the tunnel is open), else raises what its answer means.
+
+        Only the proxy's own headers go in: Host, User-Agent and Proxy-Authorization, never the
+        origin's Authorization.
+        """
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        fields = [("Host", target), ("User-Agent", _USER_AGENT)]
+        authorization = proxy.authorization
+        if authorization is not None:
+            fields.append(("Proxy-Authorization", authorization))
+        await self.loop.sock_sendall(sock, encode_request("CONNECT", target, fields, None))
+        # The head alone is parsed (as a GET's: a CONNECT's 2xx has no body, and the parser
+        # refuses CONNECT for that reason); what a refusal's body says is not needed.
+        parser = ResponseParser(method="GET")
+        received = 0
+        extra = b""
+        while parser.head is None:
+            data = await self.loop.sock_recv(sock, 16 * 1024)
+            if not data:
+                raise APIConnectionError(
+                    f"the proxy {proxy.address} closed the connection instead of answering "
+                    f"CONNECT {target}",
+                    request_sent=False,
+                )
+            received += len(data)
+            if received > _CONNECT_HEAD_LIMIT:
+                raise APIConnectionError(
+                    f"the proxy {proxy.address} answered CONNECT with an oversized head",
+                    request_sent=False,
+                )
+            try:
+                extra = parser.feed(data)
+            except ProtocolError as exc:
+                raise APIConnectionError(
+                    f"the proxy {proxy.address} answered CONNECT {target} with a malformed "
+                    f"response: {exc}",
+                    request_sent=False,
+                ) from exc
+        head = parser.head
+        if not 200 <= head.status < 300:
+            raise proxy_refused(
+                proxy, head.status, head.reason, target=target, headers=dict(head.headers)
+            )
+        if extra:
+            # Nothing may come before our TLS ClientHello: the tunnel cannot be trusted.
+            raise APIConnectionError(
+                f"the proxy {proxy.address} sent data after opening the tunnel to {target}",
+                request_sent=False,
+            )
 
     async def _connect_socket(self, info: AddrInfo) -> socket.socket:
         """A connected socket to one address: no race to run (an IP literal, or a name with one
@@ -967,9 +1169,10 @@ class StreamPool:
         if self.closed:
             conn.close()
             return
-        self._idle.setdefault(conn.origin, []).append(conn)
+        self._idle.setdefault(conn.key, []).append(conn)
         conn.idle(self._keepalive)
-        self._wake_one()
+        # A waiter for this key takes it; any other may close it for the slot.
+        self.budget.wake_one()
 
     def _rest(self, conn: _Connection, interval: float) -> None:
         batch = self._resting.get(interval)
@@ -987,15 +1190,32 @@ class StreamPool:
         if conn not in self._open:
             return
         self._open.discard(conn)
-        idle = self._idle.get(conn.origin)
+        idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
-        self._wake_one()
+        self.budget.give()
 
-    def _wake_one(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+
+def _connect_error(
+    exc: BaseException, host: str, port: int, proxy: Proxy | None, *, reached: bool
+) -> BaseException:
+    """What a failed connect raises: ours as is; a timeout or socket error naming the proxy when
+    there is one (an unreachable proxy is not an unreachable origin). ``reached``: the socket to
+    the proxy (or origin) had connected, so what failed is the tunnel or TLS to the origin."""
+    if isinstance(exc, APIConnectionError | APIError):
+        return exc
+    origin = f"{host}:{port}"
+    if proxy is not None:
+        origin += f" through the proxy {proxy.address}"
+    if isinstance(exc, TimeoutError):
+        return APITimeoutError(
+            f"timed out connecting to {origin}", phase="connect", request_sent=False
+        )
+    if isinstance(exc, OSError):
+        message = fd_exhaustion_message(exc) or (
+            f"connection failed: cannot connect to the proxy {proxy.address}: {exc}"
+            if proxy is not None and not reached
+            else f"connection failed: cannot connect to {origin}: {exc}"
+        )
+        return APIConnectionError(message, request_sent=False)
+    return exc

@@ -7,6 +7,15 @@ rebuilt when that loop is gone; a session the caller passed in is used as is and
 Every request carries its own ``ClientTimeout``. ``Authorization`` goes only to the base URL's
 origin, also across redirects, which we follow ourselves. Error bodies are parsed by a function that
 never raises.
+
+Proxies: each request (each redirect hop) asks ``ProxySettings.select`` for its proxy, and both
+stacks go through the one it names: our stream connections (``StreamPool.request(proxy=)``) and
+aiohttp's (``proxy=``, the credentials in ``proxy_headers`` for a ``CONNECT``, on the request for a
+forwarded plain-http one). A session the caller passed in keeps its own settings.
+
+One connection budget: ``max_connections`` bounds every socket the client opens. Our pool and the
+aiohttp connector we build (``_BudgetConnector``) take their sockets' slots from one
+``ConnectionBudget``; neither has a limit of its own, and nothing here writes aiohttp's attributes.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import json
 import logging
 import time
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,8 +37,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from ._config import RetryPolicy, Secret, Timeouts
-from ._connection import BodySink, NativeResponse, StreamPool, fd_exhaustion_message
+from ._connection import (
+    BodySink,
+    ConnectionBudget,
+    NativeResponse,
+    StreamPool,
+    fd_exhaustion_message,
+)
 from ._ids import job_path, validate_job_id
+from ._proxy import Proxy, ProxySettings, proxy_refused
 from ._ratelimit import active_limiter
 from ._retry import decide_retry, parse_retry_after, server_retry_after
 from ._version import __version__
@@ -79,18 +96,36 @@ def _os_error_of(exc: BaseException) -> OSError | None:
 
 
 @contextmanager
-def map_transport_errors(*, phase: str = "request") -> Iterator[None]:
+def map_transport_errors(*, phase: str = "request", proxy: Proxy | None = None) -> Iterator[None]:
     """Turn aiohttp and socket errors raised inside the block into
-    ``APIConnectionError``/``APITimeoutError``.
+    ``APIConnectionError``/``APITimeoutError`` (a proxy's refusal: see ``proxy_refused``).
 
     ``phase`` ("request" or "read") says whether the request had certainly been sent already, which
-    decides whether a failed POST may be retried (see ``_retry``).
+    decides whether a failed POST may be retried (see ``_retry``). ``proxy``: the proxy the request
+    went through, named in the errors that are its own.
     """
     read_phase = phase == "read"
     try:
         yield
     except InfernetError:
         raise
+    except aiohttp.ClientProxyConnectionError as exc:
+        # Before ClientConnectorError, its base: the proxy is what could not be reached.
+        where = proxy.address if proxy is not None else f"{exc.host}:{exc.port}"
+        message = fd_exhaustion_message(exc.os_error) or (
+            f"connection failed: cannot connect to the proxy {where}: {exc.os_error}"
+        )
+        raise APIConnectionError(message, request_sent=False) from exc
+    except aiohttp.ClientHttpProxyError as exc:
+        # The proxy answered our CONNECT with an error status: nothing reached the origin.
+        if proxy is None:
+            raise APIConnectionError(
+                f"the proxy refused the tunnel: {exc.status} {exc.message}", request_sent=False
+            ) from exc
+        target = f"{exc.request_info.real_url.host}:{exc.request_info.real_url.port}"
+        raise proxy_refused(
+            proxy, exc.status, exc.message, target=target, headers=exc.headers
+        ) from exc
     except aiohttp.ConnectionTimeoutError as exc:
         raise APITimeoutError(
             f"timed out connecting: {exc}", phase="connect", request_sent=False
@@ -258,6 +293,80 @@ async def read_and_release(resp: OpenStream, limit: int = _ERROR_BODY_LIMIT) -> 
     return raw
 
 
+class _BudgetConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, opening its sockets within the client's ``ConnectionBudget``.
+
+    It has no limit of its own: before each new socket it takes a slot of the budget (waiting like
+    a stream would), and the slot comes back when that socket closes (its protocol's ``closed``
+    future). An idle keep-alive socket of its own may be closed for a slot another request needs
+    (``ConnectionBudget.reclaim``); one a request holds never is: ``connect`` (BaseConnector's
+    public coroutine) marks each connection it hands out busy until it is released, with no await
+    between aiohttp taking it from its pool and the mark.
+
+    ``_create_connection`` is the hook ``BaseConnector`` leaves to its subclasses (TCPConnector and
+    UnixConnector implement it); the budget wraps it and reads nothing private. Our attributes
+    are prefixed ``_infernet_`` so none can shadow one of aiohttp's.
+    """
+
+    def __init__(self, budget: ConnectionBudget, **kwargs: Any) -> None:
+        super().__init__(limit=0, **kwargs)
+        self._infernet_budget = budget
+        self._infernet_sockets: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._infernet_busy: weakref.WeakSet[Any] = weakref.WeakSet()
+        budget.add_reclaimer(self._infernet_close_one_idle)
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
+        connection = await super().connect(req, traces, timeout)
+        proto = connection.protocol
+        if proto is not None:
+            self._infernet_busy.add(proto)
+            connection.add_callback(lambda: self._infernet_released(proto))
+        return connection
+
+    def _infernet_released(self, proto: Any) -> None:
+        self._infernet_busy.discard(proto)
+        budget = self._infernet_budget
+        if budget.waiting:
+            budget.wake_one()  # a waiter may close this idle socket for its slot
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
+        budget = self._infernet_budget
+        try:
+            await budget.take()
+        except APIConnectionError as exc:
+            raise aiohttp.ClientConnectionError("Connector is closed.") from exc
+        try:
+            proto = await super()._create_connection(req, traces, timeout)
+        except BaseException:
+            budget.give()
+            raise
+        closed = getattr(proto, "closed", None)
+        if closed is None or closed.done():
+            budget.give()
+        else:
+            self._infernet_sockets.add(proto)
+            closed.add_done_callback(lambda done: self._infernet_socket_closed(proto, done))
+        return proto
+
+    def _infernet_socket_closed(self, proto: Any, done: asyncio.Future[None]) -> None:
+        if not done.cancelled():
+            done.exception()  # retrieved: a lost connection is not an unhandled error
+        if proto in self._infernet_sockets:
+            self._infernet_sockets.discard(proto)
+            self._infernet_budget.give()
+
+    def _infernet_close_one_idle(self) -> bool:
+        busy = self._infernet_busy
+        for proto in list(self._infernet_sockets):
+            transport = proto.transport
+            if proto not in busy and transport is not None and not transport.is_closing():
+                self._infernet_sockets.discard(proto)
+                transport.abort()  # its slot is given back after the abort's close callback
+                self._infernet_budget.give()
+                return True
+        return False
+
+
 async def _loop_sentinel(session: aiohttp.ClientSession, pool: StreamPool) -> AsyncIterator[None]:
     # An async generator parked at its yield is closed by the loop's shutdown_asyncgens(), which
     # asyncio.run() and asyncio.Runner (so pytest-asyncio) call before closing the loop: the one
@@ -276,6 +385,8 @@ class _Binding:
     loop: asyncio.AbstractEventLoop
     session: aiohttp.ClientSession
     pool: StreamPool
+    budget: ConnectionBudget
+    connector: _BudgetConnector
     sentinel: AsyncIterator[None] = field(repr=False)
 
 
@@ -296,8 +407,11 @@ class Transport:
         max_connections: int = 100,
         headers: Mapping[str, str] | None = None,
         max_answer_bytes: int | None = DEFAULT_MAX_ANSWER_BYTES,
+        proxies: ProxySettings | None = None,
     ) -> None:
         self.base_url = base_url
+        # The caller's session keeps its own proxy settings: we pass none to it.
+        self._proxies = proxies if proxies is not None and session is None else ProxySettings()
         self.max_answer_bytes = max_answer_bytes
         self._base = URL(base_url)
         self._token = token
@@ -352,18 +466,17 @@ class Transport:
             # the session.
             self._stale.append(binding)
         self._stale = [b for b in self._stale if not b.loop.is_closed()]
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            ssl=self._ssl if self._ssl is not None else True,
-        )
+        # One budget for both stacks: max_connections bounds every socket the client opens.
+        budget = ConnectionBudget(loop, self._max_connections)
+        pool = StreamPool(loop, ssl=self._ssl, budget=budget)
+        connector = _BudgetConnector(budget, ssl=self._ssl if self._ssl is not None else True)
         session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        pool = StreamPool(loop, ssl=self._ssl, limit=self._max_connections)
         sentinel = _loop_sentinel(session, pool)
-        self._binding = _Binding(loop, session, pool, sentinel)
+        self._binding = _Binding(loop, session, pool, budget, connector, sentinel)
         await anext(sentinel)
         logger.debug("created an aiohttp session for loop %#x", id(loop))
         return session
@@ -380,6 +493,7 @@ class Transport:
         except RuntimeError:  # pragma: no cover - aclose is a coroutine, so a loop runs
             running = None
         if binding.loop is running:
+            binding.budget.closed = True
             binding.pool.close()
             try:
                 await binding.session.close()
@@ -395,6 +509,16 @@ class Transport:
         # Paths are built by the client from validated, quoted parts; ``encoded=True`` keeps
         # %-escapes as sent.
         return URL(self.base_url + path, encoded=True)
+
+    def proxy_for(self, url: URL) -> Proxy | None:
+        """The proxy a request to ``url`` goes through (see ``_proxy``); none on a caller's
+        session, which keeps its own settings."""
+        if not self._proxies.enabled:
+            return None
+        try:
+            return self._proxies.select(url.scheme, url.raw_host or "", url.port)
+        except ValueError as exc:
+            raise APIConnectionError(str(exc), request_sent=False) from None
 
     def _headers(
         self, url: URL, extra: Mapping[str, str] | None, *, auth: bool = True
@@ -437,14 +561,16 @@ class Transport:
         one (its wait for a free connection is the client's), on aiohttp's before it is asked.
         """
         session = await self.session()
-        native = stream and self._binding is not None and self._caller_session is None
+        binding = self._binding if self._caller_session is None else None
+        native = stream and binding is not None
         timeout = None if native else self._client_timeout(stream=stream)
         for _ in range(_MAX_REDIRECTS + 1):
             started = time.monotonic()
+            proxy = self.proxy_for(url)
             resp: aiohttp.ClientResponse | NativeResponse
             if native:
-                assert self._binding is not None
-                resp = await self._binding.pool.request(
+                assert binding is not None
+                resp = await binding.pool.request(
                     method,
                     url,
                     headers=self._headers(url, headers, auth=auth),
@@ -453,6 +579,7 @@ class Transport:
                     connect_timeout=self.timeouts.connect,
                     read_timeout=self.timeouts.read,
                     on_send=on_send,
+                    proxy=proxy,
                 )
             else:
                 kwargs: dict[str, Any] = {
@@ -466,9 +593,18 @@ class Transport:
                     kwargs["params"] = params
                 if self._ssl is not None:
                     kwargs["ssl"] = self._ssl
+                if proxy is not None:
+                    kwargs["proxy"] = proxy.url
+                    authorization = proxy.authorization
+                    if authorization is not None and url.scheme == "https":
+                        # Into the CONNECT only (aiohttp's proxy_auth is deprecated).
+                        kwargs["proxy_headers"] = {"Proxy-Authorization": authorization}
+                    elif authorization is not None:
+                        # A forwarded request carries the proxy's credentials itself.
+                        kwargs["headers"]["Proxy-Authorization"] = authorization
                 if on_send is not None:
                     on_send(True)
-                with map_transport_errors(phase="request"):
+                with map_transport_errors(phase="request", proxy=proxy):
                     resp = await session.request(method, url, **kwargs)
             logger.debug(
                 "%s %s -> %s in %.0f ms",
@@ -477,6 +613,18 @@ class Transport:
                 resp.status,
                 (time.monotonic() - started) * 1000,
             )
+            if resp.status == 407 and proxy is not None:
+                # The proxy's answer to a plain-http request it would have forwarded: its own
+                # error, named as such, not the origin's.
+                reason = resp.reason
+                resp.close()
+                raise proxy_refused(
+                    proxy,
+                    407,
+                    reason or "",
+                    target=url.host_port_subcomponent or "",
+                    headers=resp.headers,
+                )
             if resp.status in _REDIRECT_STATUSES and "Location" in resp.headers:
                 if isinstance(resp, NativeResponse):
                     await read_and_release(resp)  # the connection serves again
@@ -611,14 +759,9 @@ class Transport:
             return connector.limit if connector is not None else limit
         self._max_connections = max(self._max_connections, limit)
         binding = self._binding
-        if binding is not None and not binding.pool.closed:
-            binding.pool.set_limit(max(binding.pool.limit, self._max_connections))
-        if binding is not None and not binding.session.closed:
-            connector = binding.session.connector
-            if connector is not None and 0 < connector.limit < self._max_connections:
-                # aiohttp has no public setter for a live pool's limit; the session stays, with its
-                # keep-alive connections, instead of being rebuilt.
-                connector._limit = self._max_connections
+        if binding is not None:
+            # One budget for both stacks, so growing it grows what aiohttp may open too.
+            binding.budget.set_limit(max(binding.budget.limit, self._max_connections))
         return self._max_connections
 
     async def _with_retries(
