@@ -43,6 +43,7 @@ from .events import (
     Token,
     TokenDecoder,
 )
+from .hooks import RequestEvent, ResponseEvent
 from .models import (
     ChatRequest,
     Job,
@@ -96,6 +97,8 @@ __all__ = [
     "RateLimitError",
     "RateLimitState",
     "RateLimiter",
+    "RequestEvent",
+    "ResponseEvent",
     "Restart",
     "RetryPolicy",
     "Routing",

@@ -64,6 +64,7 @@ from .errors import (
     NotSupportedError,
     SurfaceNotServedError,
 )
+from .hooks import RequestHook, ResponseHook
 from .models import (
     JOB_ADAPTER,
     JOB_LIST_ADAPTER,
@@ -148,6 +149,14 @@ class InfernetClient(AsyncResource):
             case, lower case first) when ``proxy`` is not given, as curl, requests and httpx do;
             loopback hosts never go through them. ``False``: connect directly unless ``proxy``
             says otherwise.
+        on_request: called with a ``RequestEvent`` (method, URL without userinfo, attempt) as
+            each attempt of each request starts, retries included, JSON requests and streams,
+            on the client's connections or on ``session``.
+        on_response: called once per attempt with a ``ResponseEvent``: its status (``None``
+            when no response came), the seconds from sending to the response's head, and the
+            error's class name if the attempt failed. Both hooks are synchronous and run on the
+            event loop, so they must be quick; an exception in one is logged and ignored. They
+            never see the token. See ``infernet_async.hooks``.
 
     Raises:
         ValueError: a malformed base URL or ``api``, a token that would travel unencrypted
@@ -171,6 +180,8 @@ class InfernetClient(AsyncResource):
         max_answer_bytes: int | None = DEFAULT_MAX_ANSWER_BYTES,
         proxy: str | None = None,
         trust_env: bool = True,
+        on_request: RequestHook | None = None,
+        on_response: ResponseHook | None = None,
     ) -> None:
         self._state = _State.UNOPENED
         self.base_url, root = resolve_base_url(base_url)
@@ -230,6 +241,8 @@ class InfernetClient(AsyncResource):
             headers=headers,
             max_answer_bytes=max_answer_bytes,
             proxies=proxies,
+            on_request=on_request,
+            on_response=on_response,
         )
         self._entered = False
         self._streams: weakref.WeakSet[TokenStream] = weakref.WeakSet()
@@ -285,7 +298,7 @@ class InfernetClient(AsyncResource):
             raise RuntimeError("this InfernetClient is already open in an 'async with' block")
         self._entered = True
         self._state = _State.OPENED
-        await self._transport.session()
+        await self._transport.bind()
         return self
 
     async def aclose(self) -> None:

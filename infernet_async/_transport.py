@@ -1,9 +1,11 @@
 """HTTP over aiohttp: the session, one request with timeouts and redirects, retries, and error
 mapping.
 
-Rules: this is the only module outside the devserver that imports aiohttp, and no aiohttp exception
-leaves it (``map_transport_errors``). The session we own is created inside the running loop and
-rebuilt when that loop is gone; a session the caller passed in is used as is and never closed by us.
+Rules: this module and ``_aiohttp_stack`` (which it imports on first use, so that importing the
+package and streaming on our own connections never load aiohttp) are the only ones outside the
+devserver that use aiohttp, and no aiohttp exception leaves them (``map_transport_errors``). The
+session we own is created inside the running loop, at its first JSON request, and rebuilt when that
+loop is gone; a session the caller passed in is used as is and never closed by us.
 Every request carries its own ``ClientTimeout``. ``Authorization`` goes only to the base URL's
 origin, also across redirects, which we follow ourselves. Error bodies are parsed by a function that
 never raises.
@@ -14,7 +16,7 @@ aiohttp's (``proxy=``, the credentials in ``proxy_headers`` for a ``CONNECT``, o
 forwarded plain-http one). A session the caller passed in keeps its own settings.
 
 One connection budget: ``max_connections`` bounds every socket the client opens. Our pool and the
-aiohttp connector we build (``_BudgetConnector``) take their sockets' slots from one
+aiohttp connector we build (``_aiohttp_stack.BudgetConnector``) take their sockets' slots from one
 ``ConnectionBudget``; neither has a limit of its own, and nothing here writes aiohttp's attributes.
 """
 
@@ -23,17 +25,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 import warnings
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from ssl import SSLContext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
-from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from ._config import RetryPolicy, Secret, Timeouts
@@ -57,6 +56,12 @@ from .errors import (
     RateLimitError,
     error_for_response,
 )
+from .hooks import RequestEvent, RequestHook, ResponseEvent, ResponseHook
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from ._aiohttp_stack import BudgetConnector
 
 __all__ = [
     "DEFAULT_MAX_ANSWER_BYTES",
@@ -87,14 +92,6 @@ _JSON_BODY_LIMIT = 32 * 1024 * 1024
 DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
-def _os_error_of(exc: BaseException) -> OSError | None:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return exc.os_error
-    if isinstance(exc, OSError):
-        return exc
-    return None
-
-
 @contextmanager
 def map_transport_errors(*, phase: str = "request", proxy: Proxy | None = None) -> Iterator[None]:
     """Turn aiohttp and socket errors raised inside the block into
@@ -109,70 +106,31 @@ def map_transport_errors(*, phase: str = "request", proxy: Proxy | None = None) 
         yield
     except InfernetError:
         raise
-    except aiohttp.ClientProxyConnectionError as exc:
-        # Before ClientConnectorError, its base: the proxy is what could not be reached.
-        where = proxy.address if proxy is not None else f"{exc.host}:{exc.port}"
-        message = fd_exhaustion_message(exc.os_error) or (
-            f"connection failed: cannot connect to the proxy {where}: {exc.os_error}"
-        )
-        raise APIConnectionError(message, request_sent=False) from exc
-    except aiohttp.ClientHttpProxyError as exc:
-        # The proxy answered our CONNECT with an error status: nothing reached the origin.
-        if proxy is None:
-            raise APIConnectionError(
-                f"the proxy refused the tunnel: {exc.status} {exc.message}", request_sent=False
-            ) from exc
-        target = f"{exc.request_info.real_url.host}:{exc.request_info.real_url.port}"
-        raise proxy_refused(
-            proxy, exc.status, exc.message, target=target, headers=exc.headers
-        ) from exc
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise APITimeoutError(
-            f"timed out connecting: {exc}", phase="connect", request_sent=False
-        ) from exc
-    except aiohttp.SocketTimeoutError as exc:
-        raise APITimeoutError(
-            "timed out waiting for data from the server (read timeout)",
-            phase="read",
-            request_sent=True,
-        ) from exc
-    except aiohttp.ServerTimeoutError as exc:
-        raise APITimeoutError(f"timed out: {exc}", phase="read", request_sent=None) from exc
-    except aiohttp.ClientConnectorError as exc:
-        # Raised while establishing the connection: nothing of the request left this process.
-        message = fd_exhaustion_message(exc.os_error) or f"connection failed: {exc}"
-        raise APIConnectionError(message, request_sent=False) from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise APIConnectionError(
-            "the server closed the connection before answering"
-            if not read_phase
-            else "the server closed the connection mid-response",
-            request_sent=True if read_phase else None,
-        ) from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise APIConnectionError(
-            f"the response body was cut off: {exc}", request_sent=True
-        ) from exc
-    except HttpProcessingError as exc:
-        # A malformed body (broken chunk framing, say) read through aiohttp's pure-Python parser
-        # raises its parser error itself, which is not a ClientError.
-        raise APIConnectionError(
-            f"the response is malformed: {exc.message}", request_sent=True if read_phase else None
-        ) from exc
-    except aiohttp.ClientError as exc:
-        os_error = _os_error_of(exc)
-        message = (fd_exhaustion_message(os_error) if os_error is not None else None) or (
-            f"connection error: {type(exc).__name__}: {exc}"
-        )
-        raise APIConnectionError(message, request_sent=True if read_phase else None) from exc
-    except TimeoutError as exc:
+    except Exception as exc:
+        mapped = _mapped_error(exc, read_phase=read_phase, proxy=proxy)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def _mapped_error(exc: Exception, *, read_phase: bool, proxy: Proxy | None) -> InfernetError | None:
+    """The error of ours ``exc`` stands for, or ``None`` if it is none we map."""
+    if "aiohttp" in sys.modules:
+        # Without aiohttp loaded no aiohttp error exists, and none is imported for nothing.
+        from ._aiohttp_stack import map_aiohttp_error
+
+        mapped = map_aiohttp_error(exc, read_phase=read_phase, proxy=proxy)
+        if mapped is not None:
+            return mapped
+    if isinstance(exc, TimeoutError):
         # aiohttp's ClientTimeout(total=...) raises a bare asyncio.TimeoutError.
-        raise APITimeoutError(
+        return APITimeoutError(
             "the request exceeded its total timeout", phase="total", request_sent=None
-        ) from exc
-    except OSError as exc:
+        )
+    if isinstance(exc, OSError):
         message = fd_exhaustion_message(exc) or f"connection error: {exc}"
-        raise APIConnectionError(message, request_sent=True if read_phase else None) from exc
+        return APIConnectionError(message, request_sent=True if read_phase else None)
+    return None
 
 
 def parse_error_response(
@@ -293,81 +251,7 @@ async def read_and_release(resp: OpenStream, limit: int = _ERROR_BODY_LIMIT) -> 
     return raw
 
 
-class _BudgetConnector(aiohttp.TCPConnector):
-    """aiohttp's connector, opening its sockets within the client's ``ConnectionBudget``.
-
-    It has no limit of its own: before each new socket it takes a slot of the budget (waiting like
-    a stream would), and the slot comes back when that socket closes (its protocol's ``closed``
-    future). An idle keep-alive socket of its own may be closed for a slot another request needs
-    (``ConnectionBudget.reclaim``); one a request holds never is: ``connect`` (BaseConnector's
-    public coroutine) marks each connection it hands out busy until it is released, with no await
-    between aiohttp taking it from its pool and the mark.
-
-    ``_create_connection`` is the hook ``BaseConnector`` leaves to its subclasses (TCPConnector and
-    UnixConnector implement it); the budget wraps it and reads nothing private. Our attributes
-    are prefixed ``_infernet_`` so none can shadow one of aiohttp's.
-    """
-
-    def __init__(self, budget: ConnectionBudget, **kwargs: Any) -> None:
-        super().__init__(limit=0, **kwargs)
-        self._infernet_budget = budget
-        self._infernet_sockets: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._infernet_busy: weakref.WeakSet[Any] = weakref.WeakSet()
-        budget.add_reclaimer(self._infernet_close_one_idle)
-
-    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
-        connection = await super().connect(req, traces, timeout)
-        proto = connection.protocol
-        if proto is not None:
-            self._infernet_busy.add(proto)
-            connection.add_callback(lambda: self._infernet_released(proto))
-        return connection
-
-    def _infernet_released(self, proto: Any) -> None:
-        self._infernet_busy.discard(proto)
-        budget = self._infernet_budget
-        if budget.waiting:
-            budget.wake_one()  # a waiter may close this idle socket for its slot
-
-    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
-        budget = self._infernet_budget
-        try:
-            await budget.take()
-        except APIConnectionError as exc:
-            raise aiohttp.ClientConnectionError("Connector is closed.") from exc
-        try:
-            proto = await super()._create_connection(req, traces, timeout)
-        except BaseException:
-            budget.give()
-            raise
-        closed = getattr(proto, "closed", None)
-        if closed is None or closed.done():
-            budget.give()
-        else:
-            self._infernet_sockets.add(proto)
-            closed.add_done_callback(lambda done: self._infernet_socket_closed(proto, done))
-        return proto
-
-    def _infernet_socket_closed(self, proto: Any, done: asyncio.Future[None]) -> None:
-        if not done.cancelled():
-            done.exception()  # retrieved: a lost connection is not an unhandled error
-        if proto in self._infernet_sockets:
-            self._infernet_sockets.discard(proto)
-            self._infernet_budget.give()
-
-    def _infernet_close_one_idle(self) -> bool:
-        busy = self._infernet_busy
-        for proto in list(self._infernet_sockets):
-            transport = proto.transport
-            if proto not in busy and transport is not None and not transport.is_closing():
-                self._infernet_sockets.discard(proto)
-                transport.abort()  # its slot is given back after the abort's close callback
-                self._infernet_budget.give()
-                return True
-        return False
-
-
-async def _loop_sentinel(session: aiohttp.ClientSession, pool: StreamPool) -> AsyncIterator[None]:
+async def _loop_sentinel(binding: _Binding) -> AsyncIterator[None]:
     # An async generator parked at its yield is closed by the loop's shutdown_asyncgens(), which
     # asyncio.run() and asyncio.Runner (so pytest-asyncio) call before closing the loop: the one
     # hook we get to close the session inside its own loop when the caller never called aclose(). No
@@ -375,19 +259,43 @@ async def _loop_sentinel(session: aiohttp.ClientSession, pool: StreamPool) -> As
     try:
         yield
     finally:
-        pool.close()
-        if not session.closed:
+        binding.ended = True
+        binding.pool.close()
+        session = binding.session
+        if session is not None and not session.closed:
             await session.close()
 
 
-@dataclass
 class _Binding:
-    loop: asyncio.AbstractEventLoop
-    session: aiohttp.ClientSession
-    pool: StreamPool
-    budget: ConnectionBudget
-    connector: _BudgetConnector
-    sentinel: AsyncIterator[None] = field(repr=False)
+    """What the client owns in one loop: our stream pool and the one connection budget, and
+    aiohttp's session (with its connector) once a request needs it: a stream on our connections
+    never loads aiohttp."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        budget: ConnectionBudget,
+        ssl: SSLContext | bool | None,
+    ) -> None:
+        self.loop = loop
+        self.budget = budget
+        self.pool = StreamPool(loop, ssl=ssl, budget=budget)
+        self.session: aiohttp.ClientSession | None = None
+        self.connector: BudgetConnector | None = None
+        self.ended = False  # the sentinel has run: rebuilt at the next request
+        self._ssl = ssl
+        self.sentinel = _loop_sentinel(self)
+
+    def http_session(self) -> aiohttp.ClientSession:
+        """Our aiohttp session in this loop, built (and aiohttp imported) on first use."""
+        session = self.session
+        if session is None:
+            from ._aiohttp_stack import new_session
+
+            session, self.connector = new_session(self.budget, self._ssl)
+            self.session = session
+            logger.debug("created an aiohttp session for loop %#x", id(self.loop))
+        return session
 
 
 class Transport:
@@ -408,8 +316,12 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         max_answer_bytes: int | None = DEFAULT_MAX_ANSWER_BYTES,
         proxies: ProxySettings | None = None,
+        on_request: RequestHook | None = None,
+        on_response: ResponseHook | None = None,
     ) -> None:
         self.base_url = base_url
+        self._on_request = on_request
+        self._on_response = on_response
         # The caller's session keeps its own proxy settings: we pass none to it.
         self._proxies = proxies if proxies is not None and session is None else ProxySettings()
         self.max_answer_bytes = max_answer_bytes
@@ -452,34 +364,35 @@ class Transport:
         return self._caller_session is not None or self._binding is not None
 
     async def session(self) -> aiohttp.ClientSession:
-        """The session to use in the running loop, created (or rebuilt for a new loop) on demand."""
+        """The aiohttp session to use in the running loop, created (or rebuilt for a new loop) on
+        demand."""
+        binding = await self.bind()
+        if binding is None:
+            assert self._caller_session is not None
+            return self._caller_session
+        return binding.http_session()
+
+    async def bind(self) -> _Binding | None:
+        """Our pool and budget for the running loop, created (or rebuilt for a new loop) on demand;
+        ``None`` on a caller's session. aiohttp is not loaded here (see ``session``)."""
         if self._closed:
             raise APIConnectionError("the client is closed", request_sent=False)
         if self._caller_session is not None:
-            return self._caller_session
+            return None
         loop = asyncio.get_running_loop()
         binding = self._binding
-        if binding is not None and binding.loop is loop and not binding.session.closed:
-            return binding.session
+        if binding is not None and binding.loop is loop and not binding.ended:
+            return binding
         if binding is not None and binding.loop is not loop and not binding.loop.is_closed():
             # That loop still runs (another thread, or a loop not closed yet): its shutdown closes
             # the session.
             self._stale.append(binding)
         self._stale = [b for b in self._stale if not b.loop.is_closed()]
         # One budget for both stacks: max_connections bounds every socket the client opens.
-        budget = ConnectionBudget(loop, self._max_connections)
-        pool = StreamPool(loop, ssl=self._ssl, budget=budget)
-        connector = _BudgetConnector(budget, ssl=self._ssl if self._ssl is not None else True)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        sentinel = _loop_sentinel(session, pool)
-        self._binding = _Binding(loop, session, pool, budget, connector, sentinel)
-        await anext(sentinel)
-        logger.debug("created an aiohttp session for loop %#x", id(loop))
-        return session
+        binding = _Binding(loop, ConnectionBudget(loop, self._max_connections), self._ssl)
+        self._binding = binding
+        await anext(binding.sentinel)
+        return binding
 
     async def aclose(self) -> None:
         """Close the session we own in this loop, for good; a caller's session is left alone.
@@ -496,7 +409,8 @@ class Transport:
             binding.budget.closed = True
             binding.pool.close()
             try:
-                await binding.session.close()
+                if binding.session is not None:
+                    await binding.session.close()
             finally:
                 # Finishing the sentinel here keeps it out of the loop's shutdown list.
                 await asyncio.shield(_close_sentinel(binding.sentinel))
@@ -533,6 +447,8 @@ class Transport:
         return headers
 
     def _client_timeout(self, *, stream: bool) -> aiohttp.ClientTimeout:
+        import aiohttp  # loaded already: only a request on an aiohttp session asks
+
         t = self.timeouts
         # Streams: no aiohttp total (our own deadline covers the whole stream, and aiohttp's default
         # 300 s equals the server's job limit); sock_read is the idle timeout, which heartbeats
@@ -560,9 +476,11 @@ class Transport:
         ``on_send(True)`` as each request goes out: on our own connections once the pool has given
         one (its wait for a free connection is the client's), on aiohttp's before it is asked.
         """
-        session = await self.session()
-        binding = self._binding if self._caller_session is None else None
+        binding = await self.bind()
         native = stream and binding is not None
+        session: aiohttp.ClientSession | None = None
+        if not native:
+            session = binding.http_session() if binding is not None else self._caller_session
         timeout = None if native else self._client_timeout(stream=stream)
         for _ in range(_MAX_REDIRECTS + 1):
             started = time.monotonic()
@@ -604,6 +522,7 @@ class Transport:
                         kwargs["headers"]["Proxy-Authorization"] = authorization
                 if on_send is not None:
                     on_send(True)
+                assert session is not None
                 with map_transport_errors(phase="request", proxy=proxy):
                     resp = await session.request(method, url, **kwargs)
             logger.debug(
@@ -783,7 +702,13 @@ class Transport:
         each attempt go out (True) and each wait before a retry begin (False)."""
         url = self.url(path)
         attempt = 0
+        hooked = self._on_request is not None or self._on_response is not None
         while True:
+            hook: _AttemptHook | None = None
+            send_listener = on_send
+            if hooked:
+                hook = _AttemptHook(self, method, url, params, attempt + 1, stream, on_send)
+                send_listener = hook.sent
             try:
                 resp = await self._send_limited(
                     method,
@@ -793,19 +718,25 @@ class Transport:
                     headers=headers,
                     stream=stream,
                     retry=attempt > 0,
-                    on_send=on_send,
+                    on_send=send_listener,
                     auth=auth,
                     quiet_429_wait=quiet_429_wait,
                 )
+                if hook is not None:
+                    hook.ended(resp.status, None)
                 if not read_body:
                     return resp, b""
-                assert isinstance(resp, aiohttp.ClientResponse)
+                assert not isinstance(resp, NativeResponse)
                 try:
                     with map_transport_errors(phase="read"):
                         return resp, await _read_capped(resp, _JSON_BODY_LIMIT)
                 finally:
                     resp.release()
-            except (APIError, APIConnectionError) as exc:
+            except BaseException as exc:
+                if hook is not None and not hook.done:
+                    hook.ended(exc.status if isinstance(exc, APIError) else None, exc)
+                if not isinstance(exc, (APIError, APIConnectionError)):
+                    raise
                 if self._closed:
                     raise  # the client closed under the request: nothing to retry on
                 attempt += 1
@@ -894,6 +825,80 @@ class Transport:
             quiet_429_wait=quiet_429_wait,
         )
         return resp if isinstance(resp, NativeResponse) else StreamResponse(resp)
+
+
+class _AttemptHook:
+    """One attempt's calls to the client's hooks (see ``hooks``): ``on_request`` at once,
+    ``on_response`` once, at the response's head or the attempt's failure. A hook's exception is
+    logged, never raised."""
+
+    __slots__ = (
+        "_listener",
+        "_method",
+        "_on_response",
+        "_sent",
+        "_stream",
+        "_url",
+        "attempt",
+        "done",
+    )
+
+    def __init__(
+        self,
+        transport: Transport,
+        method: str,
+        url: URL,
+        params: Mapping[str, str] | None,
+        attempt: int,
+        stream: bool,
+        listener: SendListener | None,
+    ) -> None:
+        if params:
+            url = url.update_query(params)
+        # No userinfo, and the token redacted should a query carry it.
+        self._url = transport.redact(str(url.with_user(None)))
+        self._method = method
+        self._stream = stream
+        self._listener = listener
+        self._on_response = transport._on_response
+        self._sent: float | None = None
+        self.attempt = attempt
+        self.done = False
+        on_request = transport._on_request
+        if on_request is not None:
+            _call_hook(on_request, RequestEvent(method, self._url, attempt, stream))
+
+    def sent(self, sending: bool) -> None:
+        """The ``SendListener`` of the attempt: notes when its request first goes out, and
+        passes every call on to the caller's listener."""
+        if sending and self._sent is None:
+            self._sent = time.monotonic()
+        if self._listener is not None:
+            self._listener(sending)
+
+    def ended(self, status: int | None, exc: BaseException | None) -> None:
+        self.done = True
+        on_response = self._on_response
+        if on_response is None:
+            return
+        elapsed = time.monotonic() - self._sent if self._sent is not None else 0.0
+        event = ResponseEvent(
+            self._method,
+            self._url,
+            self.attempt,
+            self._stream,
+            status,
+            elapsed,
+            type(exc).__name__ if exc is not None else None,
+        )
+        _call_hook(on_response, event)
+
+
+def _call_hook(hook: Callable[[Any], None], event: RequestEvent | ResponseEvent) -> None:
+    try:
+        hook(event)
+    except Exception:
+        logger.warning("the %s hook %r raised; ignored", type(event).__name__, hook, exc_info=True)
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -331,9 +331,9 @@ def connections_in_use(client: InfernetClient) -> int:
     # counter of its busy connections.
     binding = client._transport._binding
     assert binding is not None
-    connector = binding.session.connector
-    assert connector is not None
-    return binding.pool.in_use + len(connector._acquired)  # type: ignore[attr-defined]
+    connector = binding.connector  # None until a JSON request needs aiohttp
+    acquired = len(connector._acquired) if connector is not None else 0  # type: ignore[attr-defined]
+    return binding.pool.in_use + acquired
 
 
 def peak_overlap(records: list[StreamRecord]) -> int:

@@ -16,6 +16,7 @@ PUBLIC_MODULES = [
     "infernet_async.devserver",
     "infernet_async.errors",
     "infernet_async.events",
+    "infernet_async.hooks",
     "infernet_async.models",
     "infernet_async.relay",
     "infernet_async.sse",
