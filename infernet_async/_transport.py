@@ -168,19 +168,23 @@ def _origin(url: URL) -> tuple[str, str, int | None]:
 
 
 class StreamResponse:
-    """An open streaming response: raw chunks via ``iter_any()``, and a synchronous ``close()``.
+    """An open response on aiohttp (JSON requests, or a caller's session), with the interface of
+    ``NativeResponse`` (our own connections): ``pump``, ``read_all``, ``read_at_intervals``,
+    ``finish``, a synchronous ``close()``; the retries and the stream loop never ask which one
+    they hold. Raw chunks come via ``iter_any()``.
 
     ``close()`` closes the connection (not a keep-alive release: the body was not read to its end),
     so the server sees the disconnect at once and the pool slot is free immediately. It is safe
     after the loop has closed.
     """
 
-    __slots__ = ("_chunks", "_resp", "headers", "status", "url")
+    __slots__ = ("_chunks", "_resp", "headers", "reason", "status", "url")
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
         self._chunks = resp.content.iter_any()
         self.status = resp.status
+        self.reason = resp.reason
         self.headers: Mapping[str, str] = resp.headers
         self.url = str(resp.url)
 
@@ -214,8 +218,20 @@ class StreamResponse:
                 return True
 
     async def read_all(self, limit: int = _ERROR_BODY_LIMIT) -> bytes:
-        with map_transport_errors(phase="read"):
-            return await self._resp.content.read(limit)
+        """Up to ``limit`` bytes of a short body (an error, a redirect, a job object); a body
+        cut short still says what it can, as on our own connections."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while size < limit:
+                chunk = await self.read_chunk()
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+        except APIConnectionError:
+            pass
+        return b"".join(parts)[:limit]
 
     def close(self) -> None:
         self._resp.close()
@@ -470,7 +486,7 @@ class Transport:
         stream: bool,
         on_send: SendListener | None = None,
         auth: bool = True,
-    ) -> aiohttp.ClientResponse | NativeResponse:
+    ) -> OpenStream:
         """One request, redirects followed by hand; an error status becomes an ``APIError`` (body
         read). Streams go over our own connections unless the session is the caller's.
         ``on_send(True)`` as each request goes out: on our own connections once the pool has given
@@ -485,7 +501,7 @@ class Transport:
         for _ in range(_MAX_REDIRECTS + 1):
             started = time.monotonic()
             proxy = self.proxy_for(url)
-            resp: aiohttp.ClientResponse | NativeResponse
+            resp: OpenStream
             if native:
                 assert binding is not None
                 resp = await binding.pool.request(
@@ -524,7 +540,7 @@ class Transport:
                     on_send(True)
                 assert session is not None
                 with map_transport_errors(phase="request", proxy=proxy):
-                    resp = await session.request(method, url, **kwargs)
+                    resp = StreamResponse(await session.request(method, url, **kwargs))
             logger.debug(
                 "%s %s -> %s in %.0f ms",
                 method,
@@ -545,10 +561,7 @@ class Transport:
                     headers=resp.headers,
                 )
             if resp.status in _REDIRECT_STATUSES and "Location" in resp.headers:
-                if isinstance(resp, NativeResponse):
-                    await read_and_release(resp)  # the connection serves again
-                else:
-                    resp.close()
+                await read_and_release(resp)  # the connection serves again
                 location = resp.headers["Location"]
                 try:
                     target = url.join(URL(location))
@@ -573,18 +586,9 @@ class Transport:
             return resp
         raise APIError(f"more than {_MAX_REDIRECTS} redirects", status=310)
 
-    async def _raise_for_status(self, resp: aiohttp.ClientResponse | NativeResponse) -> None:
-        if isinstance(resp, NativeResponse):
-            # A whole error body leaves the connection reusable: a fan-out's 429s cost no sockets.
-            raw = await read_and_release(resp)
-        else:
-            try:
-                with map_transport_errors(phase="read"):
-                    raw = await resp.content.read(_ERROR_BODY_LIMIT)
-            except APIConnectionError:
-                raw = b""
-            finally:
-                resp.close()
+    async def _raise_for_status(self, resp: OpenStream) -> None:
+        # A whole error body leaves the connection reusable: a fan-out's 429s cost no sockets.
+        raw = await read_and_release(resp)
         raise self.redacted(parse_error_response(resp.status, raw, resp.headers))
 
     def redact(self, text: str) -> str:
@@ -615,7 +619,7 @@ class Transport:
         on_send: SendListener | None = None,
         auth: bool = True,
         quiet_429_wait: float | None = None,
-    ) -> aiohttp.ClientResponse | NativeResponse:
+    ) -> OpenStream:
         """``_send_once`` under the rate limiter of the current fan-out worker, if there is one.
 
         The limiter waits before the request (pacing, a 429 pause, a model's no_capacity backoff)
@@ -696,7 +700,7 @@ class Transport:
         on_send: SendListener | None = None,
         auth: bool = True,
         quiet_429_wait: float | None = None,
-    ) -> tuple[aiohttp.ClientResponse | NativeResponse, bytes]:
+    ) -> tuple[OpenStream, bytes]:
         """Send with retries; with ``read_body`` the body is read inside the retried block too, so
         a GET whose body is cut off is retried like one that failed earlier. ``on_send`` hears
         each attempt go out (True) and each wait before a retry begin (False)."""
@@ -726,12 +730,7 @@ class Transport:
                     hook.ended(resp.status, None)
                 if not read_body:
                     return resp, b""
-                assert not isinstance(resp, NativeResponse)
-                try:
-                    with map_transport_errors(phase="read"):
-                        return resp, await _read_capped(resp, _JSON_BODY_LIMIT)
-                finally:
-                    resp.release()
+                return resp, await read_capped(resp, _JSON_BODY_LIMIT)
             except BaseException as exc:
                 if hook is not None and not hook.done:
                     hook.ended(exc.status if isinstance(exc, APIError) else None, exc)
@@ -824,7 +823,7 @@ class Transport:
             auth=auth,
             quiet_429_wait=quiet_429_wait,
         )
-        return resp if isinstance(resp, NativeResponse) else StreamResponse(resp)
+        return resp
 
 
 class _AttemptHook:
@@ -901,19 +900,31 @@ def _call_hook(hook: Callable[[Any], None], event: RequestEvent | ResponseEvent)
         logger.warning("the %s hook %r raised; ignored", type(event).__name__, hook, exc_info=True)
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or an ``APIError`` (not retried) as soon as it grows past ``limit`` bytes."""
+async def read_capped(resp: OpenStream, limit: int) -> bytes:
+    """The whole body, or an ``APIError`` (not retried) as soon as it grows past ``limit`` bytes;
+    the connection is given back when the body ended, closed otherwise."""
     parts: list[bytes] = []
     size = 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            resp.close()  # the rest is never read: the connection cannot be reused
-            raise APIError(
-                f"the server's answer is larger than {limit} bytes; refusing to read it",
-                status=resp.status,
-            )
-        parts.append(chunk)
+
+    def collect(data: bytes) -> bool:
+        nonlocal size
+        parts.append(data)
+        size += len(data)
+        return True  # back to the loop after each piece, to check the size
+
+    try:
+        while await resp.pump(collect) and size <= limit:
+            pass
+    except BaseException:
+        resp.close()
+        raise
+    if size > limit:
+        resp.close()  # the rest is never read: the connection cannot be reused
+        raise APIError(
+            f"the server's answer is larger than {limit} bytes; refusing to read it",
+            status=resp.status,
+        )
+    resp.finish()
     return b"".join(parts)
 
 
