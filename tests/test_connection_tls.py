@@ -478,3 +478,73 @@ async def test_the_request_line_and_body_are_what_the_server_reads() -> None:
     assert values["content-type"] == "application/json"
     assert int(values["content-length"]) == len(body)
     assert json.loads(body)["model"] == MODEL
+
+
+_CA_FILE_CLIENT = """
+import asyncio, sys
+from infernet_async import InfernetClient
+
+async def main() -> None:
+    async with InfernetClient(sys.argv[1], token="tok-ca-file", api="jobs") as client:
+        models = [m.id for m in await client.list_models()]  # aiohttp
+        async with client.stream_job("job_1") as stream:  # our own connections
+            text = await stream.final_text()
+    print(models, text)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "SSL_CERT_DIR", "none"])
+async def test_a_ca_from_the_environment_is_trusted_by_both_stacks(
+    ca: Any, tmp_path: Any, variable: str
+) -> None:
+    # The system store, replaced by SSL_CERT_FILE / SSL_CERT_DIR (read when the process starts):
+    # JSON requests (aiohttp) and streams (our connections) verify against the same CAs.
+    import os
+    import subprocess
+    import sys
+
+    pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERNET_")}
+    if variable == "SSL_CERT_FILE":
+        env["SSL_CERT_FILE"] = str(pem)
+    elif variable == "SSL_CERT_DIR":
+        # A hashed directory, as c_rehash lays one out: <subject hash>.0
+        digest = subprocess.run(
+            ["openssl", "x509", "-hash", "-noout", "-in", str(pem)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        (tmp_path / f"{digest}.0").write_bytes(pem.read_bytes())
+        env["SSL_CERT_DIR"] = str(tmp_path)
+        env["SSL_CERT_FILE"] = str(tmp_path / "none.pem")  # not the system file
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/models"):
+            return web.json_response({"models": [{"id": "m"}]})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"text": "ok"}\n\ndata: [DONE]\n\n')
+        await resp.write_eof()
+        return resp
+
+    async with serve(handler, ssl_context=server_context(ca, "localhost")) as base:
+        url = base.replace("127.0.0.1", "localhost")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _CA_FILE_CLIENT,
+            url,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    if variable == "none":  # the control: the system store does not know the test CA
+        assert proc.returncode != 0 and b"certificate" in err.lower()
+        return
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "['m'] ok"
