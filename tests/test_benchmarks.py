@@ -1,11 +1,14 @@
 """The end-to-end benchmark's clients still do their job: each streams whole answers from the
 DevServer with no error, so a change to the SDK (or to a peer) cannot leave ``bench_e2e.py``
 measuring something else, or nothing. Peers not installed (the ``bench`` extra) are skipped.
+``bench_fanout.py`` (fan-out pacing) runs its runners here and, whole, at a tiny N.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -92,3 +95,56 @@ async def test_bench_ab_runs_the_fan_out_of_a_package(server: DevServer) -> None
     bench_ab = load_benchmark("bench_ab")
     tokens = await bench_ab.fan_out(infernet_async, server.base_url, STREAMS, ANSWER_TOKENS)
     assert tokens == STREAMS * ANSWER_TOKENS
+
+
+# ---------------------------------------------------------------- bench_fanout
+
+fanout = load_benchmark("bench_fanout")
+
+
+@pytest.mark.parametrize("mode", sorted(fanout.RUNNERS))
+async def test_each_bench_fanout_runner_finishes_every_job(mode: str, server: DevServer) -> None:
+    jobs = await fanout.RUNNERS[mode](server.base_url, STREAMS, STREAMS, ANSWER_TOKENS, "t")
+    assert [j.error for j in jobs] == [None] * STREAMS
+    assert all(j.ok and j.tokens == ANSWER_TOKENS and not j.rate_limited for j in jobs)
+    if mode in ("interactive", "collect", "ours"):
+        assert all(j.ttft is not None and j.ttft >= 0 for j in jobs)
+
+
+def test_bench_fanout_reads_the_servers_windows() -> None:
+    arrivals = [(100.0, 200), (100.5, 429), (130.0, 200), (160.2, 200), (161.0, 200), (225.0, 200)]
+    windows = fanout.window_report(arrivals)
+    assert [(w["ok"], w["429"]) for w in windows] == [(2, 1), (2, 0), (1, 0)]
+    assert [w["opened_s"] for w in windows] == [0.0, pytest.approx(60.2), 125.0]
+    assert windows[0]["lag_s"] is None
+    assert windows[1]["lag_s"] == pytest.approx(0.2)
+    assert windows[2]["lag_s"] == pytest.approx(4.8)
+    assert windows[1]["spread_s"] == pytest.approx(0.8)
+
+
+def test_bench_fanout_smoke(tmp_path: Path) -> None:
+    """The whole script, servers and clients in processes of their own, at a tiny N (seconds)."""
+    out = tmp_path / "fanout.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_fanout.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| case | N | budget | ours wall s (best) | unpaced wall s (best) |" in done.stdout
+    report = json.loads(out.read_text())
+    summaries = {s["case"]: s for s in report["summaries"]}
+    assert set(summaries) == {"burst", "large", "shared"}
+    for summary in summaries.values():
+        # Within one window: every job done, each created once, no 429 either way.
+        assert summary["ours_ok"] == summary["unpaced_ok"] == summary["total"]
+        assert summary["jobs_created"] == summary["total"]
+        assert summary["ours_429"] == summary["unpaced_429"] == 0
+        assert summary["ours_wall_s"] > 0 and summary["unpaced_wall_s"] > 0
+    assert summaries["shared"]["total"] == 6  # two client processes of 3 jobs on one token
+    assert {c["mode"] for c in report["cell"]} == {"interactive", "collect"}
+    for cell in report["cell"]:
+        assert cell["errors"] == 0 and cell["ok"] == cell["jobs"] == 3
+        assert cell["cpu_us_per_token"] > 0 and cell["ttft_median_ms"] is not None
