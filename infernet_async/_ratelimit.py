@@ -54,6 +54,8 @@ __all__ = [
 _EPOCH_THRESHOLD = 1_000_000_000
 # Reset is whole seconds; waiting a little past it avoids arriving a hair before the window turns.
 _DEFAULT_RESET_MARGIN = 0.25
+# The most clients on one budget the limiter assumes: its share never drops below a sixteenth.
+_MAX_SHARERS = 16
 
 
 def default_backoff(attempt: int) -> float:
@@ -173,6 +175,9 @@ class RateLimitState:
         self.remaining: int | None = None
         self.reset_at: float | None = None  # unix seconds
         self.paused_until = -math.inf  # monotonic; set by a 429
+        # How many clients seem to spend this budget: a 429 that came while our own count said
+        # there was room doubles it (up to _MAX_SHARERS), and each then takes its share.
+        self.sharers = 1
         self.outstanding = 0  # requests granted and not yet answered
         # No answer seen yet, or a 429 made the budget unknown again.
         self._awaiting_budget = probe_first
@@ -232,8 +237,9 @@ class RateLimitState:
     def _budget_delay(self, now: float) -> float:
         wall = self._wall_clock()
         if self.reset_at is not None and wall >= self.reset_at + self._reset_margin:
-            # A new window: the full limit again, until a response says otherwise.
-            self.remaining = self.limit
+            # A new window: the full limit again (our share of it), until a response says
+            # otherwise.
+            self.remaining = self.limit // self.sharers if self.limit is not None else None
             self.reset_at = None
         if self.remaining is None:
             if not self._awaiting_budget:
@@ -273,12 +279,17 @@ class RateLimitState:
         """
         now = self._clock()
         wall = self._wall_clock()
+        expected = self.remaining  # what we believed was left, before this answer
         self.outstanding = max(self.outstanding - 1, 0)
         self._probes = 0
         self._awaiting_budget = False
         self._read_budget(headers, wall)
         code = _error_code(body)
         if status == 429 or code == "rate_limited":
+            if expected is not None and expected > 0 and now >= self.paused_until:
+                # Refused while our count said there was room: another client spends the same
+                # budget (one token, several processes). From now on this one takes its share.
+                self.sharers = min(self.sharers * 2, _MAX_SHARERS)
             self._rate_limited_in_a_row += 1
             delay = parse_reset_delay(headers, body, wall)
             if delay is None:
@@ -313,7 +324,8 @@ class RateLimitState:
             return
         limit = _number(_header(headers, "X-RateLimit-Limit"))
         reset_at = _reset_wall_time(_header(headers, "X-RateLimit-Reset"), wall)
-        estimate = max(int(remaining) - self.outstanding, 0)
+        # Our share of what the server says is left, less what we have in flight.
+        estimate = max(int(remaining) // self.sharers - self.outstanding, 0)
         same_window = (
             reset_at is not None
             and self.reset_at is not None

@@ -468,3 +468,24 @@ async def test_limited_by_installs_the_limiter_for_the_context_and_its_tasks():
             tg.start_soon(child)
     assert active_limiter() is None
     assert seen == [limiter]
+
+
+def test_a_429_while_our_count_had_room_means_the_budget_is_shared() -> None:
+    # Two processes on one token: this one believed 30 were left when the server said no. From
+    # then on it takes half of what the headers say is left, so the two stop colliding.
+    clock = FakeClock()
+    state = make_state(clock, burst=1)
+    learn(state, budget(60, 40, 60))
+    grant(state)
+    state.observe(429, {"Retry-After": "1"})
+    assert state.sharers == 2
+    clock.advance(1.0)
+    learn(state, budget(60, 20, 59))  # the probe after the pause: 20 left, our share 10
+    for _ in range(10):
+        grant(state)
+    assert state.reserve() > 0.0
+    # A 429 on a budget we knew was spent is no news about others.
+    alone = make_state(FakeClock(), burst=1)
+    learn(alone, budget(60, 0, 60))
+    alone.observe(429, {"Retry-After": "1"})
+    assert alone.sharers == 1
