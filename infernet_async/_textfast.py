@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from json import decoder as _json_decoder
 
-__all__ = ["TEXT_EVENTS", "scanstring", "text_of", "unescape"]
+__all__ = ["QUIET_BLOCK", "TEXT_EVENTS", "TOKEN_EVENT", "scanstring", "text_of", "unescape"]
 
 scanstring: Callable[[str, int], tuple[str, int]] = _json_decoder.scanstring  # type: ignore[attr-defined]
 """``scanstring(s, end)``: decode the JSON string whose opening quote is just before ``s[end]``;
@@ -32,6 +32,26 @@ raw control characters), so if the text ends with LF and holds exactly twice as 
 are matches, each LF lies in a match and there is no gap anywhere: the text is those blocks and
 nothing else, each an SSE event whose data is ``{"text": "<body>"}``.
 """
+
+# The lines an SSE block may carry before a token event's data, in any order: ``id: <value>``
+# (without CR or NUL, which the SSE layer would split or ignore), ``event: token``, comments. Each
+# alternative starts with a character of its own and ends at its line's end.
+_HEADER = r"(?:id: ([^\n\r\x00]*)\n|event: token\n|:[^\n\r]*\n)*"
+
+TOKEN_EVENT = re.compile(_HEADER + r'data: ?\{"text": ?"(' + _BODY + r')"\}\n\n').match
+"""Match one token event at a line start of LF-only SSE text: header lines, then
+``data: {"text": "<body>"}`` (either spacing) and the blank line.
+
+Groups: the value of the block's last ``id`` line (a repeated group keeps its last repetition),
+else ``None``; the JSON string body (decode it with ``unescape`` when it holds a backslash). The
+event type is ``token`` or none, which the caller reads alike. No part of the pattern can cross a
+blank line, so a failed match never looks past the block it starts in (no quadratic rescans).
+"""
+
+QUIET_BLOCK = re.compile(_HEADER + r"\n").match
+"""Match a block of header lines ended by its blank line (a ``: ping``, an id alone, or just the
+blank line): no data, so the SSE layer dispatches nothing. Group 1: the value of its last ``id``
+line, else ``None``; it becomes the last event id."""
 
 _HEAD = re.compile(r'[ \t\n\r]*\{[ \t\n\r]*"text"[ \t\n\r]*:[ \t\n\r]*"').match
 _TAIL = re.compile(r"[ \t\n\r]*\}[ \t\n\r]*").fullmatch

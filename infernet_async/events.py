@@ -32,7 +32,7 @@ from itertools import repeat
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from ._textfast import TEXT_EVENTS, scanstring, text_of, unescape
+from ._textfast import QUIET_BLOCK, TEXT_EVENTS, TOKEN_EVENT, scanstring, text_of, unescape
 from .errors import EventTooLargeError
 from .sse import DEFAULT_MAX_EVENT_SIZE, ServerSentEvent, SSEDecoder
 
@@ -200,78 +200,48 @@ _WALK_LIMIT = 256
 def _walk(
     text: str, event_id: str | None, position: int, tokens: list[StreamEvent]
 ) -> tuple[str | None, int]:
-    """Append to ``tokens`` the token events of ``text`` from ``position`` on, up to the first event
+    """Append to ``tokens`` the token events of ``text`` from ``position`` on, up to the first block
     the walk does not take; returns the last event id and where it stopped (``len(text)`` when it
-    took every event, else the start of the event it left, with the id as of that start).
+    took every block, else the start of the block it left).
 
-    ``text`` starts at an event boundary and ends with a blank line. An event the walk takes is a
-    block of lines, any of them in any order: ``id: <id>`` (no CR, no NUL), ``event: token``,
-    comments (``:`` lines, no CR), then ``data: {"text": "..."}`` (also ``{"text":"..."}``, and
-    ``data:`` without its space) and the blank line; or a block of such lines ended by a blank line
-    without any data (a ``: ping`` heartbeat, an id-only block: no event). Each JSON string is read
-    by json's own scanner (strict: no raw control characters, so no line end either), and what
-    follows it must be exactly the end of the object and the blank line. The event type is
-    ``token`` or none ("message"), which ``_interpret`` reads alike for such data. No line it takes
-    holds a CR, so a region with CRs (lone or in CRLF) is decoded exactly too: the caller hands
-    what the walk leaves to the SSE decoder's line loop after the SSE decoder's own line-end
-    normalisation.
+    ``text`` starts at an event boundary and ends with a blank line. A block the walk takes is one
+    token event (``TOKEN_EVENT``: any of ``id: <id>``, ``event: token`` and comment lines in any
+    order, then ``data: {"text": "..."}`` and the blank line), a block without data
+    (``QUIET_BLOCK``: a ``: ping``, an id alone) or a blank line. The event type is ``token`` or
+    none ("message"), which ``_interpret`` reads alike for such data. JSON strings are read by
+    json's own scanner, or matched by ``_textfast``'s strict pattern for them and decoded by that
+    scanner, and what follows must be exactly the end of the object and the blank line. No line
+    the walk takes holds a CR, so a text with CRs is decoded exactly too: the caller hands what the
+    walk leaves to the SSE decoder's line loop after that loop's own line-end normalisation.
     """
     append = tokens.append
     size = len(text)
     while position < size:
-        begin = position
-        begin_id = event_id
-        if text.startswith('data: {"text": "', position):
-            start = position + 16
+        if text.startswith('data: {"text": "', position):  # the guide's shape: one C call
+            try:
+                body, end = scanstring(text, position + 16)
+            except ValueError:
+                return event_id, position
+            if not text.startswith("}\n\n", end):
+                return event_id, position
+            position = end + 3
         else:
-            while True:
-                char = text[position]
-                if char == "d":
-                    if text.startswith('data: {"text":"', position):
-                        start = position + 15
-                    elif text.startswith('data: {"text": "', position):
-                        start = position + 16
-                    elif text.startswith('data:{"text":"', position):
-                        start = position + 14
-                    elif text.startswith('data:{"text": "', position):
-                        start = position + 15
-                    else:
-                        return begin_id, begin
-                    break
-                if char == "i":
-                    if not text.startswith("id: ", position):
-                        return begin_id, begin
-                    line_end = text.find("\n", position)
-                    value = text[position + 4 : line_end]
-                    if "\r" in value or "\x00" in value:
-                        return begin_id, begin
+            match = TOKEN_EVENT(text, position)
+            if match is None:
+                match = QUIET_BLOCK(text, position)
+                if match is None:
+                    return event_id, position
+                value = match.group(1)
+                if value is not None:
                     event_id = value
-                    position = line_end + 1
-                elif char == "e":
-                    if not text.startswith("event: token\n", position):
-                        return begin_id, begin
-                    position += 13
-                elif char == ":":
-                    line_end = text.find("\n", position)
-                    if text.find("\r", position, line_end) >= 0:
-                        return begin_id, begin
-                    position = line_end + 1
-                elif char == "\n":
-                    # A blank line ends a block without data: nothing is dispatched.
-                    position += 1
-                    if position == size:
-                        return event_id, size
-                    begin = position
-                    begin_id = event_id
-                else:
-                    return begin_id, begin
-        try:
-            body, position = scanstring(text, start)
-        except ValueError:
-            return begin_id, begin
-        if not text.startswith("}\n\n", position):
-            return begin_id, begin
-        position += 3
+                position = match.end()
+                continue
+            value, body = match.groups()
+            if value is not None:
+                event_id = value
+            if "\\" in body:
+                body = unescape(body)
+            position = match.end()
         token = _new(Token)
         _set_text(token, body)
         _set_token_id(token, event_id)
@@ -289,12 +259,6 @@ def _text_events(text: str, event_id: str | None) -> list[StreamEvent] | None:
     if "\\" in text:
         bodies = [unescape(body) if "\\" in body else body for body in bodies]
     return _tokens(bodies, event_id)
-
-
-def _blank(tail: bytes | bytearray) -> bool:
-    """Whether held bytes that follow a line end hold a blank line (with CR line ends: the CRLF
-    and LF ones are found before). Such bytes complete an event: the SSE decoder must see them."""
-    return tail[0] == 13 or b"\r\r" in tail or b"\n\r" in tail
 
 
 def _first_str(obj: Mapping[str, Any], *keys: str) -> str | None:
@@ -350,7 +314,8 @@ class TokenDecoder:
         self._sse = SSEDecoder(max_event_size=max_event_size)
         self._limit = max_event_size
         # Fast-path state: bytes received since the last event boundary, not yet given to the SSE
-        # decoder. Never holds a blank line ("\n\n") or a CR, so never a complete event; at most
+        # decoder, their line ends made LF (see feed) but for a CR at the very end (half a CRLF,
+        # maybe). Never holds a blank line after a line, so never a complete event; at most
         # max_event_size bytes.
         self._pending = bytearray()
         self.malformed = 0
@@ -386,88 +351,137 @@ class TokenDecoder:
             limit = self._limit
             data: bytes | bytearray
             if pending:
-                if len(pending) + len(chunk) > limit:
+                held = len(pending)
+                if held + len(chunk) > limit:
                     # Too big to hold: never copy a huge chunk, let the SSE decoder judge it.
                     return self._flush(chunk, holding=False)
-                start = len(pending) - 1  # a blank line may straddle the two
+                if 13 in chunk:
+                    # CR line ends: first the SSE decoder's own normalisation (CRLF and a CR alone
+                    # end a line like an LF), so that what follows sees LF line ends only.
+                    if pending[-1] == 13:  # the held bytes end with a line's CR
+                        pending[-1] = 10
+                        if chunk[0] == 10:  # ... and this is the LF of its CRLF
+                            chunk = chunk[1:]
+                    normal = chunk.replace(b"\r\n", b"\n")
+                    if 13 in normal:
+                        end = len(normal) - 1
+                        if normal.find(b"\r") < end:  # a CR alone inside: rare
+                            return self._flush(chunk, holding=False)
+                        # A CR at the end ends its line now, and the SSE decoder drops an LF that
+                        # follows. If that line is blank, the event is complete now: the CR is an
+                        # LF here, and an LF that follows starts the next chunk, where it is an
+                        # empty line at an event boundary, which changes nothing. Else the CR
+                        # stays held, and the next chunk decides it, as above.
+                        if (normal[end - 1] if end else pending[-1]) == 10:
+                            normal = normal[:end] + b"\n"
+                    chunk = normal
+                elif pending[-1] == 13 and chunk:  # as above, for a chunk without a CR
+                    pending[-1] = 10
+                    if chunk[0] == 10:
+                        chunk = chunk[1:]
                 pending += chunk
+                stop = pending.rfind(b"\n\n", held - 1) + 2  # (a blank line may straddle)
+                if stop < 2:
+                    return []  # no blank line yet: the bytes stay held
                 data = pending
-                stop = pending.rfind(b"\n\n", start) + 2
+            elif chunk.endswith(b"\n\n"):
+                # The region is the whole chunk (live generation: one event per chunk). CRs in it
+                # need no care: _walk_rest decodes the lines that hold one exactly.
+                data = chunk
+                stop = len(chunk)
             else:
-                start = 0
+                if 13 in chunk:
+                    # Bytes will stay held after the last blank line (or there is none): CR line
+                    # ends matter, made LF as above.
+                    if len(chunk) > limit:
+                        return self._general(chunk)
+                    normal = chunk.replace(b"\r\n", b"\n")
+                    if 13 in normal:
+                        end = len(normal) - 1
+                        if normal.find(b"\r") < end:
+                            return self._general(chunk)
+                        if not end or normal[end - 1] == 10:
+                            normal = normal[:end] + b"\n"
+                    chunk = normal
                 data = chunk
                 stop = chunk.rfind(b"\n\n") + 2
-            crlf = False
-            if stop < 2:
-                if 13 not in chunk:
-                    # No blank line yet: keep the bytes (a CR held before cannot end an event
-                    # without one in this chunk).
-                    if len(data) <= limit:
-                        if data is chunk:
-                            pending += chunk
-                        return []
-                else:
-                    # CR line ends: the region ends with the last CRLF blank line.
-                    stop = data.rfind(b"\n\r\n", start - 1 if start else 0) + 3
-                    if stop > 2:
-                        crlf = True
-                    elif (
-                        len(data) <= limit
-                        and data.find(b"\r\r", start) < 0
-                        and data.find(b"\n\r", start) < 0
-                    ):
-                        # No blank line yet (a lone CR at the end may still be half a CRLF).
-                        if data is chunk:
-                            pending += chunk
-                        return []
-            if 1 < stop <= limit:
+                if stop < 2:
+                    if len(chunk) > limit:
+                        return self._general(chunk)
+                    pending += chunk  # no blank line yet: hold the bytes
+                    return []
+            if stop <= limit:
                 region = data if stop == len(data) else data[:stop]
                 try:
                     text = region.decode()
                 except UnicodeDecodeError:
                     text = region.decode("utf-8", "replace")
-                if crlf:
-                    # The SSE decoder's own normalisation; the region ends with a whole CRLF.
-                    text = text.replace("\r\n", "\n")
-                    if "\r" in text:
-                        text = text.replace("\r", "\n")
                 event_id = sse._last_id
                 tokens: list[StreamEvent] | None = None
-                position = 0
-                if stop > _WALK_LIMIT:
+                if stop > 256:  # _WALK_LIMIT (a constant here: one lookup less per chunk)
                     tokens = _text_events(text, event_id)
+                    position = 0
                 elif text.startswith('data: {"text": "'):
                     # The first event inline: in the live case it is the only one.
                     try:
-                        body, end = scanstring(text, 16)
+                        body, position = scanstring(text, 16)
                     except ValueError:
-                        end = 0
-                    if text.startswith("}\n\n", end):
+                        position = 0
+                    if text.startswith("}\n\n", position):
                         token = _new(Token)
                         _set_text(token, body)
                         _set_token_id(token, event_id)
-                        if end + 3 == len(text):
+                        position += 3
+                        if position == len(text):
                             if region is chunk:  # the whole chunk was this one event
                                 return [token]
-                            tokens = [token]
-                        else:
-                            tokens = [token]
-                            position = end + 3
+                            if data is pending:  # the held bytes and this chunk end it
+                                del pending[:stop]
+                                return [token]
+                            position = 0
+                        tokens = [token]
+                    else:
+                        position = 0
+                else:
+                    # The typed dialect's token event, first or alone, the same way.
+                    match = TOKEN_EVENT(text)
+                    if match is not None:
+                        value, body = match.groups()
+                        if value is not None:
+                            event_id = sse._last_id = value
+                        if "\\" in body:
+                            body = unescape(body)
+                        token = _new(Token)
+                        _set_text(token, body)
+                        _set_token_id(token, event_id)
+                        position = match.end()
+                        if position == len(text):
+                            if region is chunk:
+                                return [token]
+                            if data is pending:
+                                del pending[:stop]
+                                return [token]
+                            position = 0
+                        tokens = [token]
+                    else:
+                        position = 0
+                # Whether the SSE decoder would have dispatched an event from this chunk (then it
+                # keeps a size error in the rest for the next call).
+                dispatched = False
                 if tokens is None or position:
                     if tokens is None:
                         tokens = []
                     event_id, position = _walk(text, event_id, position, tokens)
                     if position < len(text):
-                        event_id = self._walk_rest(text, event_id, position, tokens)
+                        event_id, dispatched = self._walk_rest(text, event_id, position, tokens)
                     sse._last_id = event_id
                 if data is pending:
                     del pending[:stop]  # O(1): CPython moves a bytearray's start
                 elif stop < len(chunk):
                     if len(chunk) - stop > limit:
-                        return tokens + self._flush(memoryview(chunk)[stop:], holding=True)
+                        rest = memoryview(chunk)[stop:]
+                        return tokens + self._flush(rest, holding=dispatched or bool(tokens))
                     pending += memoryview(chunk)[stop:]
-                if pending and (len(pending) > limit or (13 in pending and _blank(pending))):
-                    tokens += self._flush(b"", holding=True)
                 return tokens
             if data is pending:
                 return self._flush(b"", holding=False)
@@ -475,17 +489,19 @@ class TokenDecoder:
 
     def _walk_rest(
         self, text: str, event_id: str | None, position: int, tokens: list[StreamEvent]
-    ) -> str | None:
+    ) -> tuple[str | None, bool]:
         """Decode ``text`` from ``position``, where ``_walk`` stopped, to its end: each event the
         walk does not take goes to the SSE decoder's line loop alone, the walk takes the rest.
 
         ``text`` ends with a blank line and the SSE decoder sits at an event boundary, so feeding
         it the lines of one event at a time (its own line-end normalisation first) is what feeding
-        it the bytes would do. Returns the last event id.
+        it the bytes would do. Returns the last event id and whether the SSE decoder dispatched
+        any event.
         """
         sse = self._sse
         lines_of = sse._interpret
         size = len(text)
+        dispatched = False
         while position < size:
             end = text.find("\n\n", position) + 2  # the event's blank line (or one before)
             segment = text[position:end]
@@ -494,9 +510,12 @@ class TokenDecoder:
             lines = segment.split("\n")
             lines.pop()  # the empty string after the last line end
             sse._last_id = event_id
-            tokens += self._interpret(lines_of(lines))
+            events = lines_of(lines)
+            if events:
+                dispatched = True
+                tokens += self._interpret(events)
             event_id, position = _walk(text, sse._last_id, end, tokens)
-        return event_id
+        return event_id, dispatched
 
     def _general(self, raw: bytes | memoryview) -> list[StreamEvent]:
         """Decode ``raw`` with the SSE decoder and interpret its events."""
