@@ -178,6 +178,7 @@ class RateLimitState:
         # How many clients seem to spend this budget: a 429 that came while our own count said
         # there was room doubles it (up to _MAX_SHARERS), and each then takes its share.
         self.sharers = 1
+        self._limited_in_window = False
         self.outstanding = 0  # requests granted and not yet answered
         # No answer seen yet, or a 429 made the budget unknown again.
         self._awaiting_budget = probe_first
@@ -238,7 +239,11 @@ class RateLimitState:
         wall = self._wall_clock()
         if self.reset_at is not None and wall >= self.reset_at + self._reset_margin:
             # A new window: the full limit again (our share of it), until a response says
-            # otherwise.
+            # otherwise. A window that passed without a 429 halves the sharers we assume: the
+            # other client may be gone, and a lone one must not stay on half its budget.
+            if not self._limited_in_window:
+                self.sharers = max(self.sharers // 2, 1)
+            self._limited_in_window = False
             self.remaining = self.limit // self.sharers if self.limit is not None else None
             self.reset_at = None
         if self.remaining is None:
@@ -290,6 +295,7 @@ class RateLimitState:
                 # Refused while our count said there was room: another client spends the same
                 # budget (one token, several processes). From now on this one takes its share.
                 self.sharers = min(self.sharers * 2, _MAX_SHARERS)
+            self._limited_in_window = True
             self._rate_limited_in_a_row += 1
             delay = parse_reset_delay(headers, body, wall)
             if delay is None:

@@ -484,6 +484,14 @@ def test_a_429_while_our_count_had_room_means_the_budget_is_shared() -> None:
     for _ in range(10):
         grant(state)
     assert state.reserve() > 0.0
+    # A window without a 429 halves the estimate again: a lone client gets its whole budget back.
+    for _ in range(state.remaining or 0):
+        grant(state)
+    clock.advance(60.0)
+    assert state.reserve() == 0.0 and state.sharers == 2  # the window of the 429 turned
+    state.observe(200, budget(60, 59, 60))
+    clock.advance(60.0)
+    assert state.reserve() == 0.0 and state.sharers == 1
     # A 429 on a budget we knew was spent is no news about others.
     alone = make_state(FakeClock(), burst=1)
     learn(alone, budget(60, 0, 60))
