@@ -375,9 +375,7 @@ async def run_batch(
             on_line=remember_line,
         )
         pacing: dict[str, Any] = {} if rate is None else {"rate": rate, "burst": burst}
-        fan_out = client.map(
-            requests, concurrency=concurrency, max_attempts=max_attempts, **pacing
-        )
+        fan_out = client.map(requests, concurrency=concurrency, max_attempts=max_attempts, **pacing)
         try:
             async with fan_out as outcomes:
                 async for outcome in outcomes:

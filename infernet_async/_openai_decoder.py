@@ -20,7 +20,7 @@ import json
 from typing import Any
 
 from ._textfast import scanstring
-from .errors import INCOMPLETE_STREAM_CODE, EventTooLargeError
+from .errors import INCOMPLETE_STREAM_CODE
 from .events import (
     Done,
     ErrorEvent,
@@ -29,6 +29,7 @@ from .events import (
     Token,
     _error_event,
     _new,
+    _PendingFraming,
     _set_text,
     _set_token_id,
     _token,
@@ -135,7 +136,7 @@ def _value_start(data: str, position: int) -> int:
     return position
 
 
-class ChunkDecoder:
+class ChunkDecoder(_PendingFraming):
     """Bytes of an OpenAI-compatible chat completion stream in, typed stream events out.
 
     Wraps an ``SSEDecoder``, so any valid SSE framing is accepted (CRLF, CR, comments such as
@@ -354,42 +355,6 @@ class ChunkDecoder:
             self._pending += sse._buf
             sse._buf.clear()
         return events
-
-    def _flush(self, rest: bytes | memoryview, *, holding: bool) -> list[StreamEvent]:
-        """Hand the pending bytes, then ``rest``, to the SSE decoder (the general path).
-
-        ``holding``: the caller already has events from this chunk. A size error is then kept for
-        the next call, as SSEDecoder does within one chunk, so that those events are not lost.
-        """
-        raw = bytes(self._pending)
-        self._pending.clear()
-        events: list[StreamEvent] = []
-        try:
-            if rest:
-                # Fed apart rather than joined, so a huge chunk is never copied; the pending bytes
-                # hold no complete event, so this decodes exactly as their concatenation.
-                events = self._interpret(self._sse.feed(raw)) if raw else []
-                events += self._general(rest)
-            else:
-                events = self._general(raw)
-        except EventTooLargeError as error:
-            if not (holding or events):
-                raise
-            self._sse._error = error
-        return events
-
-    def close(self) -> list[StreamEvent]:
-        """Signal the end of the body; idempotent. An unfinished event is discarded (WHATWG).
-
-        Raises:
-            EventTooLargeError: a size error the last ``feed()`` detected but did not raise yet.
-        """
-        events: list[StreamEvent] = []
-        if self._pending:
-            raw = bytes(self._pending)
-            self._pending.clear()
-            events = self._interpret(self._sse.feed(raw))
-        return events + self._interpret(self._sse.close())
 
     def _interpret(self, events: list[ServerSentEvent]) -> list[StreamEvent]:
         out: list[StreamEvent] = []

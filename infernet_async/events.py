@@ -282,7 +282,62 @@ def _error_event(obj: Mapping[str, Any], event_id: str | None) -> ErrorEvent:
     return ErrorEvent(code or None, message, event_id)
 
 
-class TokenDecoder:
+class _PendingFraming:
+    """What both decoders' fast paths share (``TokenDecoder`` here, ``ChunkDecoder`` for OpenAI
+    chunks): the bytes since the last event boundary wait in ``_pending`` and go to the SSE
+    decoder, the general path, when the fast path cannot take them, decoding exactly as if it had
+    seen every byte. Subclasses bring ``_sse``, ``_pending``, ``_general`` and ``_interpret``."""
+
+    __slots__ = ()
+
+    _sse: SSEDecoder
+    _pending: bytearray
+
+    def _general(self, raw: bytes | memoryview) -> list[StreamEvent]:
+        raise NotImplementedError
+
+    def _interpret(self, events: list[ServerSentEvent]) -> list[StreamEvent]:
+        raise NotImplementedError
+
+    def _flush(self, rest: bytes | memoryview, *, holding: bool) -> list[StreamEvent]:
+        """Hand the pending bytes, then ``rest``, to the SSE decoder (the general path).
+
+        ``holding``: the caller already has events from this chunk. A size error is then kept for
+        the next call, as SSEDecoder does within one chunk, so that those events are not lost.
+        """
+        raw = bytes(self._pending)
+        self._pending.clear()
+        events: list[StreamEvent] = []
+        try:
+            if rest:
+                # Fed apart rather than joined, so a huge chunk is never copied; the pending bytes
+                # hold no complete event, so this decodes exactly as their concatenation.
+                events = self._interpret(self._sse.feed(raw)) if raw else []
+                events += self._general(rest)
+            else:
+                events = self._general(raw)
+        except EventTooLargeError as error:
+            if not (holding or events):
+                raise
+            self._sse._error = error
+        return events
+
+    def close(self) -> list[StreamEvent]:
+        """Signal the end of the body; idempotent. An unfinished event is discarded (WHATWG).
+
+        Raises:
+            EventTooLargeError: a size error the last ``feed()`` detected but did not raise yet.
+        """
+        # The pending bytes hold no complete event, but their lines (an id, say) still count.
+        events: list[StreamEvent] = []
+        if self._pending:
+            raw = bytes(self._pending)
+            self._pending.clear()
+            events = self._interpret(self._sse.feed(raw))
+        return events + self._interpret(self._sse.close())
+
+
+class TokenDecoder(_PendingFraming):
     """Bytes of an Infernet token stream in, typed stream events out (sans-IO, both dialects).
 
     Wraps an ``SSEDecoder``, so any valid SSE framing is accepted, and maps its events:
@@ -527,43 +582,6 @@ class TokenDecoder:
             self._pending += sse._buf
             sse._buf.clear()
         return events
-
-    def _flush(self, rest: bytes | memoryview, *, holding: bool) -> list[StreamEvent]:
-        """Hand the pending bytes, then ``rest``, to the SSE decoder (the general path).
-
-        ``holding``: the caller already has tokens from this chunk. A size error is then kept for
-        the next call, as SSEDecoder does within one chunk, so that those tokens are not lost.
-        """
-        raw = bytes(self._pending)
-        self._pending.clear()
-        events: list[StreamEvent] = []
-        try:
-            if rest:
-                # Fed apart rather than joined, so a huge chunk is never copied; the pending bytes
-                # hold no complete event, so this decodes exactly as their concatenation.
-                events = self._interpret(self._sse.feed(raw)) if raw else []
-                events += self._general(rest)
-            else:
-                events = self._general(raw)
-        except EventTooLargeError as error:
-            if not (holding or events):
-                raise
-            self._sse._error = error
-        return events
-
-    def close(self) -> list[StreamEvent]:
-        """Signal the end of the body; idempotent. An unfinished event is discarded (WHATWG).
-
-        Raises:
-            EventTooLargeError: a size error the last ``feed()`` detected but did not raise yet.
-        """
-        # The pending bytes hold no complete event, but their lines (an id, say) still count.
-        events: list[StreamEvent] = []
-        if self._pending:
-            raw = bytes(self._pending)
-            self._pending.clear()
-            events = self._interpret(self._sse.feed(raw))
-        return events + self._interpret(self._sse.close())
 
     def _object(self, data: str) -> dict[str, Any] | None:
         """The JSON object in ``data``; ``None`` (counted as malformed unless blank) otherwise."""
