@@ -60,6 +60,25 @@ def learn(state: RateLimitState, headers: dict[str, str]) -> None:
     state.observe(200, headers)
 
 
+def spend(state: RateLimitState, *, budget_left: int, limit: int, reset_in: float) -> int:
+    """Grant and answer, as a server counting ``budget_left`` down would, until the limiter holds
+    a request for a time (the window); returns how many went. Never waits on the clock."""
+    in_flight = 0
+    sent = 0
+    while True:
+        delay = state.reserve()
+        if delay == 0.0:
+            in_flight += 1
+            continue
+        if in_flight == 0:
+            return sent
+        in_flight -= 1
+        sent += 1
+        budget_left -= 1
+        assert budget_left >= 0, "the limiter sent past the budget"
+        state.observe(200, budget(limit, budget_left, reset_in))
+
+
 # ---------------------------------------------------------------- learning the budget
 
 
@@ -99,18 +118,35 @@ def test_probing_can_be_turned_off():
 
 
 def test_the_budget_goes_at_once_not_spread_over_the_window():
-    # A rate limit is a budget, not a speed: 59 left of 60 a minute go now, none is held back.
+    # A rate limit is a budget, not a speed: 59 left of 60 a minute go now, none is held back
+    # for a time; only an answer (a round trip, not a slice of the window) is waited for.
     clock = FakeClock()
     state = make_state(clock, burst=1)
     learn(state, budget(60, 59, 60))
-    for _ in range(59):
-        grant(state)
+    assert spend(state, budget_left=59, limit=60, reset_in=60) == 59
     # Spent: every request waits for the window to turn, then the new window's budget goes.
     assert state.reserve() == pytest.approx(60.0)
     clock.advance(60.0)
-    for _ in range(60):
-        grant(state)
-    assert state.reserve() == math.inf  # the limit again, spent; the next answer says more
+    assert spend(state, budget_left=60, limit=60, reset_in=120) == 60
+    assert state.reserve() == pytest.approx(60.0)
+
+
+def test_at_most_a_quarter_of_what_is_left_is_in_flight_unanswered():
+    # Another client may spend the same budget: before later answers say what is left now, this
+    # one has at most a quarter of what the last answer left in flight.
+    state = make_state(FakeClock(), burst=1)
+    learn(state, budget(60, 40, 60))
+    granted = 0
+    while state.reserve() == 0.0:
+        granted += 1
+    assert granted == 10
+    assert state.reserve() == math.inf  # not a time: the next answer frees it
+    state.observe(200, budget(60, 39, 60))  # 9 still unanswered: 30 left after them
+    assert state.reserve() == 0.0
+    assert state.reserve() == math.inf
+    state.release()  # lost, perhaps counted by the server: the budget it took stays taken
+    assert state.remaining == 29
+    assert state.reserve() == 0.0
 
 
 def test_a_large_budget_is_never_held_to_a_microsecond_schedule():
@@ -151,13 +187,16 @@ def test_an_exhausted_budget_waits_for_the_reset():
 def test_requests_in_flight_count_against_a_stale_header():
     clock = FakeClock()
     state = make_state(clock, burst=10)
-    learn(state, budget(60, 3, 30))
-    for _ in range(3):
-        grant(state)
-    # Three sent, none answered: the budget is spent even though no header says so yet.
-    assert state.reserve() == pytest.approx(30.0)
-    # The first answer says 2 remain, but two of ours are still unanswered: still nothing left.
-    state.observe(200, budget(60, 2, 30))
+    learn(state, budget(60, 8, 30))
+    grant(state)
+    grant(state)
+    assert state.reserve() == math.inf  # two in flight: the next answer first
+    # The first answer says 7 remain, but one of ours is still unanswered: 6 are left, not 7.
+    state.observe(200, budget(60, 7, 30))
+    assert state.remaining == 6
+    state.observe(200, budget(60, 6, 30))
+    assert spend(state, budget_left=6, limit=60, reset_in=30) == 6
+    # Spent: the window, not an answer, is waited for.
     assert state.remaining == 0
     assert state.reserve() == pytest.approx(30.0)
 
@@ -481,19 +520,89 @@ def test_a_429_while_our_count_had_room_means_the_budget_is_shared() -> None:
     assert state.sharers == 2
     clock.advance(1.0)
     learn(state, budget(60, 20, 59))  # the probe after the pause: 20 left, our share 10
-    for _ in range(10):
+    assert state.remaining == 10
+    for _ in range(3):
         grant(state)
-    assert state.reserve() > 0.0
+    assert state.reserve() == math.inf
+    for _ in range(3):  # meanwhile the other client spent the rest
+        state.observe(200, budget(60, 0, 59))
+    assert state.reserve() == pytest.approx(58.0)  # the window's turn, a second of it gone
     # A window without a 429 halves the estimate again: a lone client gets its whole budget back.
-    for _ in range(state.remaining or 0):
-        grant(state)
     clock.advance(60.0)
     assert state.reserve() == 0.0 and state.sharers == 2  # the window of the 429 turned
     state.observe(200, budget(60, 59, 60))
     clock.advance(60.0)
     assert state.reserve() == 0.0 and state.sharers == 1
-    # A 429 on a budget we knew was spent is no news about others.
+    # A 429 to a request sent before any answer told the budget is no news about others.
     alone = make_state(FakeClock(), burst=1)
-    learn(alone, budget(60, 0, 60))
+    grant(alone)
     alone.observe(429, {"Retry-After": "1"})
     assert alone.sharers == 1
+
+
+# ---------------------------------------------------------------- two clients on one token
+
+
+class SharedWindowServer:
+    """A server's fixed-window budget that two clients spend: counts each request as it answers."""
+
+    def __init__(self, clock: FakeClock, limit: int, window: float) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.window = window
+        self.window_end = window
+        self.left = limit
+        self.refused = 0
+
+    def answer(self) -> tuple[int, dict[str, str]]:
+        while self.clock.elapsed >= self.window_end:
+            self.window_end += self.window
+            self.left = self.limit
+        reset_in = self.window_end - self.clock.elapsed
+        if self.left == 0:
+            self.refused += 1
+            headers = budget(self.limit, 0, self.window_end)
+            headers["Retry-After"] = str(math.ceil(reset_in))
+            return 429, headers
+        self.left -= 1
+        return 200, budget(self.limit, self.left, self.window_end)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_two_clients_on_one_token_collide_three_times_at_most(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    clock = FakeClock()
+    server = SharedWindowServer(clock, limit=60, window=60.0)
+    concurrency = 32
+    clients = [make_state(clock, burst=10) for _ in range(2)]
+    to_send = [150, 150]
+    in_flight: list[list[int]] = [[], []]  # per client: the requests sent, answered in any order
+    done = [0, 0]
+    while done != to_send:
+        i = rng.randrange(2)
+        state = clients[i]
+        pending = to_send[i] - done[i] - len(in_flight[i])
+        if in_flight[i] and (rng.random() < 0.5 or not pending):
+            in_flight[i].pop()
+            status, headers = server.answer()
+            state.observe(status, headers)
+            if status == 200:
+                done[i] += 1
+            continue
+        if pending and len(in_flight[i]) < concurrency and state.reserve() == 0.0:
+            in_flight[i].append(1)
+            continue
+        if not in_flight[0] and not in_flight[1]:
+            waits = [
+                c.reserve() if to_send[k] > done[k] else math.inf for k, c in enumerate(clients)
+            ]
+            if 0.0 in waits:
+                in_flight[waits.index(0.0)].append(1)
+                continue
+            finite = [w for w in waits if w < math.inf]
+            assert finite, "both clients wait for answers that no request will give"
+            clock.advance(min(finite))
+    windows = math.ceil(clock.elapsed / 60.0) + 1
+    assert server.refused <= 3, (server.refused, windows)
