@@ -1,35 +1,25 @@
-"""``InfernetClient``: the lifecycle state machine and the jobs API (stream, submit, poll, list).
+"""``InfernetClient``: construction, the streams (``stream``, ``stream_job``), the fan-out (``map``,
+``gather``), and ``_call``, the one path of every JSON request.
 
-Rules: the client is ``UNOPENED`` until ``__aenter__`` or its first request, ``OPENED`` until
-``aclose()``, then ``CLOSED`` for good. Nothing here touches the network before a running loop asks
-for it, so a client can be built at module level or in a notebook cell and used from any loop. Job
-ids are validated before they go into a URL. The token lives in a ``Secret``: no ``repr``, log line
-or exception of ours shows it.
+The rest of the client has rooms of its own: ``_client_options`` resolves and checks the
+constructor's arguments, ``_client_lifecycle`` is the ``UNOPENED`` → ``OPENED`` → ``CLOSED``
+state machine, ``_client_jobs`` the jobs API (``complete``, ``submit``, ``get_job``, ``wait_job``,
+the lists). Nothing here touches the network before a running loop asks for it. The token lives in
+a ``Secret``: no ``repr``, log line or exception of ours shows it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
-import logging
 import os
-import warnings
-import weakref
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from ssl import SSLContext
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
-from ._config import (
-    RetryPolicy,
-    Timeouts,
-    is_loopback_host,
-    resolve_base_url,
-    resolve_token,
-)
+from ._client_jobs import JobsAPI
+from ._client_options import resolve_client_options
+from ._config import RetryPolicy, Timeouts
 from ._fanout import (
     DEFAULT_READ_INTERVAL,
     BatchOutcome,
@@ -40,65 +30,25 @@ from ._fanout import (
     stream_job_runner,
 )
 from ._ids import validate_job_id
-from ._proxy import resolve_proxies
 from ._ratelimit import Pacer, RateLimiter, RateLimitState
-from ._resource import AsyncResource
 from ._retry import backoff_delay
 from ._stream import NodeDisconnectPolicy, TokenStream
-from ._surfaces import (
-    ApiChoice,
-    ApiName,
-    Call,
-    Surface,
-    check_trust_tier,
-    is_resale_key,
-    resolve_api,
-)
+from ._surfaces import ApiName, Call, Surface
+from ._surfaces._request import MessageLike, chat_request
 from ._transport import DEFAULT_MAX_ANSWER_BYTES, Transport
-from .errors import (
-    APIError,
-    APITimeoutError,
-    JobFailedError,
-    JobTimeoutError,
-    NotFoundError,
-    NotSupportedError,
-    SurfaceNotServedError,
-)
+from ._wrong_shape import shape_problems as _shape_problems
+from .errors import APIError, NotFoundError, NotSupportedError, SurfaceNotServedError
 from .hooks import RequestHook, ResponseHook
-from .models import (
-    JOB_ADAPTER,
-    JOB_LIST_ADAPTER,
-    MODEL_LIST_ADAPTER,
-    ChatRequest,
-    Job,
-    Message,
-    ModelInfo,
-)
 
 if TYPE_CHECKING:
     import aiohttp
 
 __all__ = ["InfernetClient"]
 
-logger = logging.getLogger("infernet_async")
-
-MessageLike = Message | Mapping[str, Any]
-
 _T = TypeVar("_T")
 
-# How much of a malformed answer an error message shows: enough to see what is wrong, short enough
-# for a log line.
-_EXCERPT_LIMIT = 200
-_PROBLEMS_SHOWN = 3
 
-
-class _State(enum.Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
-
-
-class InfernetClient(AsyncResource):
+class InfernetClient(JobsAPI):
     """An asyncio client for the Infernet Protocol inference API.
 
     Args:
@@ -183,69 +133,41 @@ class InfernetClient(AsyncResource):
         on_request: RequestHook | None = None,
         on_response: ResponseHook | None = None,
     ) -> None:
-        self._state = _State.UNOPENED
-        self.base_url, root = resolve_base_url(base_url)
-        chosen = resolve_api(api, os.environ)
-        secret = resolve_token(token)
-        parts = urlsplit(self.base_url)
-        if (
-            secret is not None
-            and parts.scheme == "http"
-            and not is_loopback_host(parts.hostname)
-            and not allow_insecure
-        ):
-            raise ValueError(
-                f"refusing to send the bearer token over plain http:// to {parts.hostname}; "
-                "use https://, or pass allow_insecure=True if this network is trusted"
-            )
-        if ssl is False and not allow_insecure:
-            raise ValueError("ssl=False disables certificate checks; it needs allow_insecure=True")
-        if max_connections < 1:
-            raise ValueError("max_connections must be >= 1")
-        if max_answer_bytes is not None and max_answer_bytes < 1:
-            raise ValueError("max_answer_bytes must be >= 1, or None for no limit")
-        if headers and any(k.lower() == "authorization" for k in headers):
-            raise ValueError("pass the token as token=, not as an Authorization header")
-        if headers and any(
-            ch in text for k, v in headers.items() for text in (k, v) for ch in "\r\n\x00"
-        ):
-            # aiohttp would refuse it too, but only at the first request and with its own error:
-            # refuse it where the mistake is made, as for the token.
-            raise ValueError("a header name or value contains a line break or NUL")
-        if proxy is not None and session is not None:
-            raise ValueError(
-                "proxy= applies to the client's own connections; a session of yours keeps its own "
-                "proxy settings (pass proxy= to its requests, or build it with trust_env=True)"
-            )
-        proxies = resolve_proxies(proxy, trust_env=trust_env and session is None)
-        # An environment proxy that cannot be used for the base URL (SOCKS, say) is an error here,
-        # not at the first request.
-        proxies.select(parts.scheme, parts.hostname or "", parts.port)
-        self._has_token = secret is not None
-        self._api = ApiChoice(
-            chosen,
-            start="openai" if root == "/v1" else "jobs",
-            resale_key=secret is not None and is_resale_key(secret.get()),
-            origin=self.base_url,
-        )
-        self.timeouts = timeouts if timeouts is not None else Timeouts()
-        self.retry = retry if retry is not None else RetryPolicy()
-        self._transport = Transport(
-            base_url=self.base_url,
-            token=secret,
-            timeouts=self.timeouts,
-            retry=self.retry,
-            session=session,
+        options = resolve_client_options(
+            base_url,
+            token,
+            api=api,
+            environ=os.environ,
+            has_session=session is not None,
             ssl=ssl,
+            allow_insecure=allow_insecure,
             max_connections=max_connections,
             headers=headers,
             max_answer_bytes=max_answer_bytes,
-            proxies=proxies,
-            on_request=on_request,
-            on_response=on_response,
+            proxy=proxy,
+            trust_env=trust_env,
         )
-        self._entered = False
-        self._streams: weakref.WeakSet[TokenStream] = weakref.WeakSet()
+        self.base_url = options.base_url
+        self._has_token = options.token is not None
+        self._api = options.api_choice()
+        self.timeouts = timeouts if timeouts is not None else Timeouts()
+        self.retry = retry if retry is not None else RetryPolicy()
+        super().__init__(
+            Transport(
+                base_url=self.base_url,
+                token=options.token,
+                timeouts=self.timeouts,
+                retry=self.retry,
+                session=session,
+                ssl=ssl,
+                max_connections=max_connections,
+                headers=headers,
+                max_answer_bytes=max_answer_bytes,
+                proxies=options.proxies,
+                on_request=on_request,
+                on_response=on_response,
+            )
+        )
         # Shared by every worker of every fan-out of this client: one 429 pauses them all. Its
         # no_capacity backoff follows the client's retry policy.
         retry_policy = self.retry
@@ -279,51 +201,6 @@ class InfernetClient(AsyncResource):
     def api_settled(self) -> bool:
         """True once the surface is fixed: given by the caller, or answered as an API."""
         return self._api.settled
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        return self._state is _State.CLOSED
-
-    def _ensure_open(self) -> None:
-        if self._state is _State.CLOSED:
-            raise RuntimeError("this InfernetClient is closed; create a new one")
-        self._state = _State.OPENED
-
-    async def __aenter__(self) -> InfernetClient:
-        if self._state is _State.CLOSED:
-            raise RuntimeError("cannot reopen a closed InfernetClient; create a new one")
-        if self._entered:
-            raise RuntimeError("this InfernetClient is already open in an 'async with' block")
-        self._entered = True
-        self._state = _State.OPENED
-        await self._transport.bind()
-        return self
-
-    async def aclose(self) -> None:
-        """Close the client and the session it created (never a session you passed in);
-        idempotent.
-        """
-        if self._state is _State.CLOSED:
-            return
-        self._state = _State.CLOSED
-        # Its streams first: one waiting to retry or to reconnect ends now, not when the wait is
-        # over (closing the transport alone is only seen after it).
-        for stream in list(self._streams):
-            await stream.aclose()
-        await self._transport.aclose()
-
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        # Only a warning: scheduling a close from __del__ would run in whatever loop is current, if
-        # any.
-        if getattr(self, "_state", None) is _State.OPENED and self._transport.owns_session:
-            _warn(
-                f"{self!r} was opened and never closed; use 'async with InfernetClient()' or "
-                "'await client.aclose()'",
-                ResourceWarning,
-                source=self,
-            )
 
     # -- streaming ---------------------------------------------------------------------------------
 
@@ -420,207 +297,6 @@ class InfernetClient(AsyncResource):
                 reconnect=reconnect,
             )
         )
-
-    def _track(self, stream: TokenStream) -> TokenStream:
-        # Weakly: a stream its caller dropped is not kept alive by the client.
-        self._streams.add(stream)
-        return stream
-
-    async def complete(
-        self,
-        *,
-        model: str,
-        messages: Sequence[MessageLike],
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        node_id: str | None = None,
-        min_trust_tier: str | None = None,
-        **extra: Any,
-    ) -> str:
-        """Stream a chat job to its end and return the whole answer.
-
-        Nobody sees the tokens before the end, so a node disconnect always follows the re-queued
-        job.
-        """
-        stream = self.stream(
-            model=model,
-            messages=messages,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            node_id=node_id,
-            min_trust_tier=min_trust_tier,
-            on_node_disconnect="restart",
-            **extra,
-        )
-        async with stream:
-            return await stream.final_text()
-
-    # -- jobs API ----------------------------------------------------------------------------------
-
-    async def submit(
-        self,
-        *,
-        model: str,
-        messages: Sequence[MessageLike],
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        node_id: str | None = None,
-        min_trust_tier: str | None = None,
-        **extra: Any,
-    ) -> Job:
-        """Submit a chat job without streaming; returns the job (usually ``pending``).
-
-        A failed submission is retried only when the failure shows no job was created (429, 503
-        ``no_capacity``, a connection that failed before the request was sent): never a duplicate
-        billed job. On the chat surface this is ``POST /api/chat``.
-
-        Raises:
-            NotSupportedError: on the OpenAI-compatible surface, which has no jobs to submit.
-        """
-        self._ensure_open()
-        body = self._chat_body(
-            model,
-            messages,
-            max_tokens,
-            temperature,
-            top_p,
-            node_id,
-            min_trust_tier,
-            stream=False,
-            extra=extra,
-        )
-        return await self._call(
-            JOB_ADAPTER,
-            "job",
-            lambda surface: surface.submit_call(body),
-            lambda surface, data: surface.read_submitted(data, body),
-        )
-
-    async def get_job(self, job_id: str) -> Job:
-        """The job's current state and, once completed, its result (on the chat surface, whose
-        status route carries no result, read it with ``stream_job(job_id)``).
-
-        Raises:
-            NotSupportedError: on the OpenAI-compatible surface, which has no job ids.
-        """
-        self._ensure_open()
-        validate_job_id(job_id)
-        return await self._call(
-            JOB_ADAPTER,
-            "job",
-            lambda surface: surface.job_call(job_id),
-            lambda surface, data: surface.read_job(data),
-        )
-
-    async def wait_job(
-        self,
-        job_id: str,
-        *,
-        poll_interval: float = 0.5,
-        max_poll_interval: float = 5.0,
-        timeout: float | None = None,  # noqa: ASYNC109 - a polling deadline, not a cancel scope
-    ) -> Job:
-        """Poll a job until it completes, backing off from ``poll_interval`` to
-        ``max_poll_interval``.
-
-        Args:
-            timeout: give up after this many seconds (default ``Timeouts.total``).
-
-        Raises:
-            JobTimeoutError: the job failed with ``timeout`` (the server's job time limit).
-            JobFailedError: the job failed for another reason.
-            APITimeoutError: the job was still running after ``timeout`` seconds (phase ``"wait"``).
-        """
-        validate_job_id(job_id)
-        if poll_interval <= 0 or max_poll_interval < poll_interval:
-            raise ValueError("need 0 < poll_interval <= max_poll_interval")
-        limit = timeout if timeout is not None else self.timeouts.total
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = start + limit if limit is not None else None
-        interval = poll_interval
-        # Set once a sleep has been cut short to end at the deadline: the poll after it is the last,
-        # even if the timer fired a clock tick early.
-        last_poll = False
-        while True:
-            job = await self.get_job(job_id)
-            if job.status == "completed":
-                return job
-            if job.status == "failed":
-                cls = JobTimeoutError if job.error == "timeout" else JobFailedError
-                raise cls(
-                    job.error_message or f"job {job.id} failed: {job.error}",
-                    job_id=job.id,
-                    code=job.error,
-                    job=job,
-                )
-            delay = interval
-            if deadline is not None:
-                now = loop.time()
-                if last_poll or now >= deadline:
-                    # Only after a poll at or past the deadline: giving up when the next sleep
-                    # would overrun it quit up to max_poll_interval early.
-                    raise APITimeoutError(
-                        f"job {job_id} still {job.status} after {now - start:.2f} s "
-                        f"(timeout {limit} s)",
-                        job_id=job_id,
-                        phase="wait",
-                    )
-                if now + delay >= deadline:
-                    delay = deadline - now
-                    last_poll = True
-            await asyncio.sleep(delay)
-            interval = min(interval * 1.5, max_poll_interval)
-
-    async def list_models(self) -> list[ModelInfo]:
-        """Models with at least one online node (``/v1/models`` on the OpenAI-compatible and chat
-        surfaces, where each has an ``id`` only)."""
-        self._ensure_open()
-        models = await self._call(
-            MODEL_LIST_ADAPTER,
-            "model list",
-            lambda surface: surface.models_call(),
-            lambda surface, data: surface.read_models(data),
-        )
-        return models.models
-
-    async def list_jobs(
-        self,
-        *,
-        limit: int | None = None,
-        status: str | None = None,
-        since: datetime | str | None = None,
-    ) -> list[Job]:
-        """Your recent jobs, newest first (``limit`` at most 100); ``since`` is a datetime or
-        ISO-8601 text.
-
-        Raises:
-            NotSupportedError: on the chat and OpenAI-compatible surfaces, which list no jobs.
-        """
-        self._ensure_open()
-        params: dict[str, str] = {}
-        if limit is not None:
-            if not 1 <= limit <= 100:
-                raise ValueError("limit must be within 1..100")
-            params["limit"] = str(limit)
-        if status is not None:
-            params["status"] = status
-        if since is not None:
-            if isinstance(since, datetime):
-                if since.tzinfo is None:
-                    since = since.replace(tzinfo=UTC)
-                since = since.isoformat()
-            params["since"] = since
-        jobs = await self._call(
-            JOB_LIST_ADAPTER,
-            "job list",
-            lambda surface: surface.list_jobs_call(params),
-            lambda surface, data: surface.read_job_list(data),
-        )
-        return jobs.jobs
 
     # -- fan-out -----------------------------------------------------------------------------------
 
@@ -768,91 +444,5 @@ class InfernetClient(AsyncResource):
                 body=data,
             ) from None
 
-    @staticmethod
-    def _chat_body(
-        model: str,
-        messages: Sequence[MessageLike],
-        max_tokens: int | None,
-        temperature: float | None,
-        top_p: float | None,
-        node_id: str | None,
-        min_trust_tier: str | None,
-        *,
-        stream: bool,
-        extra: Mapping[str, Any],
-    ) -> dict[str, Any]:
-        if isinstance(messages, str | bytes):  # type: ignore[unreachable]
-            raise ValueError(
-                "messages must be a list of {'role', 'content'} messages, not a string"
-            )
-        request = ChatRequest.model_validate(
-            {
-                **extra,
-                "model": model,
-                "messages": [
-                    m if isinstance(m, Message) else Message.model_validate(m) for m in messages
-                ],
-                "max_tokens": max_tokens,
-                "temperature": temperature,
-                "top_p": top_p,
-                "node_id": node_id,
-                "stream": stream,
-            }
-        )
-        if not request.messages:
-            raise ValueError("messages must not be empty")
-        body = request.to_json()
-        if min_trust_tier is not None:
-            body["min_trust_tier"] = check_trust_tier(min_trust_tier)
-        return body
-
-
-_JSON_TYPE_NAMES: dict[type, str] = {
-    type(None): "null",
-    bool: "boolean",
-    int: "number",
-    float: "number",
-    str: "string",
-    list: "array",
-    dict: "object",
-}
-
-
-def _field_path(loc: tuple[int | str, ...], data: Any, *, missing: bool) -> str:
-    """The part of a pydantic error location that names a place in ``data``.
-
-    Pydantic adds the member it tried to a union's location (``status.str``); following the
-    location through the body drops those, so each field is named once.
-    """
-    parts: list[str] = []
-    node = data
-    for part in loc:
-        found = (isinstance(node, dict) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        )
-        if not found:
-            if missing and isinstance(node, dict):
-                parts.append(str(part))
-            break
-        node = node[part]
-        parts.append(str(part))
-    return ".".join(parts) or "body"
-
-
-def _shape_problems(exc: ValidationError, data: Any) -> str:
-    """What was wrong with a body, as ``field: problem (got <JSON type>)``, values left out."""
-    by_field: dict[str, str] = {}
-    for error in exc.errors(include_url=False, include_context=False):
-        missing = error["type"] == "missing"
-        problem = error["msg"]
-        if not missing:  # a missing field's input is its parent: no news there
-            problem += f" (got {_JSON_TYPE_NAMES.get(type(error['input']), 'a value')})"
-        # Of a union's members, the last one tried is the most general (``str`` for a status).
-        by_field[_field_path(error["loc"], data, missing=missing)] = problem
-    problems = [f"{field}: {problem}" for field, problem in by_field.items()]
-    if len(problems) > _PROBLEMS_SHOWN:
-        problems[_PROBLEMS_SHOWN:] = [f"{len(problems) - _PROBLEMS_SHOWN} more"]
-    text = "; ".join(problems)
-    if len(text) > _EXCERPT_LIMIT:
-        text = text[: _EXCERPT_LIMIT - 1] + "…"
-    return text
+    # The SDK's own chat request, checked before anything is sent (see ``_surfaces._request``).
+    _chat_body = staticmethod(chat_request)

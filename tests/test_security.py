@@ -37,6 +37,7 @@ from infernet_async import (
     InfernetError,
     NotFoundError,
 )
+from infernet_async._client_options import InsecureTransportError
 from infernet_async._config import RetryPolicy, Secret, Timeouts
 from infernet_async.devserver import DevServer, Fault
 
@@ -488,6 +489,23 @@ def test_token_over_plain_http_to_another_host_is_refused(
 )
 def test_token_over_plain_http_to_loopback_is_allowed(url: str) -> None:
     InfernetClient(url, token=CANARY)
+
+
+def test_the_plain_http_refusal_is_a_value_error_of_its_own_class() -> None:
+    # Its own class, so the CLI can name its own flag; a ValueError with the same text for
+    # library users.
+    with pytest.raises(InsecureTransportError) as info:
+        InfernetClient("http://infernet.invalid/api/v1", token=CANARY)
+    assert isinstance(info.value, ValueError)
+    assert info.value.host == "infernet.invalid"
+    assert str(info.value) == (
+        "refusing to send the bearer token over plain http:// to infernet.invalid; "
+        "use https://, or pass allow_insecure=True if this network is trusted"
+    )
+    # The other allow_insecure refusal is about TLS, not plain http://: a plain ValueError.
+    with pytest.raises(ValueError) as tls:
+        InfernetClient("https://infernet.example/api/v1", token=CANARY, ssl=False)
+    assert not isinstance(tls.value, InsecureTransportError)
 
 
 def test_plain_http_without_a_token_is_allowed() -> None:
