@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ._connection import ConnectionBudget, fd_exhaustion_message
+from ._budget import ConnectionBudget
+from ._connect import fd_exhaustion_message
 from ._proxy import Proxy, proxy_refused
 from .errors import APIConnectionError, APITimeoutError, InfernetError
 

@@ -1,36 +1,22 @@
-"""Sans-IO HTTP/1.1 for a client: a response parser and a request encoder.
+"""Sans-IO HTTP/1.1 for a client, the response parser: framing and body.
 
 ``ResponseParser.feed(data)`` takes the bytes of each socket read and returns the body bytes they
 held (de-chunked); ``feed_eof()`` reports the end of the connection. No I/O, standard library only:
-the caller (our asyncio protocol) owns the socket. Grammar and framing follow RFC 9112 (message
-syntax) and RFC 9110 (semantics), as a user agent reading responses.
+the caller (our asyncio protocol) owns the socket. The head's grammar is ``_http1_head``'s, the
+request encoder ``_http1_request``. Framing follows RFC 9112, as a user agent reading responses.
 
-Decisions where the RFCs leave a choice (section numbers are RFC 9112 unless marked):
+Decisions where the RFC leaves a choice (section numbers are RFC 9112 unless marked):
 
-- Line endings, head: a bare LF ends a line (§2.2 allows it); a bare CR anywhere is a
-  ProtocolError (§2.2: reject or replace). The head must start with ``HTTP/1.``: no leading empty
-  lines, so a non-HTTP peer fails on its first bytes.
+- The head must start with ``HTTP/1.``: no leading empty lines, so a non-HTTP peer fails on its
+  first bytes. Its end is its first empty line (a bare LF ends a head line, §2.2).
 - Line endings, chunked body: size lines, the CRLF after chunk data, trailer lines and the final
   empty line need CRLF exactly. §2.2's bare-LF allowance covers the start line and fields, not the
   chunked grammar, and lenient chunk parsing is the classic desync vector.
-- obs-fold (a header line starting with SP/HTAB) is replaced by one SP, as §5.2 requires of a user
-  agent reading a response. Whitespace between the status line and the first field is rejected
-  (§2.2 allows that choice).
-- Field names are tokens; whitespace before the colon is rejected (§5.1). Values are stripped of
-  OWS and may be empty; any control character but HTAB (so NUL, CR, LF, DEL too) is rejected
-  (RFC 9110 §5.5 makes them invalid; we do not keep them).
-- Status line: ``HTTP/1.<digit> SP 3DIGIT [SP reason]``; ``HTTP/1.1 200`` without SP is accepted.
-  HTTP/1.2..1.9 are read as 1.1 (RFC 9110 §2.5). A code outside 100-599 is invalid (RFC 9110
-  §15): we raise rather than map it to 5xx, so no caller can mistake it for success.
-- 1xx responses are parsed and dropped; 101 is a ProtocolError (we never ask to upgrade). CONNECT
-  is not supported (its 2xx starts a tunnel), so ``method="CONNECT"`` is a ValueError.
-- Framing (§6.3): HEAD, 1xx, 204, 304 have no body whatever the fields say. Transfer-Encoding must
-  be exactly ``chunked`` (list elements split, empties ignored): we send no TE, so any other coding
-  (``gzip``, ``gzip, chunked``, ``chunked, chunked``) is a ProtocolError rather than body bytes we
-  cannot decode. TE in an HTTP/1.0 response is faulty framing (§6.1): ProtocolError. TE with
-  Content-Length: TE wins, and the connection is not reusable. Content-Length is ASCII digits
-  (at most 19 without leading zeros); repeated values (a list or repeated fields) must be equal.
-  Otherwise the body runs to EOF.
+- CONNECT is not supported (its 2xx starts a tunnel), so ``method="CONNECT"`` is a ValueError.
+- Framing (§6.3): HEAD, 1xx, 204, 304 have no body whatever the fields say. Transfer-Encoding
+  ``chunked`` frames the body (``_http1_head.check_chunked`` refuses any other). TE with
+  Content-Length: TE wins, and the connection is not reusable. Otherwise Content-Length, else the
+  body runs to EOF.
 - Chunk size: 1-16 hex digits, nothing else (no ``0x``, sign, space or ``_``, which ``int()``
   would take). Extensions must match the §7.1.1 grammar and are ignored; BWS before ``;`` is
   allowed, trailing whitespace without an extension is not. A size line is capped at 4 KiB.
@@ -48,84 +34,36 @@ that extends an unfinished line is appended without rescanning, so byte-at-a-tim
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["ProtocolError", "ResponseHead", "ResponseParser", "encode_request"]
+from ._http1_head import (
+    FIELD_VALUE,
+    TOKEN,
+    ProtocolError,
+    ResponseHead,
+    check_chunked,
+    content_length,
+    excerpt,
+    parse_fields,
+    parse_head,
+)
 
+__all__ = ["ResponseParser"]
 
-class ProtocolError(Exception):
-    """The server's bytes are not a valid HTTP/1.1 response (the message says what).
-
-    ``body`` holds the body bytes the same ``feed`` decoded before the fault: they were valid,
-    and a reader must not lose them.
-    """
-
-    body: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseHead:
-    """The final (non-1xx) response head.
-
-    ``headers`` are (name, value) pairs in the order sent, decoded as latin-1, names as sent, values
-    without surrounding OWS. ``keep_alive``: the server allows reuse (HTTP/1.1 without a ``close``
-    connection option, or HTTP/1.0 with ``keep-alive``).
-    """
-
-    status: int
-    reason: str
-    http_version: str
-    headers: tuple[tuple[str, str], ...]
-    keep_alive: bool
-
-
-_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
-_TOKEN = rb"[" + _TCHAR + rb"]+"
 _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
-
-_STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
-# A head's field lines in the common shape (LF-ended, no obs-fold, nothing invalid), checked in
-# one pass and split in another, on the latin-1 text: two regex calls for the whole head instead
-# of two per field. Anything else takes the line-by-line path, which says what is wrong.
-_PLAIN_FIELDS = re.compile(r"(?:[" + _TCHAR.decode() + r"]+:[\t\x20-\x7e\x80-\xff]*\n)*")
-_PLAIN_FIELD = re.compile(r"([" + _TCHAR.decode() + r"]+):[ \t]*(.*?)[ \t]*\n")
-_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):(.*)", re.DOTALL)
-_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:\r\n|([ \t;][^\r\n]*)\r\n)")
 _CHUNK_EXT = re.compile(
-    rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)+"
+    rb"(?:[ \t]*;[ \t]*" + TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + TOKEN + rb"|" + _QUOTED + rb"))?)+"
 )
 _HEX_RUN = re.compile(rb"[0-9A-Fa-f]*")
-_TOKEN_STR = re.compile(r"[" + _TCHAR.decode() + r"]+")
-_TARGET_STR = re.compile(r"[\x21-\x7e]+")
-_VALUE_STR = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-# Every field line at once; with one LF per field (a CR LF inside a value would make a line of
-# its own that also matches), no line ran into another. The per-field checks then run only to name
-# the field at fault.
-_FIELD_BLOCK_STR = re.compile(r"(?:[" + _TCHAR.decode() + r"]+: [\t\x20-\x7e\x80-\xff]*\r\n)*")
 
 _MAX_CHUNK_LINE: Final = 4096
-_MAX_LENGTH_DIGITS: Final = 19
 _STATUS_PREFIX: Final = b"HTTP/1."
 
 # Parser states. Ints, compared with ==, because the hot path tests them per feed.
-_HEAD: Final = 0
-_CHUNK_SIZE: Final = 1
-_CHUNK_DATA: Final = 2
-_CHUNK_CRLF: Final = 3
-_TRAILERS: Final = 4
-_LENGTH: Final = 5
-_CLOSE: Final = 6
-_DONE: Final = 7
-_ERROR: Final = 8
+_HEAD, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _LENGTH, _CLOSE, _DONE, _ERROR = range(9)
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
-
-
-def _excerpt(line: bytes | bytearray) -> str:
-    return repr(bytes(line[:40])) + ("..." if len(line) > 40 else "")
 
 
 class ResponseParser:
@@ -359,7 +297,7 @@ class ResponseParser:
                     break
                 size_hex, ext = m.groups()
                 if ext is not None and _CHUNK_EXT.fullmatch(ext) is None:
-                    raise ProtocolError(f"invalid chunk extension {_excerpt(ext)}")
+                    raise ProtocolError(f"invalid chunk extension {excerpt(ext)}")
                 size = int(size_hex, 16)
                 pos = m.end()
                 if not size:
@@ -372,16 +310,10 @@ class ResponseParser:
                         raise ProtocolError("missing CRLF after chunk data")
                     append(src[pos:end])
                     pos = end + 2
-                elif end <= n:
-                    append(src[pos:end])
-                    pos = end
-                    state = _CHUNK_CRLF
-                else:
-                    append(src[pos:])
-                    self._remaining = end - n
-                    pos = n
-                    state = _CHUNK_DATA
-            elif state == _CHUNK_DATA:
+                    continue
+                self._remaining = size
+                state = _CHUNK_DATA  # the chunk runs past these bytes: take what is here
+            if state == _CHUNK_DATA:
                 end = pos + self._remaining
                 if end <= n:
                     append(src[pos:end])
@@ -413,12 +345,12 @@ class ResponseParser:
             digits = _HEX_RUN.match(line).end()  # type: ignore[union-attr]
             if digits > 16:
                 raise ProtocolError("chunk size longer than 16 hex digits")
-            raise ProtocolError(f"invalid chunk size line {_excerpt(line)}")
+            raise ProtocolError(f"invalid chunk size line {excerpt(line)}")
         digits = _HEX_RUN.match(src, pos, pos + 17).end() - pos  # type: ignore[union-attr]
         if digits > 16:
             raise ProtocolError("chunk size longer than 16 hex digits")
         if pos + digits < n and (digits == 0 or src[pos + digits] not in b"\r \t;"):
-            raise ProtocolError(f"invalid chunk size line {_excerpt(src[pos : pos + 40])}")
+            raise ProtocolError(f"invalid chunk size line {excerpt(src[pos : pos + 40])}")
         if n - pos > _MAX_CHUNK_LINE:
             raise ProtocolError(f"chunk size line longer than {_MAX_CHUNK_LINE} bytes")
 
@@ -426,7 +358,7 @@ class ResponseParser:
         n = len(src)
         start = src[pos : pos + len(_STATUS_PREFIX)]
         if start != _STATUS_PREFIX[: len(start)]:
-            raise ProtocolError(f"not an HTTP/1.x response: {_excerpt(src[pos : pos + 40])}")
+            raise ProtocolError(f"not an HTTP/1.x response: {excerpt(src[pos : pos + 40])}")
         scan = pos + self._scan
         # The head ends at its first empty line: LF CRLF or LF LF (a bare LF ends a head line).
         crlf = src.find(b"\n\r\n", scan)
@@ -447,77 +379,21 @@ class ResponseParser:
         return end
 
     def _parse_head(self, block: bytes) -> None:
-        block = block.replace(b"\r\n", b"\n")
-        if b"\r" in block:
-            raise ProtocolError("bare CR in the response head")
-        status_end = block.index(b"\n")  # the block ends with its last line's LF
-        status_line = block[:status_end]
-        status_match = _STATUS_LINE.fullmatch(status_line)
-        if status_match is None:
-            raise ProtocolError(f"invalid status line {_excerpt(status_line)}")
-        minor, code, reason = status_match.groups()
-        status = int(code)
-        if not 100 <= status <= 599:
-            raise ProtocolError(f"invalid status code {status}")
-        text = block[status_end + 1 :].decode("latin-1")
-        if _PLAIN_FIELDS.fullmatch(text) is not None:
-            headers = _PLAIN_FIELD.findall(text)
-            if len(headers) > self._max_headers:
-                raise ProtocolError(f"more than {self._max_headers} header fields")
-        else:
-            lines = block.split(b"\n")
-            del lines[-1]
-            headers = [
-                (name.decode("latin-1"), value.decode("latin-1"))
-                for name, value in _parse_fields(lines, 1, self._max_headers, "header")
-            ]
-        if status < 200:
-            if status == 101:
-                raise ProtocolError("unexpected 101 Switching Protocols: no upgrade was asked for")
+        parsed = parse_head(block, self._max_headers)
+        if parsed is None:
             return  # interim response: dropped, the final head follows
-        version = "1.0" if minor == b"0" else "1.1"
-        connection: set[str] = set()
-        te: list[str] = []
-        cl: list[str] = []
-        for name, value in headers:
-            lower = name.lower()
-            if lower == "connection":
-                connection.update(t.strip(" \t").lower() for t in value.split(","))
-            elif lower == "transfer-encoding":
-                te.append(value)
-            elif lower == "content-length":
-                cl.append(value)
-        if version == "1.1":
-            keep_alive = "close" not in connection
-        else:
-            keep_alive = "keep-alive" in connection and "close" not in connection
-        self.head = ResponseHead(
-            status=status,
-            reason=reason.decode("latin-1") if reason is not None else "",
-            http_version=version,
-            headers=tuple(headers),
-            keep_alive=keep_alive,
-        )
+        head, te, cl = parsed
+        self.head = head
         self._te_and_cl = bool(te) and bool(cl)
-        if self._head_request or status in _NO_BODY_STATUSES:
+        if self._head_request or head.status in _NO_BODY_STATUSES:
             self._framing = "none"
             self._finish()
         elif te:
-            if version == "1.0":
-                raise ProtocolError("Transfer-Encoding in an HTTP/1.0 response")
-            codings = [c.strip(" \t").lower() for v in te for c in v.split(",")]
-            codings = [c for c in codings if c]
-            if codings != ["chunked"]:
-                if not codings:
-                    raise ProtocolError("empty Transfer-Encoding")
-                others = [c for c in codings if c != "chunked"]
-                if others:
-                    raise ProtocolError(f"unsupported transfer coding {others[0][:40]!r}")
-                raise ProtocolError("chunked applied more than once")
+            check_chunked(te, head.http_version)
             self._framing = "chunked"
             self._state = _CHUNK_SIZE
         elif cl:
-            length = _content_length(cl)
+            length = content_length(cl)
             if length:
                 self._framing = "length"
                 self._remaining = length
@@ -552,103 +428,11 @@ class ResponseParser:
             if line[0] in b" \t":
                 if not self._trailer_count:
                     raise ProtocolError("whitespace before the first trailer field")
-                if _FIELD_VALUE.fullmatch(line) is None:
-                    raise ProtocolError(f"invalid trailer field {_excerpt(line)}")
+                if FIELD_VALUE.fullmatch(line) is None:
+                    raise ProtocolError(f"invalid trailer field {excerpt(line)}")
                 continue
             self._trailer_count += 1
             if self._trailer_count > self._max_headers:
                 raise ProtocolError(f"more than {self._max_headers} trailer fields")
-            _parse_fields([line], 0, self._max_headers, "trailer")
+            parse_fields([line], 0, self._max_headers, "trailer")
         return pos
-
-
-def _parse_fields(
-    lines: list[bytes], first: int, max_fields: int, kind: str
-) -> list[tuple[bytes, bytes]]:
-    """Field lines (from index first) as (name, value) pairs; obs-fold replaced by one SP."""
-    fields: list[list[bytes]] = []
-    for i in range(first, len(lines)):
-        line = lines[i]
-        if line[:1] in (b" ", b"\t"):
-            if not fields:
-                raise ProtocolError(f"whitespace before the first {kind} field")
-            fields[-1].append(line)
-            continue
-        m = _FIELD_LINE.fullmatch(line)
-        if m is None:
-            colon = line.find(b":")
-            if colon == -1:
-                raise ProtocolError(f"{kind} line without a colon {_excerpt(line)}")
-            if colon and line[colon - 1] in b" \t":
-                raise ProtocolError(f"whitespace before the colon in {kind} field {_excerpt(line)}")
-            raise ProtocolError(f"invalid {kind} field name {_excerpt(line)}")
-        if len(fields) >= max_fields:
-            raise ProtocolError(f"more than {max_fields} {kind} fields")
-        fields.append([m.group(1), m.group(2)])
-    result: list[tuple[bytes, bytes]] = []
-    for name, *parts in fields:
-        value = (b" ".join(p.strip(b" \t") for p in parts)).strip(b" \t")
-        if _FIELD_VALUE.fullmatch(value) is None:
-            raise ProtocolError(f"invalid character in {kind} field {name[:40]!r}")
-        result.append((name, value))
-    return result
-
-
-def _content_length(values: list[str]) -> int:
-    lengths: set[str] = set()
-    for value in values:
-        for element in value.split(","):
-            element = element.strip(" \t")
-            if not (element.isascii() and element.isdigit()):
-                raise ProtocolError(f"invalid Content-Length {value[:40]!r}")
-            lengths.add(element.lstrip("0") or "0")
-    if len(lengths) != 1:
-        raise ProtocolError("conflicting Content-Length values")
-    digits = lengths.pop()
-    if len(digits) > _MAX_LENGTH_DIGITS:
-        raise ProtocolError("Content-Length too large")
-    return int(digits)
-
-
-def encode_request(
-    method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | None
-) -> bytes:
-    """One HTTP/1.1 request as bytes: request line, the headers as given, CRLF, body.
-
-    Content-Length is added when body is not None and the caller gave none (a given one must
-    match the body). Raises ValueError on a method or field name that is not a token, a target
-    that is not visible ASCII (CR, LF, NUL, spaces, non-ASCII), a value holding a control
-    character other than HTAB or a character outside latin-1, and on Transfer-Encoding with a
-    body (the body goes out with Content-Length): no header injection is possible.
-    """
-    if _TOKEN_STR.fullmatch(method) is None:
-        raise ValueError(f"invalid HTTP method {method[:40]!r}")
-    if _TARGET_STR.fullmatch(target) is None:
-        raise ValueError(f"invalid request target {target[:40]!r}")
-    headers = list(headers)
-    fields = "".join([f"{name}: {value}\r\n" for name, value in headers])
-    if _FIELD_BLOCK_STR.fullmatch(fields) is None or fields.count("\n") != len(headers):
-        for name, value in headers:
-            if _TOKEN_STR.fullmatch(name) is None:
-                raise ValueError(f"invalid header name {name[:40]!r}")
-            if _VALUE_STR.fullmatch(value) is None:
-                raise ValueError(f"invalid character in the value of header {name!r}")
-    out = [f"{method} {target} HTTP/1.1\r\n".encode("ascii"), fields.encode("latin-1")]
-    given_length: str | None = None
-    for name, value in headers:
-        lower = name.lower()
-        if lower == "content-length":
-            if given_length is not None:
-                raise ValueError("more than one Content-Length header")
-            given_length = value.strip(" \t")
-        elif lower == "transfer-encoding" and body is not None:
-            raise ValueError("Transfer-Encoding with a body: the body is sent with Content-Length")
-    if body is not None:
-        if given_length is None:
-            out.append(b"Content-Length: %d\r\n" % len(body))
-        elif given_length != str(len(body)):
-            raise ValueError(f"Content-Length {given_length!r} does not match the body's length")
-    out.append(b"\r\n")
-    if body:
-        out.append(body)
-    return b"".join(out)

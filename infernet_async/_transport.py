@@ -35,15 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 from yarl import URL
 
+from ._budget import ConnectionBudget
 from ._config import RetryPolicy, Secret, Timeouts
-from ._connection import (
-    BodySink,
-    ConnectionBudget,
-    NativeResponse,
-    StreamPool,
-    fd_exhaustion_message,
-)
+from ._connect import fd_exhaustion_message
+from ._connection import BodySink
 from ._ids import job_path, validate_job_id
+from ._native_response import NativeResponse
+from ._pool import StreamPool
 from ._proxy import Proxy, ProxySettings, proxy_refused
 from ._ratelimit import active_limiter
 from ._retry import decide_retry, parse_retry_after, server_retry_after

@@ -30,15 +30,16 @@ page, say). Three body shapes are read, whichever surface sent them: the documen
 ``{"error": "<code>", "error_message"}``, the OpenAI-compatible ``{"error": {"message", "type",
 "code"}}`` (``code`` a string such as ``invalid_key``, or the HTTP status as a number, which is no
 code) and the chat surface's ``{"error": "<a sentence>", "detail"}``; the message is always the
-server's own words, never a dump of the body. This module imports nothing outside the standard
-library, so the sans-IO layers can raise these errors too.
+server's own words, never a dump of the body (reading the body is ``_error_bodies``'s). This module
+imports nothing outside the standard library, so the sans-IO layers can raise these errors too.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
+
+from ._error_bodies import cut_message, excerpt, header_value, read_error_body
 
 __all__ = [
     "APIConnectionError",
@@ -67,12 +68,6 @@ __all__ = [
     "error_for_response",
     "stream_error_for_code",
 ]
-
-_EXCERPT_LIMIT = 200
-_MESSAGE_LIMIT = 1000
-# An error code is a word (``rate_limited``, ``invalid_key``); the chat surface puts a sentence in
-# the same field.
-_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 class InfernetError(Exception):
@@ -172,10 +167,10 @@ class RateLimitError(APIError):
     ) -> None:
         super().__init__(message, status=status, code=code, body=body, headers=headers)
         self.retry_after = retry_after
-        self.limit_type: str | None = _header(self.headers, "X-Infernet-Limit-Type")
+        self.limit_type: str | None = header_value(self.headers, "X-Infernet-Limit-Type")
         """Which limit a resale key hit, where the server says: ``rps``, ``concurrency`` or
         ``tokens`` (``X-Infernet-Limit-Type``); ``None`` when it does not say."""
-        self.limit_scope: str | None = _header(self.headers, "X-Infernet-Limit-Scope")
+        self.limit_scope: str | None = header_value(self.headers, "X-Infernet-Limit-Scope")
         """Whose limit it was: ``key`` (this key's own) or ``shared`` (the reservation's pool)
         (``X-Infernet-Limit-Scope``); ``None`` when the server does not say."""
 
@@ -362,20 +357,13 @@ _STREAM_ERRORS_BY_CODE: dict[str, type[StreamError]] = {
 def _api_error_class(status: int, code: str | None) -> type[APIError]:
     if code is not None and code in _API_ERRORS_BY_CODE:
         return _API_ERRORS_BY_CODE[code]
-    if code is None or code not in _API_ERRORS_BY_CODE:
-        by_status = _API_ERRORS_BY_STATUS.get(status)
-        if by_status is not None and (code is None or by_status is not NoCapacityError):
-            return by_status
+    by_status = _API_ERRORS_BY_STATUS.get(status)
+    # A 503 with a code we do not know is not known to be "no capacity".
+    if by_status is not None and (code is None or by_status is not NoCapacityError):
+        return by_status
     if status >= 500:
         return InternalServerError
     return APIError
-
-
-def _excerpt(text: str) -> str:
-    flat = " ".join(text.split())
-    if len(flat) > _EXCERPT_LIMIT:
-        return flat[: _EXCERPT_LIMIT - 1] + "…"
-    return flat
 
 
 def error_for_response(
@@ -395,13 +383,13 @@ def error_for_response(
         headers: the response headers, kept on the error.
         retry_after: seconds to wait, already worked out by the caller (for 429).
     """
-    code, message, available = _read_error_body(body)
+    code, message, available = read_error_body(body)
     if message is None and isinstance(body, Mapping):
         # JSON with no message in any known place: the body stays on ``.body``, not in the text.
         message = f"HTTP {status}" + (f" ({code})" if code else " with no error message")
     if message is None:
-        excerpt = _excerpt(text)
-        message = f"HTTP {status}: {excerpt}" if excerpt else f"HTTP {status}"
+        shown = excerpt(text)
+        message = f"HTTP {status}: {shown}" if shown else f"HTTP {status}"
     cls = _api_error_class(status, code)
     if issubclass(cls, RateLimitError):
         return cls(
@@ -423,62 +411,14 @@ def error_for_response(
     return cls(message, status=status, code=code, body=body, headers=headers)
 
 
-def _read_error_body(body: Any) -> tuple[str | None, str | None, list[str]]:
-    """The code, the message and the available models of an error body, in any of the three
-    shapes (see the module docstring); ``None`` for what the body does not say."""
-    if not isinstance(body, Mapping):
-        return None, None, []
-    code: str | None = None
-    message: str | None = None
-    available: list[str] = []
-    error = body.get("error")
-    if isinstance(error, Mapping):
-        # OpenAI-shaped. Its code is either a word or the HTTP status as a number (no news).
-        raw_code = error.get("code")
-        if isinstance(raw_code, str) and _CODE.fullmatch(raw_code):
-            code = raw_code
-        raw_message = error.get("message")
-        if isinstance(raw_message, str) and raw_message.strip():
-            message = raw_message
-        models = error.get("available_models", body.get("available_models"))
-        if isinstance(models, list):
-            available = [m for m in models if isinstance(m, str)]
-    elif isinstance(error, str) and error:
-        if _CODE.fullmatch(error):
-            code = error
-        else:
-            # The chat surface's sentence: the message itself, with the hint it may add.
-            message = error
-            detail = body.get("detail")
-            hint = detail.get("hint") if isinstance(detail, Mapping) else None
-            if isinstance(hint, str) and hint.strip():
-                message = f"{message} ({hint.strip()})"
-    if message is None:
-        raw_message = body.get("error_message", body.get("message"))
-        if isinstance(raw_message, str) and raw_message.strip():
-            message = raw_message
-    if message is not None and len(message) > _MESSAGE_LIMIT:
-        message = message[: _MESSAGE_LIMIT - 1] + "…"
-    return code, message, available
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
-    return value.strip() or None if isinstance(value, str) else None
-
-
 def stream_error_for_code(
     code: str | None, message: str, *, partial_text: str, job_id: str | None
 ) -> StreamError:
     """Build the ``StreamError`` for an in-stream error event (the HTTP status there is 200).
 
-    The message comes from the server and may be as large as an event (megabytes): it is cut to
-    ``_MESSAGE_LIMIT`` characters so that a log line or a traceback stays readable.
+    The message comes from the server and may be as large as an event (megabytes): it is cut
+    (``_error_bodies.cut_message``) so that a log line or a traceback stays readable.
     """
-    if len(message) > _MESSAGE_LIMIT:
-        message = message[: _MESSAGE_LIMIT - 1] + "…"
+    message = cut_message(message)
     cls = _STREAM_ERRORS_BY_CODE.get(code or "", StreamError)
     return cls(message, partial_text=partial_text, job_id=job_id, code=code)

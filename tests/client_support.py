@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from infernet_async import InfernetClient, RetryPolicy
-from infernet_async._connection import StreamPool
+from infernet_async._pool import StreamPool
 
 MODEL = "qwen2.5:14b"
 MSG = [{"role": "user", "content": "What is the capital of France?"}]

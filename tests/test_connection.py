@@ -24,7 +24,7 @@ from infernet_async import (
     RateLimitError,
     Timeouts,
 )
-from infernet_async._connection import NativeResponse
+from infernet_async._native_response import NativeResponse
 from infernet_async.devserver import DevServer
 
 from .client_support import MODEL, MSG, client_for, data_events, raw_server, sse_handler

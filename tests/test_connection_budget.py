@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from infernet_async import BatchRequest, InfernetClient, RetryPolicy, Timeouts
-from infernet_async._connection import ConnectionBudget
+from infernet_async._budget import ConnectionBudget
 from infernet_async.devserver import DevServer
 
 from .client_support import MODEL, MSG

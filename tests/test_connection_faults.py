@@ -23,7 +23,7 @@ from infernet_async import (
     RetryPolicy,
     Timeouts,
 )
-from infernet_async._connection import NativeResponse
+from infernet_async._native_response import NativeResponse
 from tests.client_support import MODEL, MSG, data_events, raw_server
 from tests.test_connection import (
     flood,

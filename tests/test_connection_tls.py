@@ -32,7 +32,8 @@ from infernet_async import (
     RetryPolicy,
     Timeouts,
 )
-from infernet_async._connection import NativeResponse, StreamPool
+from infernet_async._native_response import NativeResponse
+from infernet_async._pool import StreamPool
 
 from .client_support import MODEL, MSG, Handler, data_events, record_rests, sse_handler
 

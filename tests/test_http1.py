@@ -16,13 +16,10 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, note, settings
 from hypothesis import strategies as st
 
-from infernet_async._http1 import (
-    ProtocolError,
-    ResponseHead,
-    ResponseParser,
-    _parse_fields,
-    encode_request,
-)
+from infernet_async._http1 import ResponseParser
+from infernet_async._http1_head import ProtocolError, ResponseHead
+from infernet_async._http1_head import parse_fields as _parse_fields
+from infernet_async._http1_request import encode_request
 
 PROPERTY_SETTINGS = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -30,8 +30,11 @@ from infernet_async import (
     Timeouts,
     TokenStream,
 )
-from infernet_async._connection import NativeResponse, StreamPool, _Connection, rest_length
+from infernet_async._connection import Connection as _Connection
 from infernet_async._fanout import DEFAULT_READ_INTERVAL
+from infernet_async._native_response import NativeResponse
+from infernet_async._pool import StreamPool
+from infernet_async._resting import rest_length
 from infernet_async.devserver import DevServer, Fault
 
 from .client_support import (

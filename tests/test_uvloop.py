@@ -14,7 +14,7 @@ from typing import TypeVar
 import pytest
 
 from infernet_async import APITimeoutError, BatchRequest, InfernetClient, Timeouts
-from infernet_async._connection import NativeResponse
+from infernet_async._native_response import NativeResponse
 from infernet_async.devserver import DevServer
 
 from .client_support import record_rests
