@@ -15,7 +15,9 @@ import anyio
 import pytest
 
 from infernet_async import InfernetClient
-from infernet_async._batch import (
+from infernet_async._fanout import BatchOutcome, BatchRequest, FanOut
+from infernet_async.cli import main
+from infernet_async.cli._batch_files import (
     BatchDefaults,
     BatchSummary,
     InvalidLine,
@@ -25,8 +27,6 @@ from infernet_async._batch import (
     run_batch,
     scan_output,
 )
-from infernet_async._fanout import BatchOutcome, BatchRequest, FanOut
-from infernet_async.cli import main
 from infernet_async.devserver import DevServer
 from tests._signals import default_sigint
 

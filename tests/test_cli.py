@@ -215,6 +215,76 @@ async def test_chat_rate_limited_is_one_line(
     assert_one_error_line(err, "rate limited")
 
 
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The host names looked up from now on; each lookup fails, as for a host that is not there."""
+    import socket
+
+    seen: list[str] = []
+
+    def no_such_host(host: object, *args: object, **kwargs: object) -> object:
+        seen.append(str(host))
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["chat", PROMPT],
+        ["chat", "--json", PROMPT],
+        ["models"],
+        ["jobs", "show", "job_x"],
+    ],
+)
+async def test_a_token_over_plain_http_is_refused_naming_the_flag_and_nothing_is_sent(
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    lookups: list[str],
+) -> None:
+    monkeypatch.setenv("INFERNET_BASE_URL", "http://example.invalid")
+    monkeypatch.setenv("INFERNET_BEARER_TOKEN", "secret-token")
+    assert await cli(*argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_one_error_line(err, "plain http://", "--allow-insecure", "INFERNET_ALLOW_INSECURE=1")
+    # The command line names its own flag and variable, never the client's Python argument.
+    assert "allow_insecure" not in err and "True" not in err
+    assert "secret-token" not in err
+    assert lookups == []
+
+
+async def test_allow_insecure_from_the_flag_or_the_environment_lets_the_request_go(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    lookups: list[str],
+) -> None:
+    monkeypatch.setenv("INFERNET_BASE_URL", "http://example.invalid")
+    monkeypatch.setenv("INFERNET_BEARER_TOKEN", "secret-token")
+    assert await cli("models", "--allow-insecure") == 1
+    assert_one_error_line(capsys.readouterr().err, "cannot reach")
+    monkeypatch.setenv("INFERNET_ALLOW_INSECURE", "1")
+    assert await cli("models") == 1
+    assert_one_error_line(capsys.readouterr().err, "cannot reach")
+    assert lookups and set(lookups) == {"example.invalid"}
+
+
+def test_batch_refused_over_plain_http_is_a_usage_error_before_any_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INFERNET_BASE_URL", "http://example.invalid")
+    monkeypatch.setenv("INFERNET_BEARER_TOKEN", "secret-token")
+    requests = tmp_path / "in.jsonl"
+    requests.write_text('{"prompt": "hi"}\n', encoding="utf-8")
+    assert main(["batch", "--no-progress", str(requests)]) == 2
+    _, err = capsys.readouterr()
+    assert_one_error_line(err, "--allow-insecure")
+    assert "allow_insecure" not in err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -348,7 +348,7 @@ async def test_a_job_is_listed_since_its_own_created_at(
     # created_at as the client sees it is rounded to the microsecond, then cut to milliseconds:
     # a time just under a millisecond boundary is shown as the next one.
     job_id = (await api.submit("Question?"))["id"]
-    job = next(j for j in server._store if j.id == job_id)
+    job = next(j for j in server._plane.store if j.id == job_id)
     job.created_at = float(int(job.created_at)) + 0.5 + below_a_millisecond
     _, shown, _ = await api.request("GET", f"/jobs/{job_id}")
     _, page, _ = await api.request("GET", "/jobs", params={"since": shown["created_at"]})

@@ -112,7 +112,7 @@ async def test_cancelled_jobs_say_whether_their_request_was_sent() -> None:
 
 
 async def test_the_batch_command_takes_rate_and_burst(tmp_path: Any) -> None:
-    from infernet_async._cli_batch import _rate
+    from infernet_async.cli._batch import _rate
 
     assert _rate("2") == 2.0 and _rate("2/s") == 2.0 and _rate("120/m") == 2.0
     for bad in ("0", "-1", "x/s", "2/h", "nan"):

@@ -180,16 +180,7 @@ async def create_chat(request: web.Request) -> web.StreamResponse:
     reason = scheduler.capacity_error(model, pin)
     if reason is not None:
         raise chat_error(503, reason, {"hint": "Retry in a moment"})
-    job = Job(
-        id=plane.store.new_id(),
-        owner=ANONYMOUS_OWNER,
-        model=model,
-        messages=params["messages"],
-        max_tokens=params["max_tokens"],
-        temperature=params["temperature"],
-        node_pin=pin,
-    )
-    scheduler.submit(job)
+    job = plane.submit(ANONYMOUS_OWNER, model, params, node_pin=pin)
     node_id = _current_node(job)
     provider = None if node_id is None else _provider(scheduler.nodes[node_id], model)
     return json_answer(

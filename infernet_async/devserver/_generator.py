@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-__all__ = ["LOCAL_ENGINE", "Generation", "LocalGenerator", "tokenize"]
+__all__ = ["LOCAL_ENGINE", "Generation", "GenerationRequest", "LocalGenerator", "tokenize"]
 
 LOCAL_ENGINE = "local-emulation"
 
@@ -92,6 +92,25 @@ def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
 
 def _number(value: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:g}"
+
+
+class GenerationRequest(Protocol):
+    """What a generation is asked for (a ``Job`` is one)."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def messages(self) -> Sequence[Mapping[str, Any]]: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    @property
+    def temperature(self) -> float: ...
+
+    @property
+    def top_p(self) -> float: ...
 
 
 class Generation(Protocol):
@@ -211,14 +230,6 @@ class LocalGenerator:
             return tokens[:max_tokens], "length"
         return tokens, "stop"
 
-    async def start(
-        self,
-        model: str,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-    ) -> Generation:
-        tokens, reason = self.tokens(model, messages, max_tokens)
+    async def start(self, request: GenerationRequest) -> Generation:
+        tokens, reason = self.tokens(request.model, request.messages, request.max_tokens)
         return _ListGeneration(tokens, reason)

@@ -203,15 +203,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     reason = plane.scheduler.capacity_error(model, None)
     if reason is not None:
         raise openai_error(503, reason)
-    job = Job(
-        id=plane.store.new_id(),
-        owner=ANONYMOUS_OWNER,
-        model=model,
-        messages=params["messages"],
-        max_tokens=params["max_tokens"],
-        temperature=params["temperature"],
-    )
-    plane.scheduler.submit(job)
+    job = plane.submit(ANONYMOUS_OWNER, model, params)
     completion_id, created = f"chatcmpl-{job.id}", int(time.time())
     if params["stream"]:
         return await _stream(request, plane, job, completion_id, created)

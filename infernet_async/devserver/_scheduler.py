@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._faults import FaultBook, drop_point
-from ._generator import Generation
+from ._generator import Generation, GenerationRequest
 from ._jobs import Job, JobStore
 from ._upstream import UpstreamError
 
@@ -71,15 +71,7 @@ class Backend(Protocol):
     engine: str
     paced: bool
 
-    async def start(
-        self,
-        model: str,
-        messages: Sequence[Any],
-        *,
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-    ) -> Generation: ...
+    async def start(self, request: GenerationRequest) -> Generation: ...
 
 
 @dataclass(eq=False)
@@ -136,6 +128,11 @@ class Scheduler:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._timeouts: dict[str, asyncio.TimerHandle] = {}
         self._closed = False
+
+    def use_backend(self, backend: Backend, nodes: Sequence[NodeSpec]) -> None:
+        """Generate with ``backend`` on ``nodes`` from now on (an upstream, before any job)."""
+        self.backend = backend
+        self.nodes = {s.id: NodeState(s, s.online) for s in nodes}
 
     # -- what the API asks ------------------------------------------------------------------------
 
@@ -204,13 +201,7 @@ class Scheduler:
         rng = random.Random(f"{self.seed}:{job.id}:{attempt.number}")
         generation: Generation | None = None
         try:
-            generation = await self.backend.start(
-                job.model,
-                job.messages,
-                max_tokens=job.max_tokens,
-                temperature=job.temperature,
-                top_p=job.top_p,
-            )
+            generation = await self.backend.start(job)
             planned = generation.planned_tokens or job.max_tokens
             drop_at = drop_point(fault, self.node_drop_probability, rng, planned)
             paced = self.backend.paced

@@ -2,37 +2,31 @@
 
 It owns the aiohttp runner and site and the ``Plane`` the app's handlers share (the job store, the
 scheduler, the fault book, the rate limiters, the resale keys and the records), and exposes the
-knobs tests turn. Lifecycle: ``start()`` binds (port 0 picks a free
-port),
-``aclose()`` ends every stream and job task and releases the port; both are idempotent, and a closed
-server cannot be started again.
+knobs tests turn. Lifecycle: ``start()`` binds (port 0 picks a free port), ``aclose()`` ends every
+stream and job task and releases the port; both are idempotent, and a closed server cannot be
+started again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Final, Literal
 
 from aiohttp import web
 
 from .._resource import AsyncResource
-from ._faults import Fault, FaultBook
+from ._controls import PlaneControls
+from ._faults import FaultBook
 from ._generator import LocalGenerator
-from ._jobs import JobStore, iso
+from ._jobs import JobStore
 from ._ratelimit import AnonymousLimiter, RateLimiter
-from ._records import Recorder, RequestRecord, StreamRecord
-from ._resale import ResaleBook, ReservationState
+from ._records import Recorder
+from ._resale import ResaleBook
 from ._scheduler import DEFAULT_NODES, NodeSpec, Scheduler
 from ._sse_writer import NEWLINES, Dialect
-from ._state import Plane
+from ._state import Plane, token_digests
 from ._upstream import UpstreamBackend, UpstreamKind
-
-if TYPE_CHECKING:
-    import aiohttp
 
 __all__ = ["DevServer"]
 
@@ -50,7 +44,7 @@ LISTEN_BACKLOG: Final = 2048
 _State = Literal["unopened", "started", "closed"]
 
 
-class DevServer(AsyncResource):
+class DevServer(PlaneControls, AsyncResource):
     """A local Infernet control plane on loopback, with simulated nodes, faults and records.
 
     One origin serves three surfaces over the same nodes, jobs, faults and records: the documented
@@ -153,8 +147,6 @@ class DevServer(AsyncResource):
         self.host = host
         self.port = port
         self.tokens: tuple[str, ...] = tuple(token_list)
-        # Digests, so every comparison is between equal-length values and leaks no token length.
-        self._token_digests = [hashlib.sha256(t.encode()).digest() for t in token_list]
         self.hosted = hosted
         self.max_body_bytes = max_body_bytes
         self.seed = seed
@@ -166,16 +158,6 @@ class DevServer(AsyncResource):
         self._generator = LocalGenerator(seed=seed, answer_tokens=answer_tokens)
         store = JobStore(seed=seed, history_limit=history_limit)
         faults = FaultBook()
-        self._scheduler_options: dict[str, Any] = {
-            "seed": seed,
-            "job_timeout": job_timeout,
-            "tokens_per_second": tokens_per_second,
-            "time_to_first_token": time_to_first_token,
-            "node_drop_probability": node_drop_probability,
-            "node_reconnect_delay": node_reconnect_delay,
-            "max_pending": max_pending,
-            "hosted": hosted,
-        }
         self._plane = Plane(
             store=store,
             scheduler=Scheduler(
@@ -183,44 +165,33 @@ class DevServer(AsyncResource):
                 faults,
                 self._generator,
                 nodes=self._node_specs or DEFAULT_NODES,
-                **self._scheduler_options,
+                seed=seed,
+                job_timeout=job_timeout,
+                tokens_per_second=tokens_per_second,
+                time_to_first_token=time_to_first_token,
+                node_drop_probability=node_drop_probability,
+                node_reconnect_delay=node_reconnect_delay,
+                max_pending=max_pending,
+                hosted=hosted,
             ),
             faults=faults,
             recorder=Recorder(record_limit),
             limiter=RateLimiter(rate_limit_per_minute, rate_limit_per_hour),
             anonymous=AnonymousLimiter(anonymous_rate_limit_per_hour),
             resale=ResaleBook(resale_keys, resale_rps),
+            token_digests=token_digests(token_list),
+            max_body_bytes=max_body_bytes,
             dialect=dialect,
             newline=newline,
             heartbeat_interval=heartbeat_interval,
             hosted=hosted,
             chat_stream_max_seconds=chat_stream_max_seconds,
         )
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream_backend: UpstreamBackend | None = None
         self._runner: web.AppRunner | None = None
         self._state: _State = "unopened"
 
-    # -- the shared state, as the handlers see it --------------------------------------------------
-
-    @property
-    def _store(self) -> JobStore:
-        return self._plane.store
-
-    @property
-    def _faults(self) -> FaultBook:
-        return self._plane.faults
-
-    @property
-    def _recorder(self) -> Recorder:
-        return self._plane.recorder
-
-    @property
-    def _limiter(self) -> RateLimiter:
-        return self._plane.limiter
-
-    @property
-    def _scheduler(self) -> Scheduler:
-        return self._plane.scheduler
+    # -- settings the plane holds ---------------------------------------------------------------
 
     @property
     def dialect(self) -> Dialect:
@@ -253,8 +224,7 @@ class DevServer(AsyncResource):
     def chat_stream_max_seconds(self) -> float:
         return self._plane.chat_stream_max_seconds
 
-    # -- lifecycle
-    # ----------------------------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> DevServer:
         await self.start()
@@ -277,7 +247,10 @@ class DevServer(AsyncResource):
             from ._app import build_app
 
             self._runner = web.AppRunner(
-                build_app(self), handler_cancellation=True, shutdown_timeout=1.0, access_log=None
+                build_app(self._plane),
+                handler_cancellation=True,
+                shutdown_timeout=1.0,
+                access_log=None,
             )
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.host, self.port, backlog=LISTEN_BACKLOG)
@@ -291,32 +264,21 @@ class DevServer(AsyncResource):
         self._state = "started"
 
     async def _connect_upstream(self, url: str) -> None:
-        import aiohttp
-
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=300)
-        )
-        backend = UpstreamBackend(
+        self._upstream_backend = backend = UpstreamBackend(
             url,
-            self._session,
             kind=self._upstream_kind,
             api_key=self._upstream_api_key,
             model=self._upstream_model,
         )
         nodes = self._node_specs
         if nodes is None:
-            try:
-                async with asyncio.timeout(5):
-                    names = await backend.list_models()
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                names = []
-            models = tuple(names) or tuple(m for n in DEFAULT_NODES for m in n.models)
+            models = await backend.served_models() or tuple(
+                m for n in DEFAULT_NODES for m in n.models
+            )
             nodes = [
                 NodeSpec("node_upstream", tuple(dict.fromkeys(models)), "upstream", 50.0, 0.0, 8)
             ]
-        self._plane.scheduler = Scheduler(
-            self._store, self._faults, backend, nodes=nodes, **self._scheduler_options
-        )
+        self._plane.scheduler.use_backend(backend, nodes)
 
     async def aclose(self) -> None:
         """Stop serving: ends open streams and job tasks and frees the port. Idempotent."""
@@ -327,7 +289,7 @@ class DevServer(AsyncResource):
 
     async def _release(self) -> None:
         self._plane.closing = True
-        await self._scheduler.aclose()
+        await self._plane.scheduler.aclose()
         tasks = [t for t in self._plane.stream_tasks if not t.done()]
         for task in tasks:
             task.cancel()
@@ -336,9 +298,9 @@ class DevServer(AsyncResource):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._upstream_backend is not None:
+            await self._upstream_backend.aclose()
+            self._upstream_backend = None
 
     # -- addresses --------------------------------------------------------------------------------
 
@@ -377,23 +339,6 @@ class DevServer(AsyncResource):
         """``INFERNET_BASE_URL`` and ``INFERNET_BEARER_TOKEN`` pointing at this server."""
         return {"INFERNET_BASE_URL": self.base_url, "INFERNET_BEARER_TOKEN": self.token}
 
-    # -- faults -----------------------------------------------------------------------------------
-
-    def inject(self, fault: Fault, *, times: int = 1, job_id: str | None = None) -> None:
-        """Queue ``fault`` for the next ``times`` requests, job attempts or streams it matches.
-
-        With ``job_id``, the fault strikes only that job: its next attempts (``drop_node``), its
-        next streams (``GET /jobs/{id}/stream``), or requests whose path names it (``http_error``).
-        """
-        self._faults.inject(fault, times, job_id)
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    @property
-    def pending_faults(self) -> list[Fault]:
-        return self._faults.pending
-
     def configure(
         self,
         *,
@@ -406,7 +351,7 @@ class DevServer(AsyncResource):
     ) -> None:
         """Change generation speed, answer length, dialect or heartbeats for the jobs and streams to
         come."""
-        scheduler = self._scheduler
+        scheduler = self._plane.scheduler
         if not isinstance(tokens_per_second, _Unset):
             scheduler.tokens_per_second = tokens_per_second
         if not isinstance(time_to_first_token, _Unset):
@@ -421,127 +366,6 @@ class DevServer(AsyncResource):
             self._plane.heartbeat_interval = heartbeat_interval
         if not isinstance(node_drop_probability, _Unset):
             scheduler.node_drop_probability = node_drop_probability
-
-    def _fault_response(self, fault: Fault) -> web.Response:
-        if fault.live_plane:
-            live: dict[str, Any] = {"error": fault.message or "Rate limit exceeded"}
-            if fault.status == 429:
-                live["detail"] = {"resetAt": iso(time.time() + (fault.retry_after or 60))}
-            return web.json_response(live, status=fault.status)
-        body: dict[str, Any] = {
-            "error": fault.code,
-            "error_message": fault.message or f"Injected fault: HTTP {fault.status} {fault.code}",
-        }
-        headers: dict[str, str] = {}
-        retry_after = fault.retry_after
-        if fault.status == 429 and retry_after is None:
-            retry_after = 1
-        if retry_after is not None:
-            headers["Retry-After"] = f"{retry_after:g}"
-        if fault.status == 429:
-            reset = time.time() + (retry_after or 1)
-            body["detail"] = {"resetAt": iso(reset)}
-            headers["X-RateLimit-Limit"] = str(self._limiter.per_minute)
-            headers["X-RateLimit-Remaining"] = "0"
-            headers["X-RateLimit-Reset"] = str(int(reset + 0.999))
-        return web.json_response(body, status=fault.status, headers=headers)
-
-    # -- auth and records -------------------------------------------------------------------------
-
-    def _authenticate(self, header: str | None) -> int | None:
-        """The index of the presented token, or ``None``; compares every token in constant time."""
-        if not header:
-            return None
-        scheme, _, value = header.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        # aiohttp decodes header bytes with surrogateescape: encode them back the same way, or a
-        # token that is not UTF-8 raises here and the request gets a 500 instead of a 401.
-        presented = hashlib.sha256(value.strip().encode("utf-8", "surrogateescape")).digest()
-        found: int | None = None
-        for index, digest in enumerate(self._token_digests):
-            if hmac.compare_digest(presented, digest) and found is None:
-                found = index
-        return found
-
-    @property
-    def requests(self) -> list[RequestRecord]:
-        """Every request received (newest last), Authorization values redacted."""
-        return list(self._recorder.requests)
-
-    @property
-    def streams(self) -> list[StreamRecord]:
-        """Every event stream served (newest last), open or closed."""
-        return list(self._recorder.streams)
-
-    @property
-    def open_streams(self) -> int:
-        """How many event streams are open right now."""
-        return self._recorder.open_streams
-
-    async def wait_for_stream_close(
-        self,
-        job_id: str | None = None,
-        timeout: float = 5.0,  # noqa: ASYNC109 (tests expect a timeout argument, as documented)
-    ) -> StreamRecord:
-        """Wait until a stream (of ``job_id``, or any) is closed and return its record.
-
-        If a matching stream is open, waits for the oldest one; otherwise returns the newest closed
-        one, or waits for one to open and close.
-
-        Raises:
-            TimeoutError: nothing matching closed within ``timeout`` seconds.
-        """
-        return await self._recorder.wait_for_stream_close(job_id, timeout)
-
-    def clear_records(self) -> None:
-        self._recorder.requests.clear()
-        self._recorder.streams.clear()
-
-    # -- jobs and nodes
-    # -----------------------------------------------------------------------------
-
-    def job(self, job_id: str) -> dict[str, Any] | None:
-        """A job's API object plus ``attempts`` (how many times it started on a node), or
-        ``None``."""
-        job = self._store.get(job_id)
-        if job is None:
-            return None
-        return {**job.to_json(), "attempts": job.attempts}
-
-    @property
-    def jobs_in_memory(self) -> int:
-        """Jobs the store holds (unfinished ones plus the bounded finished history)."""
-        return len(self._store)
-
-    @property
-    def nodes(self) -> list[dict[str, Any]]:
-        """Each node's id, name, models, online flag, running job ids, capacity and speed."""
-        return self._scheduler.node_status()
-
-    def drop_node(self, node_id: str, *, reconnect_after: float | None = None) -> None:
-        """Take a node offline now (its streams get ``node_disconnected``, its jobs re-queue)."""
-        self._scheduler.drop_node(node_id, reconnect_after=reconnect_after)
-
-    def restore_node(self, node_id: str) -> None:
-        """Bring a node back online."""
-        self._scheduler.restore_node(node_id)
-
-    def reset_rate_limits(self) -> None:
-        """Forget every count: the tokens', the anonymous clients' and the resale keys'."""
-        self._limiter.reset()
-        self._plane.anonymous.reset()
-        self._plane.resale.reset()
-
-    def set_reservation_state(self, key: str, state: ReservationState) -> None:
-        """Set a resale key's reservation ``"active"``, ``"upcoming"``, ``"ended"`` or
-        ``"cancelled"`` (the last three answer 403 ``reservation_<state>``).
-
-        Raises:
-            KeyError: ``key`` is not one of ``resale_keys``.
-            ValueError: an unknown state.
-        """
-        self._plane.resale.set_state(key, state)
 
     def __repr__(self) -> str:
         where = self.url if self._state == "started" else self._state

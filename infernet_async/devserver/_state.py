@@ -1,5 +1,8 @@
-"""What the app's handlers share: the ``Plane`` (the server's state, held by the app) and the
-per-request state the middleware fills in.
+"""What the app's handlers share: the ``Plane`` (the server's state, held by the app under
+``PLANE_KEY``) and the per-request state the middleware fills in.
+
+Rule: a handler reads everything through ``request.app[PLANE_KEY]``; nothing here or in the routes
+knows ``DevServer``, which only builds a ``Plane``, changes it and serves the app that holds it.
 
 The request state is kept in a dict keyed by request identity for the request's lifetime: that
 works on every aiohttp 3.x, without the request-storage key API newer versions ask for.
@@ -8,14 +11,17 @@ works on every aiohttp 3.x, without the request-storage key API newer versions a
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from ._faults import FaultBook
-from ._jobs import JobStore
+from ._jobs import Job, JobStore
 from ._ratelimit import AnonymousLimiter, Decision, RateLimiter
 from ._records import Recorder, RequestRecord
 from ._resale import ResaleBook
@@ -23,11 +29,14 @@ from ._sse_writer import Dialect
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
-    from ._server import DevServer
 
-__all__ = ["PLANE_KEY", "SERVER_KEY", "Plane", "RequestState", "request_state"]
+__all__ = ["PLANE_KEY", "Plane", "RequestState", "request_state", "token_digests"]
 
-SERVER_KEY: web.AppKey[DevServer] = web.AppKey("devserver")
+
+def token_digests(tokens: Sequence[str]) -> list[bytes]:
+    """The accepted tokens' digests, so every comparison is between equal-length values and leaks
+    no token length."""
+    return [hashlib.sha256(t.encode()).digest() for t in tokens]
 
 
 @dataclass(eq=False)
@@ -45,6 +54,8 @@ class Plane:
     limiter: RateLimiter
     anonymous: AnonymousLimiter
     resale: ResaleBook
+    token_digests: list[bytes]
+    max_body_bytes: int
     dialect: Dialect
     newline: str
     heartbeat_interval: float | None
@@ -54,6 +65,40 @@ class Plane:
     closing: bool = False
     stream_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     inflight: dict[int, RequestState] = field(default_factory=dict)
+
+    def authenticate(self, header: str | None) -> int | None:
+        """The index of the presented token, or ``None``; compares every token in constant time."""
+        if not header:
+            return None
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        # aiohttp decodes header bytes with surrogateescape: encode them back the same way, or a
+        # token that is not UTF-8 raises here and the request gets a 500 instead of a 401.
+        presented = hashlib.sha256(value.strip().encode("utf-8", "surrogateescape")).digest()
+        found: int | None = None
+        for index, digest in enumerate(self.token_digests):
+            if hmac.compare_digest(presented, digest) and found is None:
+                found = index
+        return found
+
+    def submit(
+        self, owner: int, model: str, params: Mapping[str, Any], *, node_pin: str | None = None
+    ) -> Job:
+        """A new job with the store's next id, handed to the scheduler: every surface's POST, from
+        its checked ``params`` (``messages``, ``max_tokens``, ``temperature``, maybe ``top_p``)."""
+        job = Job(
+            id=self.store.new_id(),
+            owner=owner,
+            model=model,
+            messages=params["messages"],
+            max_tokens=params["max_tokens"],
+            temperature=params["temperature"],
+            top_p=params.get("top_p", 1.0),
+            node_pin=node_pin,
+        )
+        self.scheduler.submit(job)
+        return job
 
 
 PLANE_KEY: web.AppKey[Plane] = web.AppKey("devserver-plane")

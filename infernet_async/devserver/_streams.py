@@ -6,11 +6,11 @@ no wake-up is lost) with a timeout only for the next heartbeat. A stream follows
 that attempt's node drops, the stream sends ``node_disconnected`` and ends, while the job runs again
 elsewhere.
 
-Two pumps share the output (``_Output``: faults, heartbeats, records) and ``run_event_stream``
-(headers, records, hang-ups): ``_pump`` for the jobs API (a finished job replays as one token) and
-``follow_job`` for the hosted surfaces (the job's stored events from the start, token by token with
-the same ids). ``follow_job`` drives any ``JobSink``: a stream's ``_Output`` or the collector of a
-non-streaming OpenAI answer.
+Every surface's stream shares the output (``_Output``: faults, heartbeats, records),
+``run_event_stream`` (headers, records, hang-ups) and ``follow_job`` (the job's stored events from
+the start, with the same ids, then live; for the jobs API a finished job replays as one token).
+``follow_job`` drives any ``JobSink``: a stream's ``_Output`` or the collector of a non-streaming
+OpenAI answer.
 
 Client disconnects arrive as cancellation (``handler_cancellation=True``) or as a failed write;
 either way the stream record is closed with ``closed_by_client=True`` and the job keeps running (a
@@ -124,44 +124,6 @@ class _Output:
                 pass
 
 
-async def _pump(job: Job, out: _Output) -> None:
-    await out.send(out.writer.job(job.typed_job_event()))
-    await out.after_tokens(0, job.next_id)
-    attempt: Attempt | None = None
-    sent = 0
-    while True:
-        changed = job.changed
-        if attempt is None:
-            current = job.attempt
-            if current is not None and current.outcome != "dropped":
-                attempt = current
-                await out.meta(attempt.meta(job.model), attempt.base_id)
-                if attempt.outcome == "completed" and attempt.tokens:
-                    # A finished job replays as its whole text in one event, then [DONE].
-                    await out.token(job.content, attempt.token_id(len(attempt.tokens) - 1))
-                    sent = len(attempt.tokens)
-            elif job.status == "failed":
-                assert job.error is not None and job.error_message is not None
-                await out.error(job.error, job.error_message, job.error_id or job.next_id)
-                return
-        if attempt is not None:
-            while sent < len(attempt.tokens):
-                await out.token(attempt.tokens[sent], attempt.token_id(sent))
-                sent += 1
-            if attempt.outcome == "completed":
-                assert attempt.finished_at is not None
-                await out.done(job.content, attempt.finished_at, attempt.reason, attempt.end_id)
-                return
-            if attempt.outcome is not None:
-                await out.error(
-                    attempt.error or "internal_error",
-                    attempt.error_message or "the job failed",
-                    attempt.end_id,
-                )
-                return
-        await out.wait(changed)
-
-
 class JobSink(Protocol):
     """Where ``follow_job`` puts a job's events."""
 
@@ -176,14 +138,17 @@ class JobSink(Protocol):
     async def wait(self, changed: asyncio.Event) -> None: ...
 
 
-async def follow_job(job: Job, sink: JobSink) -> None:
+async def follow_job(job: Job, sink: JobSink, *, jobs_api: bool = False) -> None:
     """A job's stored events from the start (``meta``, every token with its id, the end), then
-    live, for the hosted surfaces: one attempt, as ``_pump``, but a finished job replays token by
-    token.
+    live: one attempt.
 
     A dropped node ends it with ``node_disconnected`` (the job runs again elsewhere; a new follow
     shows the new attempt). On a hosted scheduler a dropped node's attempt stays open instead, and
     this waits (the sink's heartbeats) until the job times out or the caller's cap ends it.
+
+    ``jobs_api``: as the jobs API streams it, a finished job replays as its whole text in one
+    token event, and a dropped node's error says what the attempt recorded; the hosted surfaces
+    replay token by token and prefix ``node disconnected:``.
     """
     attempt: Attempt | None = None
     sent = 0
@@ -194,6 +159,9 @@ async def follow_job(job: Job, sink: JobSink) -> None:
             if current is not None and current.outcome != "dropped":
                 attempt = current
                 await sink.meta(attempt.meta(job.model), attempt.base_id)
+                if jobs_api and attempt.outcome == "completed" and attempt.tokens:
+                    sent = len(attempt.tokens)
+                    await sink.token(job.content, attempt.token_id(sent - 1))
             elif job.status == "failed":
                 assert job.error is not None and job.error_message is not None
                 await sink.error(job.error, job.error_message, job.error_id or job.next_id)
@@ -207,7 +175,7 @@ async def follow_job(job: Job, sink: JobSink) -> None:
                 text = "".join(attempt.tokens)
                 await sink.done(text, attempt.finished_at, attempt.reason, attempt.end_id)
                 return
-            if attempt.outcome == "dropped":
+            if attempt.outcome == "dropped" and not jobs_api:
                 message = f"node disconnected: {attempt.error_message}"
                 await sink.error("node_disconnected", message, attempt.end_id)
                 return
@@ -285,6 +253,13 @@ async def run_event_stream(
     except ConnectionResetError:
         record.closed_by_client = True
     return response
+
+
+async def _pump(job: Job, out: _Output) -> None:
+    """The jobs API's stream body: the job event, the faults due before any token, the job."""
+    await out.send(out.writer.job(job.typed_job_event()))
+    await out.after_tokens(0, job.next_id)
+    await follow_job(job, out, jobs_api=True)
 
 
 async def serve_stream(request: web.Request, job: Job) -> web.StreamResponse:

@@ -8,11 +8,11 @@ upstream failure becomes ``UpstreamError``, which fails the job with ``internal_
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._generator import Generation
+from ._generator import Generation, GenerationRequest
 
 if TYPE_CHECKING:
     import aiohttp
@@ -157,17 +157,24 @@ class UpstreamBackend:
     def __init__(
         self,
         url: str,
-        session: aiohttp.ClientSession,
         *,
         kind: UpstreamKind = "auto",
         api_key: str | None = None,
         model: str | None = None,
     ) -> None:
+        import aiohttp
+
         self.kind, self.chat_url, self.models_url = resolve_upstream(url, kind)
         self.engine = f"upstream-{self.kind}"
-        self._session = session
+        # Its own session, closed by aclose(); made here, so only inside a running loop.
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=300)
+        )
         self._api_key = api_key
         self._model = model
+
+    async def aclose(self) -> None:
+        await self._session.close()
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -184,35 +191,41 @@ class UpstreamBackend:
             entries, key = body.get("data", []), "id"
         return [str(entry[key]) for entry in entries if isinstance(entry, dict) and key in entry]
 
-    async def start(
-        self,
-        model: str,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-    ) -> Generation:
+    async def served_models(self) -> tuple[str, ...]:
+        """The upstream's model names, or none when it cannot say within 5 seconds."""
+        import aiohttp
+
+        try:
+            async with asyncio.timeout(5):
+                return tuple(await self.list_models())
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return ()
+
+    async def start(self, request: GenerationRequest) -> Generation:
         """Open the upstream stream; raises ``UpstreamError`` when it answers with an error."""
         import aiohttp
 
-        name = self._model or model
-        chat = [{"role": m.get("role"), "content": m.get("content")} for m in messages]
+        name = self._model or request.model
+        chat = [{"role": m.get("role"), "content": m.get("content")} for m in request.messages]
         if self.kind == "ollama":
             payload: dict[str, Any] = {
                 "model": name,
                 "messages": chat,
                 "stream": True,
-                "options": {"num_predict": max_tokens, "temperature": temperature, "top_p": top_p},
+                "options": {
+                    "num_predict": request.max_tokens,
+                    "temperature": request.temperature,
+                    "top_p": request.top_p,
+                },
             }
         else:
             payload = {
                 "model": name,
                 "messages": chat,
                 "stream": True,
-                "max_tokens": max_tokens,
-                "temperature": temperature,
-                "top_p": top_p,
+                "max_tokens": request.max_tokens,
+                "temperature": request.temperature,
+                "top_p": request.top_p,
             }
         try:
             response = await self._session.post(
@@ -224,4 +237,4 @@ class UpstreamBackend:
             text = (await response.text())[:200]
             response.release()
             raise UpstreamError(f"upstream answered {response.status}: {text}")
-        return _UpstreamGeneration(response, self.kind, max_tokens)
+        return _UpstreamGeneration(response, self.kind, request.max_tokens)

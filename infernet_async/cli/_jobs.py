@@ -1,34 +1,36 @@
-"""The ``models`` and ``jobs list|show|wait`` subcommands: the REST side of the API, as tables or
-JSON.
+"""The ``jobs list|show|wait`` subcommand: your jobs, as a table, a summary or JSON.
 
 Tables are for people (aligned columns, ``-`` for a missing value); ``--json`` is for scripts: the
-SDK's models of the API's objects (``Job``, ``ModelInfo``) as JSON, the same keys whichever dialect
-the control plane speaks (the live plane's ``model_name`` is ``model``), every documented field
-present (``null`` when the server left it out), unknown fields kept.
+SDK's ``Job`` as JSON, the same keys whichever dialect the control plane speaks (the live plane's
+``model_name`` is ``model``), every documented field present (``null`` when the server left it
+out), unknown fields kept.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ._cli_common import (
+from ._plumbing import (
     EXIT_OK,
+    JSON_HELP,
     add_connection_arguments,
+    cell,
+    json_text,
+    number,
     open_client,
     run,
+    table,
     whole_number,
     write_out,
 )
 
 if TYPE_CHECKING:
-    from .models import Job
+    from ..models import Job
 
 __all__ = ["register"]
 
-_JSON_HELP = "print JSON: the SDK's models, the same keys on every control plane"
 # Each command's embedded control plane is a new one: the jobs of an earlier command are not there.
 _EMPTY_PLANE = (
     "it starts empty, so it holds no job of an earlier command: 'infernet-async serve' keeps one "
@@ -37,10 +39,7 @@ _EMPTY_PLANE = (
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
     return value
@@ -50,15 +49,18 @@ def _limit(text: str) -> int:
     return whole_number(text, high=100)
 
 
-def register(subparsers: Any) -> None:
-    """Add ``models`` and ``jobs`` to the ``infernet-async`` command line."""
-    models: argparse.ArgumentParser = subparsers.add_parser(
-        "models", help="list the models that have an online node"
-    )
-    models.add_argument("--json", action="store_true", help=_JSON_HELP)
-    add_connection_arguments(models)
-    models.set_defaults(handler=lambda args: run(lambda: _models(args)))
+def _finish(
+    parser: argparse.ArgumentParser,
+    action: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
+) -> None:
+    """Every action's last arguments (``--json``, the connection) and its handler."""
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+    add_connection_arguments(parser)
+    parser.set_defaults(handler=lambda args: run(lambda: action(args)))
 
+
+def register(subparsers: Any) -> None:
+    """Add ``jobs`` to the ``infernet-async`` command line."""
     jobs: argparse.ArgumentParser = subparsers.add_parser(
         "jobs", help="list, show or wait for your jobs"
     )
@@ -70,15 +72,11 @@ def register(subparsers: Any) -> None:
         "--status", choices=("pending", "processing", "completed", "failed"), help="filter"
     )
     list_.add_argument("--since", metavar="ISO8601", help="only jobs created after this time")
-    list_.add_argument("--json", action="store_true", help=_JSON_HELP)
-    add_connection_arguments(list_)
-    list_.set_defaults(handler=lambda args: run(lambda: _jobs_list(args)))
+    _finish(list_, _jobs_list)
 
     show = actions.add_parser("show", help="one job's status and result")
     show.add_argument("job_id", metavar="JOB_ID")
-    show.add_argument("--json", action="store_true", help=_JSON_HELP)
-    add_connection_arguments(show)
-    show.set_defaults(handler=lambda args: run(lambda: _jobs_show(args)))
+    _finish(show, _jobs_show)
 
     wait = actions.add_parser("wait", help="wait for a job to finish, then show it")
     wait.add_argument("job_id", metavar="JOB_ID")
@@ -88,53 +86,17 @@ def register(subparsers: Any) -> None:
     wait.add_argument(
         "--poll-interval", type=_positive_float, default=0.5, metavar="S", help="first poll delay"
     )
-    wait.add_argument("--json", action="store_true", help=_JSON_HELP)
-    add_connection_arguments(wait)
-    wait.set_defaults(handler=lambda args: run(lambda: _jobs_wait(args)))
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if hasattr(value, "isoformat"):
-        return str(value.isoformat(timespec="seconds"))
-    return str(value)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [list(header)] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=2) + "\n"
-
-
-async def _models(args: argparse.Namespace) -> int:
-    async with open_client(args) as client:
-        models = await client.list_models()
-    if args.json:
-        write_out(_json({"models": [m.model_dump(mode="json") for m in models]}))
-    else:
-        rows = [(m.id, m.nodes, m.avg_tokens_per_second) for m in models]
-        write_out(_table(("MODEL", "NODES", "TOKENS/S"), rows))
-    return EXIT_OK
+    _finish(wait, _jobs_wait)
 
 
 async def _jobs_list(args: argparse.Namespace) -> int:
     async with open_client(args, embedded_caveat=_EMPTY_PLANE) as client:
         jobs = await client.list_jobs(limit=args.limit, status=args.status, since=args.since)
     if args.json:
-        write_out(_json({"jobs": [j.model_dump(mode="json") for j in jobs]}))
+        write_out(json_text({"jobs": [j.model_dump(mode="json") for j in jobs]}))
     else:
         rows = [(j.id, j.status, j.model, j.created_at) for j in jobs]
-        write_out(_table(("ID", "STATUS", "MODEL", "CREATED"), rows))
+        write_out(table(("ID", "STATUS", "MODEL", "CREATED"), rows))
     return EXIT_OK
 
 
@@ -154,11 +116,11 @@ def _describe_job(job: Job) -> str:
     if job.result is not None and job.result.usage is not None:
         usage = job.result.usage
         fields.append(
-            ("tokens", f"{_cell(usage.prompt_tokens)} in, {_cell(usage.completion_tokens)} out")
+            ("tokens", f"{cell(usage.prompt_tokens)} in, {cell(usage.completion_tokens)} out")
         )
     if job.error is not None or job.error_message is not None:
-        fields.append(("error", f"{_cell(job.error)}: {_cell(job.error_message)}"))
-    text = "".join(f"{name + ':':<11}{_cell(value)}\n" for name, value in fields)
+        fields.append(("error", f"{cell(job.error)}: {cell(job.error_message)}"))
+    text = "".join(f"{name + ':':<11}{cell(value)}\n" for name, value in fields)
     if job.result is not None and job.result.content:
         content = job.result.content
         text += "\n" + content + ("" if content.endswith("\n") else "\n")
@@ -168,7 +130,7 @@ def _describe_job(job: Job) -> str:
 async def _jobs_show(args: argparse.Namespace) -> int:
     async with open_client(args, embedded_caveat=_EMPTY_PLANE) as client:
         job = await client.get_job(args.job_id)
-    write_out(_json(job.model_dump(mode="json")) if args.json else _describe_job(job))
+    write_out(json_text(job.model_dump(mode="json")) if args.json else _describe_job(job))
     return EXIT_OK
 
 
@@ -180,5 +142,5 @@ async def _jobs_wait(args: argparse.Namespace) -> int:
             max_poll_interval=max(args.poll_interval, 5.0),
             timeout=args.timeout,
         )
-    write_out(_json(job.model_dump(mode="json")) if args.json else _describe_job(job))
+    write_out(json_text(job.model_dump(mode="json")) if args.json else _describe_job(job))
     return EXIT_OK

@@ -24,7 +24,7 @@ from typing import IO, Any, Protocol
 
 from pydantic import ValidationError
 
-from ._fanout import BatchOutcome, BatchRequest, FanOut, Requests
+from .._fanout import BatchOutcome, BatchRequest, FanOut, Requests
 
 __all__ = [
     "BatchDefaults",

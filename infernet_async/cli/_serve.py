@@ -1,9 +1,9 @@
 """The ``serve`` subcommand: run the local control plane until Ctrl-C.
 
-Registered by ``infernet_async.cli``; imports ``aiohttp.web`` only when the command runs, so
-building the parser stays cheap. It prints the URLs of the three surfaces (the jobs API, the
-OpenAI-compatible ``/v1`` and the playground chat), the token (and the ``export`` lines the SDK
-reads) to stdout, then serves until SIGINT or SIGTERM. A value out of range is a usage error
+Imports ``aiohttp.web`` only when the command runs, so building the parser stays cheap. It prints
+the URLs of the three surfaces (the jobs API, the OpenAI-compatible ``/v1`` and the playground
+chat), the token (and the ``export`` lines the SDK reads) to stdout, then serves until SIGINT or
+SIGTERM. A value out of range is a usage error
 (one line, exit 2), caught by the argument types before the server is built.
 """
 
@@ -17,11 +17,25 @@ import signal
 import sys
 from typing import Any
 
-from .._cli_common import EXIT_USAGE, positive_int, whole_number
+from ._plumbing import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_command,
+    number,
+    positive_int,
+    whole_number,
+)
 
 __all__ = ["register"]
 
 _PROG = "infernet-async serve"
+_HELP = "run a local Infernet control plane (emulated nodes, no account or GPU needed)"
+_DESCRIPTION = (
+    "Run a local Infernet control plane on loopback. Answers come from a deterministic "
+    "local emulation (no model) unless --upstream points at an OpenAI-compatible or "
+    "Ollama server."
+)
 
 
 def _port(text: str) -> int:
@@ -29,10 +43,7 @@ def _port(text: str) -> int:
 
 
 def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = number(text)
     # float() takes "nan" and "inf"; neither is a speed, a delay or a chance.
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
@@ -72,15 +83,7 @@ def _resale_key(text: str) -> tuple[str, tuple[str, ...]]:
 
 def register(subparsers: Any) -> None:
     """Add ``serve`` to the ``infernet-async`` command line."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "serve",
-        help="run a local Infernet control plane (emulated nodes, no account or GPU needed)",
-        description=(
-            "Run a local Infernet control plane on loopback. Answers come from a deterministic "
-            "local emulation (no model) unless --upstream points at an OpenAI-compatible or "
-            "Ollama server."
-        ),
-    )
+    parser = add_command(subparsers, "serve", _handle, help=_HELP, description=_DESCRIPTION)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
         "--port", type=_port, default=8080, help="port (default 8080; 0 = any free)"
@@ -165,7 +168,6 @@ def register(subparsers: Any) -> None:
             "(0 = unlimited; default unlimited, 20 with --hosted)"
         ),
     )
-    parser.set_defaults(handler=_handle)
 
 
 def _write(text: str) -> None:
@@ -176,7 +178,7 @@ def _write(text: str) -> None:
 async def _serve(args: argparse.Namespace) -> int:
     import os
 
-    from ._server import DevServer
+    from ..devserver import DevServer
 
     anonymous: dict[str, Any] = {}
     if args.anonymous_limit is not None:
@@ -236,7 +238,7 @@ async def _serve(args: argparse.Namespace) -> int:
         _write(f"export INFERNET_BEARER_TOKEN={server.token}")
         _write("Press Ctrl-C to stop.")
         await stop.wait()
-    return 0
+    return EXIT_OK
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -245,10 +247,10 @@ def _handle(args: argparse.Namespace) -> int:
         with asyncio.Runner() as runner:
             return runner.run(_serve(args))
     except KeyboardInterrupt:
-        return 0
+        return EXIT_OK
     except OSError as exc:
         sys.stderr.write(f"{_PROG}: cannot listen on {args.host}:{args.port}: {exc}\n")
-        return 1
+        return EXIT_ERROR
     except (ValueError, OverflowError) as exc:
         # The argument types catch what they can; what the DevServer still refuses (or a bind
         # refuses as out of range) is a bad setting all the same, not a crash.

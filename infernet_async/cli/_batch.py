@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._batch import (
+from .._fanout import BatchOutcome
+from ._batch_files import (
     BatchDefaults,
     BatchSummary,
     InvalidLine,
@@ -25,20 +26,34 @@ from ._batch import (
     run_batch,
     scan_output,
 )
-from ._cli_chat import DEFAULT_MODEL, MODEL_ENV, _temperature
-from ._cli_common import (
+from ._plumbing import (
+    DEFAULT_MODEL,
     EXIT_ERROR,
     EXIT_OK,
     EXIT_USAGE,
+    MODEL_ENV,
+    UsageError,
+    add_answer_arguments,
+    add_command,
     add_connection_arguments,
     notice,
     open_client,
     positive_int,
     run,
 )
-from ._fanout import BatchOutcome
 
 __all__ = ["register"]
+
+_HELP = "run a JSONL file of requests, many at once, resumably"
+_DESCRIPTION = (
+    "Run one job per line of INPUT (a JSON object with 'prompt' or 'messages', and "
+    "optionally 'id', 'model', 'max_tokens', 'temperature', 'top_p', 'node_id', "
+    "'metadata'), at most --concurrency at once, sharing one rate limiter. Each outcome "
+    "is appended to OUTPUT as one JSON line the moment its job ends; running the same "
+    "command again skips the ids already there. A line without 'id' is named line-N. "
+    "With no INFERNET_BASE_URL and no INFERNET_BEARER_TOKEN, it runs on an embedded "
+    "local control plane."
+)
 
 
 def _rate(text: str) -> float:
@@ -56,19 +71,7 @@ def _rate(text: str) -> float:
 
 def register(subparsers: Any) -> None:
     """Add the ``batch`` subcommand to the ``infernet-async`` parser."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "batch",
-        help="run a JSONL file of requests, many at once, resumably",
-        description=(
-            "Run one job per line of INPUT (a JSON object with 'prompt' or 'messages', and "
-            "optionally 'id', 'model', 'max_tokens', 'temperature', 'top_p', 'node_id', "
-            "'metadata'), at most --concurrency at once, sharing one rate limiter. Each outcome "
-            "is appended to OUTPUT as one JSON line the moment its job ends; running the same "
-            "command again skips the ids already there. A line without 'id' is named line-N. "
-            "With no INFERNET_BASE_URL and no INFERNET_BEARER_TOKEN, it runs on an embedded "
-            "local control plane."
-        ),
-    )
+    parser = add_command(subparsers, "batch", _handle, help=_HELP, description=_DESCRIPTION)
     parser.add_argument("input", type=Path, help="the JSONL file of requests")
     parser.add_argument(
         "-o",
@@ -84,14 +87,10 @@ def register(subparsers: Any) -> None:
         "--model",
         help=f"the model for lines without one (default ${MODEL_ENV} or {DEFAULT_MODEL})",
     )
-    parser.add_argument(
-        "--max-tokens", type=positive_int, metavar="N", help="max_tokens for lines without one"
-    )
-    parser.add_argument(
-        "--temperature",
-        type=_temperature,
-        metavar="T",
-        help="temperature (0.0 to 2.0) for lines without one",
+    add_answer_arguments(
+        parser,
+        max_tokens_help="max_tokens for lines without one",
+        temperature_help="temperature (0.0 to 2.0) for lines without one",
     )
     parser.add_argument(
         "--max-attempts",
@@ -136,7 +135,6 @@ def register(subparsers: Any) -> None:
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
     add_connection_arguments(parser)
-    parser.set_defaults(handler=_handle)
 
 
 class _ProgressBar:
@@ -234,7 +232,7 @@ def _handle(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         bar: _ProgressBar | None = None
-        finished = False
+        finished = usage_error = False
         try:
             async with open_client(args) as client:
                 # Drawn once the client is open: the embedded control plane's notice comes first,
@@ -254,11 +252,16 @@ def _handle(args: argparse.Namespace) -> int:
                     progress=bar,
                 )
             finished = True
+        except UsageError:
+            # A setting the client refused: nothing ran, and a rerun would meet it again.
+            usage_error = True
+            raise
         finally:
             if bar is not None:
                 bar.close()
-            notice(summary.describe(output))
-            if not finished:
+            if not usage_error:
+                notice(summary.describe(output))
+            if not (finished or usage_error):
                 notice("stopped early: run the same command again to resume")
         return EXIT_OK if summary.failed + summary.invalid == 0 else EXIT_ERROR
 

@@ -1,10 +1,12 @@
-"""Plumbing shared by the client subcommands: the event loop, which control plane to talk to, and
-errors as one clear line.
+"""What every command shares: the argument types, the connection arguments (``--base-url``,
+``--api``, ``--proxy``, ``--allow-insecure``), the client for the configured control plane (or an
+embedded one), the event loop, the output helpers, and errors as one clear line.
 
 Rules: tokens and results go to stdout, notices and errors to stderr. An error is one line and a
 non-zero exit (1 for a failed request or answer, 2 for bad usage), never a traceback; Ctrl-C exits
 130. The loop is an ``asyncio.Runner`` owned by the command: its SIGINT handler cancels the
-command's task, so a stream is closed and its partial text printed before the process exits.
+command's task, so a stream is closed and its partial text printed before the process exits. The
+command line names its own flags and variables, never a Python argument.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._config import BASE_URL_ENV, TOKEN_ENV
-from ._surfaces import API_ENV
-from .errors import (
+from .._config import BASE_URL_ENV, TOKEN_ENV
+from .._surfaces import API_ENV
+from ..errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -33,21 +36,34 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._client import InfernetClient
+    from .._client import InfernetClient
 
 __all__ = [
-    "positive_int",
-    "whole_number",
+    "ALLOW_INSECURE_ENV",
+    "DEFAULT_MODEL",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "JSON_HELP",
+    "MODEL_ENV",
+    "PROG",
+    "UsageError",
+    "add_answer_arguments",
+    "add_command",
     "add_connection_arguments",
+    "cell",
     "describe_error",
-    "proxy_url",
+    "json_text",
     "notice",
+    "number",
     "open_client",
+    "positive_int",
+    "proxy_url",
     "run",
+    "table",
+    "temperature",
+    "whole_number",
     "write_out",
 ]
 
@@ -56,6 +72,30 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
+DEFAULT_MODEL = "qwen2.5:14b"
+MODEL_ENV = "INFERNET_MODEL"
+ALLOW_INSECURE_ENV = "INFERNET_ALLOW_INSECURE"
+JSON_HELP = "print JSON: the SDK's models, the same keys on every control plane"
+
+
+class UsageError(Exception):
+    """A setting the command cannot run with: one line on stderr and exit 2, like argparse's."""
+
+
+def add_command(
+    subparsers: Any,
+    name: str,
+    handler: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """Add the subcommand ``name``, run by ``handler`` (parsed arguments in, an exit code out)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=help, description=description
+    )
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def notice(message: str) -> None:
@@ -72,13 +112,21 @@ def write_out(text: str) -> None:
 def proxy_url(text: str) -> str:
     """argparse type for ``--proxy``: an ``http://`` proxy URL (checked here, so a typo is a usage
     error that does not echo a password)."""
-    from ._proxy import parse_proxy_url
+    from .._proxy import parse_proxy_url
 
     try:
         parse_proxy_url(text, source="--proxy")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def add_answer_arguments(
+    parser: argparse.ArgumentParser, *, max_tokens_help: str, temperature_help: str
+) -> None:
+    """``--max-tokens`` and ``--temperature``, as every command that asks for answers takes them."""
+    parser.add_argument("--max-tokens", type=positive_int, metavar="N", help=max_tokens_help)
+    parser.add_argument("--temperature", type=temperature, metavar="T", help=temperature_help)
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,6 +153,50 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
             f"${API_ENV}, else auto: found from the server's answers"
         ),
     )
+    parser.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help=(
+            "send the token over plain http:// to a host that is not loopback (a trusted network "
+            f"only); or set ${ALLOW_INSECURE_ENV}=1"
+        ),
+    )
+
+
+def _allow_insecure(args: argparse.Namespace) -> bool:
+    if getattr(args, "allow_insecure", False):
+        return True
+    return os.environ.get(ALLOW_INSECURE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _client(
+    base_url: str | None, token: str | None, args: argparse.Namespace, *, embedded: bool
+) -> InfernetClient:
+    """The client for ``args``; a setting it refuses is a ``UsageError`` naming our flags."""
+    from .._client import InfernetClient
+
+    # The embedded control plane is in this process, on loopback: --proxy is for a real one.
+    proxy = None if embedded else getattr(args, "proxy", None)
+    try:
+        return InfernetClient(
+            base_url,
+            token,
+            api=getattr(args, "api", None),
+            proxy=proxy,
+            allow_insecure=_allow_insecure(args),
+        )
+    except ValueError as exc:
+        message = _one_line(str(exc))
+        if "allow_insecure" not in message:
+            raise
+        # The client speaks to Python callers; a shell user has a flag and a variable instead.
+        for python, ours in (
+            ("pass allow_insecure=True", f"pass --allow-insecure (or set {ALLOW_INSECURE_ENV}=1)"),
+            ("allow_insecure=True", f"--allow-insecure (or {ALLOW_INSECURE_ENV}=1)"),
+            ("allow_insecure", "--allow-insecure"),
+        ):
+            message = message.replace(python, ours)
+        raise UsageError(message) from None
 
 
 @contextlib.asynccontextmanager
@@ -117,14 +209,12 @@ async def open_client(
     runs on an embedded ``DevServer`` (emulated nodes, generated text) and says so on stderr, with
     ``embedded_caveat`` when the command has one.
     """
-    from ._client import InfernetClient
-
     base_url = getattr(args, "base_url", None) or os.environ.get(BASE_URL_ENV) or None
     token = os.environ.get(TOKEN_ENV) or None
     async with contextlib.AsyncExitStack() as stack:
         embedded = base_url is None and token is None
         if embedded:
-            from .devserver import DevServer
+            from ..devserver import DevServer
 
             dev = await stack.enter_async_context(DevServer())
             base_url, token = dev.base_url, dev.token
@@ -133,9 +223,7 @@ async def open_client(
                 f"{dev.url} (emulated nodes; answers are generated text, not a model)"
                 + (f"; {embedded_caveat}" if embedded_caveat else "")
             )
-        # The embedded control plane is in this process, on loopback: --proxy is for a real one.
-        proxy = None if embedded else getattr(args, "proxy", None)
-        client = InfernetClient(base_url, token, api=getattr(args, "api", None), proxy=proxy)
+        client = _client(base_url, token, args, embedded=embedded)
         yield await stack.enter_async_context(client)
 
 
@@ -179,6 +267,9 @@ def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     try:
         with asyncio.Runner() as runner:
             return runner.run(main())
+    except UsageError as exc:
+        notice(f"error: {exc}")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         # The command printed what arrived while its task was being cancelled.
         notice("interrupted")
@@ -214,3 +305,47 @@ def whole_number(text: str, *, low: int = 1, high: int | None = None) -> int:
 def positive_int(text: str) -> int:
     """argparse type for counts: a whole number of at least 1."""
     return whole_number(text)
+
+
+def number(text: str) -> float:
+    """argparse type for a number; range checks are the caller's (each says its own range)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def temperature(text: str) -> float:
+    """argparse type for ``--temperature``: 0.0 to 2.0."""
+    value = number(text)
+    if not 0.0 <= value <= 2.0:
+        raise argparse.ArgumentTypeError(f"must be within 0.0..2.0, got {value:g}")
+    return value
+
+
+# -- output for people: tables and JSON -----------------------------------------------------------
+
+
+def cell(value: object) -> str:
+    """One table cell: ``-`` for a missing value, floats short, datetimes to the second."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat(timespec="seconds"))
+    return str(value)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Aligned columns under ``header``, two spaces apart."""
+    cells = [list(header)] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=2) + "\n"

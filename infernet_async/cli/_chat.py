@@ -20,47 +20,37 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._cli_common import (
+from ..errors import InfernetError, StreamError
+from ._plumbing import (
+    DEFAULT_MODEL,
     EXIT_OK,
+    EXIT_USAGE,
+    MODEL_ENV,
+    add_answer_arguments,
+    add_command,
     add_connection_arguments,
     open_client,
-    positive_int,
     run,
     write_out,
 )
-from .errors import InfernetError, StreamError
 
 if TYPE_CHECKING:
-    from ._client import InfernetClient
-    from ._stream import TokenStream
+    from .._client import InfernetClient
+    from .._stream import TokenStream
 
 __all__ = ["register"]
 
-DEFAULT_MODEL = "qwen2.5:14b"
-MODEL_ENV = "INFERNET_MODEL"
-
-
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 2.0:
-        raise argparse.ArgumentTypeError(f"must be within 0.0..2.0, got {value:g}")
-    return value
+_HELP = "stream an answer to the terminal"
+_DESCRIPTION = (
+    "Ask a model and print the answer as it streams in. Ctrl-C stops it and keeps what "
+    "arrived. With no INFERNET_BASE_URL and no INFERNET_BEARER_TOKEN, it runs on an "
+    "embedded local control plane."
+)
 
 
 def register(subparsers: Any) -> None:
     """Add ``chat`` to the ``infernet-async`` command line."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "chat",
-        help="stream an answer to the terminal",
-        description=(
-            "Ask a model and print the answer as it streams in. Ctrl-C stops it and keeps what "
-            "arrived. With no INFERNET_BASE_URL and no INFERNET_BEARER_TOKEN, it runs on an "
-            "embedded local control plane."
-        ),
-    )
+    parser = add_command(subparsers, "chat", _handle, help=_HELP, description=_DESCRIPTION)
     parser.add_argument("prompt", help='the question ("-" reads it from standard input)')
     parser.add_argument(
         "-m",
@@ -68,8 +58,7 @@ def register(subparsers: Any) -> None:
         help=f"the model (default ${MODEL_ENV} or {DEFAULT_MODEL}; see 'infernet-async models')",
     )
     parser.add_argument("-s", "--system", metavar="TEXT", help="a system message sent first")
-    parser.add_argument("--max-tokens", type=positive_int, metavar="N", help="answer length cap")
-    parser.add_argument("--temperature", type=_temperature, metavar="T", help="0.0 to 2.0")
+    add_answer_arguments(parser, max_tokens_help="answer length cap", temperature_help="0.0 to 2.0")
     output = parser.add_mutually_exclusive_group()
     output.add_argument(
         "--json",
@@ -88,7 +77,6 @@ def register(subparsers: Any) -> None:
         ),
     )
     add_connection_arguments(parser)
-    parser.set_defaults(handler=_handle)
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -96,7 +84,7 @@ def _handle(args: argparse.Namespace) -> int:
         args.prompt = sys.stdin.read()
     if not args.prompt.strip():
         sys.stderr.write("infernet-async chat: error: the prompt is empty\n")
-        return 2
+        return EXIT_USAGE
     return run(lambda: _chat(args))
 
 
@@ -169,7 +157,7 @@ def _json_line(payload: dict[str, Any]) -> None:
 async def _as_json_lines(
     args: argparse.Namespace, model: str, messages: list[dict[str, str]]
 ) -> int:
-    from .events import Done, JobInfo, Meta, Restart, Token
+    from ..events import Done, JobInfo, Meta, Restart, Token
 
     # The error objects cover the whole command, not just the reading: a script reads stdout, and
     # a request refused before any event (unknown model, bad token, unreachable control plane)
