@@ -73,8 +73,10 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = "bench-model"
-TOKEN = "bench-token"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._devserver_process import MODEL, TOKEN, ServerProcess, bench_devserver  # noqa: E402
+
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLIENTS = (
     "infernet_async",
@@ -95,31 +97,13 @@ CLIENTS = (
 
 def serve(args: argparse.Namespace) -> None:
     """Run the DevServer with one node that serves every stream at once, until stdin closes."""
-    sys.path.insert(0, str(ROOT))
-    from infernet_async.devserver import DevServer, NodeSpec
 
     async def run_server() -> None:
-        node = NodeSpec(
-            "node_bench",
-            (MODEL,),
-            "bench-node",
+        async with bench_devserver(
             tokens_per_second=args.rate,
             time_to_first_token=args.ttft,
-            capacity=1_000_000,
-        )
-        async with DevServer(
-            tokens=TOKEN,
-            nodes=[node],
             answer_tokens=args.answer_tokens,
-            heartbeat_interval=None,
-            rate_limit_per_minute=10**9,
-            rate_limit_per_hour=10**9,
-            history_limit=64,
-            record_limit=64,
-            max_pending=10**9,
-            job_timeout=3600.0,
-        ) as server:
-            print(json.dumps({"base_url": server.base_url}), flush=True)
+        ):
             loop = asyncio.get_running_loop()
             # The driver closes our stdin to stop us (also when it dies).
             await loop.run_in_executor(None, sys.stdin.read)
@@ -712,37 +696,13 @@ def client(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- the driver
 
 
-class Server:
-    """The DevServer in its own process."""
+class Server(ServerProcess):
+    """This script's ``serve`` mode in its own process."""
 
     def __init__(self, rate: float, tokens: int, ttft: float) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "serve",
-                "--rate",
-                str(rate),
-                "--ttft",
-                str(ttft),
-                "--answer-tokens",
-                str(tokens),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+        super().__init__(
+            __file__, "--rate", str(rate), "--ttft", str(ttft), "--answer-tokens", str(tokens)
         )
-        assert self.process.stdout is not None
-        self.base_url: str = json.loads(self.process.stdout.readline())["base_url"]
-
-    def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @dataclass

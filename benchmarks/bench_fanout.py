@@ -66,8 +66,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = "bench-model"
-TOKEN = "bench-token"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._devserver_process import MODEL, TOKEN, ServerProcess, bench_devserver  # noqa: E402
+
 WINDOW = 60.0  # the DevServer's per-minute window
 MODES = ("ours", "unpaced", "interactive", "collect")
 
@@ -104,31 +106,16 @@ def serve(args: argparse.Namespace) -> None:
     """Run a DevServer with one fast node and the given budget; answer ``stats`` lines on stdin
     (one JSON line: statuses of ``POST /jobs`` and their windows, then the records are cleared)
     until stdin closes."""
-    sys.path.insert(0, str(ROOT))
-    from infernet_async.devserver import DevServer, NodeSpec
 
     async def run_server() -> None:
-        node = NodeSpec(
-            "node_bench",
-            (MODEL,),
-            "bench-node",
+        async with bench_devserver(
             tokens_per_second=args.tps,
             time_to_first_token=args.ttft,
-            capacity=1_000_000,
-        )
-        async with DevServer(
-            tokens=TOKEN,
-            nodes=[node],
             answer_tokens=args.answer_tokens,
-            heartbeat_interval=None,
-            rate_limit_per_minute=args.per_minute,
-            rate_limit_per_hour=args.per_hour,
-            history_limit=64,
+            per_minute=args.per_minute,
+            per_hour=args.per_hour,
             record_limit=1_000_000,
-            max_pending=10**9,
-            job_timeout=3600.0,
         ) as server:
-            print(json.dumps({"base_url": server.base_url}), flush=True)
             loop = asyncio.get_running_loop()
             while True:
                 line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -153,56 +140,20 @@ def serve(args: argparse.Namespace) -> None:
     asyncio.run(run_server())
 
 
-class Server:
-    """The DevServer in its own process."""
+class Server(ServerProcess):
+    """This script's ``serve`` mode in its own process, with the given budget."""
 
     def __init__(
         self, per_minute: int, *, tps: float, answer_tokens: int, ttft: float = 0.0
     ) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "serve",
-                "--per-minute",
-                str(per_minute),
-                "--per-hour",
-                str(10**9),
-                "--tps",
-                str(tps),
-                "--ttft",
-                str(ttft),
-                "--answer-tokens",
-                str(answer_tokens),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+        super().__init__(
+            __file__,
+            *("--per-minute", str(per_minute), "--per-hour", str(10**9)),
+            *("--tps", str(tps), "--ttft", str(ttft), "--answer-tokens", str(answer_tokens)),
         )
-        assert self.process.stdout is not None
-        self.base_url: str = json.loads(self.process.stdout.readline())["base_url"]
 
     def stats(self) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write("stats\n")
-        self.process.stdin.flush()
-        result: dict[str, Any] = json.loads(self.process.stdout.readline())
-        return result
-
-    def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return self.ask("stats")
 
 
 # ---------------------------------------------------------------- the clients
