@@ -20,6 +20,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._client_options import InsecureTransportError
 from .._config import BASE_URL_ENV, TOKEN_ENV
 from .._surfaces import API_ENV
 from ..errors import (
@@ -185,18 +186,12 @@ def _client(
             proxy=proxy,
             allow_insecure=_allow_insecure(args),
         )
-    except ValueError as exc:
-        message = _one_line(str(exc))
-        if "allow_insecure" not in message:
-            raise
-        # The client speaks to Python callers; a shell user has a flag and a variable instead.
-        for python, ours in (
-            ("pass allow_insecure=True", f"pass --allow-insecure (or set {ALLOW_INSECURE_ENV}=1)"),
-            ("allow_insecure=True", f"--allow-insecure (or {ALLOW_INSECURE_ENV}=1)"),
-            ("allow_insecure", "--allow-insecure"),
-        ):
-            message = message.replace(python, ours)
-        raise UsageError(message) from None
+    except InsecureTransportError as exc:
+        # The client's message speaks to Python callers; a shell user has a flag and a variable.
+        raise UsageError(
+            f"refusing to send the bearer token over plain http:// to {exc.host}; use https://, "
+            f"or pass --allow-insecure (or set {ALLOW_INSECURE_ENV}=1) if this network is trusted"
+        ) from None
 
 
 @contextlib.asynccontextmanager
