@@ -72,7 +72,7 @@ sys.path.insert(0, _package_root())
 
 from infernet_async import EventTooLargeError, InfernetClient  # noqa: E402
 from infernet_async._config import RetryPolicy, Timeouts  # noqa: E402
-from infernet_async.events import TokenDecoder  # noqa: E402
+from infernet_async._token_decoder import TokenDecoder  # noqa: E402
 from infernet_async.sse import DEFAULT_MAX_EVENT_SIZE, SSEDecoder  # noqa: E402
 
 MiB = 1024 * 1024

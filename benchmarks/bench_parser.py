@@ -54,7 +54,8 @@ from benchmarks._corpus import (
     make_openai_corpus,
 )
 from infernet_async._openai_decoder import ChunkDecoder
-from infernet_async.events import Done, ErrorEvent, Token, TokenDecoder
+from infernet_async._token_decoder import TokenDecoder
+from infernet_async.events import Done, ErrorEvent, Token
 from infernet_async.sse import SSEDecoder
 
 Contestant = Callable[[list[bytes]], str]

@@ -5,6 +5,7 @@ from ._config import RetryPolicy, Timeouts
 from ._fanout import BatchOutcome, BatchRequest, FanOut, OutcomeError
 from ._ratelimit import RateLimiter, RateLimitState
 from ._stream import TokenStream
+from ._token_decoder import TokenDecoder
 from ._version import __version__
 from .errors import (
     AnswerTooLargeError,
@@ -41,7 +42,6 @@ from .events import (
     Routing,
     StreamEvent,
     Token,
-    TokenDecoder,
 )
 from .hooks import RequestEvent, ResponseEvent
 from .models import (

@@ -7,9 +7,10 @@ The hosted service's OpenAI-compatible surface streams data-only SSE events, eac
 a chunk with an ``error`` object, followed by ``[DONE]`` too: ``[DONE]`` alone is no success here,
 only a finish chunk before it is.
 
-Sans-IO, like ``sse`` and ``events.TokenDecoder``. The fast path learns the stream's token chunk as
-a template (everything but the content string is the same from one chunk to the next) from a chunk
-the general path decoded, proves the template, and then reads later chunks that are exactly
+Sans-IO, layered on ``sse.SSEDecoder`` like ``TokenDecoder`` (see ``_sse_layer``). The fast path
+learns the stream's token chunk as a template (everything but the content string is the same from
+one chunk to the next) from a chunk the general path decoded, proves the template, and then reads
+later chunks that are exactly
 ``data: <head>"<JSON string>"<tail>`` + blank line with ``json.decoder.scanstring`` alone; see
 ``ChunkDecoder._learn`` for why that gives exactly what ``json.loads`` and the rules give.
 """
@@ -19,22 +20,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ._event_build import error_event, new, new_token, set_text, set_token_id
+from ._sse_layer import LayeredDecoder
 from ._textfast import scanstring
 from .errors import INCOMPLETE_STREAM_CODE
-from .events import (
-    Done,
-    ErrorEvent,
-    JobInfo,
-    StreamEvent,
-    Token,
-    _error_event,
-    _new,
-    _PendingFraming,
-    _set_text,
-    _set_token_id,
-    _token,
-)
-from .sse import DEFAULT_MAX_EVENT_SIZE, ServerSentEvent, SSEDecoder
+from .events import Done, ErrorEvent, JobInfo, StreamEvent, Token
+from .sse import DEFAULT_MAX_EVENT_SIZE, ServerSentEvent
 
 __all__ = ["ChunkDecoder"]
 
@@ -118,7 +109,7 @@ def _chunk_error(obj: dict[str, Any], event_id: str | None) -> ErrorEvent | None
             event_id,
         )
     # The jobs API's {"error": "<code>", "message": ...} (or anything else non-null).
-    return _error_event(obj, event_id)
+    return error_event(obj, event_id)
 
 
 def _value_start(data: str, position: int) -> int:
@@ -136,7 +127,7 @@ def _value_start(data: str, position: int) -> int:
     return position
 
 
-class ChunkDecoder(_PendingFraming):
+class ChunkDecoder(LayeredDecoder):
     """Bytes of an OpenAI-compatible chat completion stream in, typed stream events out.
 
     Wraps an ``SSEDecoder``, so any valid SSE framing is accepted (CRLF, CR, comments such as
@@ -167,27 +158,12 @@ class ChunkDecoder(_PendingFraming):
         max_event_size: passed to the ``SSEDecoder``.
     """
 
-    __slots__ = (
-        "_budget",
-        "_data_head",
-        "_data_tail",
-        "_finish",
-        "_head",
-        "_job",
-        "_limit",
-        "_pending",
-        "_sse",
-        "_tail",
-        "malformed",
-    )
+    __slots__ = ("_budget", "_data_head", "_data_tail", "_finish", "_head", "_job", "_tail")
 
     def __init__(self, *, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
-        self._sse = SSEDecoder(max_event_size=max_event_size)
-        self._limit = max_event_size
-        # Fast-path state, as in TokenDecoder: the bytes since the last event boundary, not yet
-        # given to the SSE decoder. Never holds a blank line or a CR; at most max_event_size bytes.
-        # Only used once a template is known.
-        self._pending = bytearray()
+        # The fast path (and its held bytes, which never hold a blank line or a CR) is on once a
+        # template is known.
+        super().__init__(max_event_size=max_event_size, fast=False)
         # The template: a token chunk's data is _data_head + <JSON string> + _data_tail, its raw
         # event "data: " + _data_head ... _data_tail + "\n\n" (= _head ... _tail). Empty until one
         # is learned and proved.
@@ -198,24 +174,12 @@ class ChunkDecoder(_PendingFraming):
         self._budget = _LEARN_BUDGET
         self._finish: str | None = None  # the last finish_reason seen
         self._job = False  # a JobInfo was given
-        self.malformed = 0
-        """How many malformed events were skipped."""
-
-    @property
-    def last_event_id(self) -> str | None:
-        """The stream's last-event-ID (``None`` until an ``id`` field arrives).
-
-        An ``id`` line of an event that is still incomplete may be counted only once the event
-        completes (or at ``close()``); the id of every completed event is always counted.
-        """
-        return self._sse.last_event_id
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[StreamEvent]:
-        """Decode the next chunk of the body; returns the stream events it completed, in order.
+        """Decode the next chunk of the body: the stream events it completed, in order.
 
-        Raises:
-            EventTooLargeError: see ``SSEDecoder.feed``.
-            RuntimeError: ``feed()`` after ``close()``.
+        Raises (as ``SSEDecoder.feed``): ``EventTooLargeError`` for an event or a line too large,
+        ``RuntimeError`` after ``close()``.
         """
         if type(chunk) is not bytes:
             chunk = bytes(chunk)
@@ -233,7 +197,7 @@ class ChunkDecoder(_PendingFraming):
             if 10 not in chunk and 13 not in chunk and len(pending) + len(chunk) <= limit:
                 pending += chunk
                 return []
-        elif not self._head or not self._sse._boundary:
+        elif not self._fast or not self._sse.at_boundary:
             return self._general(chunk)
         data: bytes | bytearray
         if pending:
@@ -274,9 +238,9 @@ class ChunkDecoder(_PendingFraming):
                         if end + len(tail) == len(text) and text.startswith(tail, end):
                             self._budget = _LEARN_BUDGET
                             if body:
-                                token = _new(Token)
-                                _set_text(token, body)
-                                _set_token_id(token, self._sse._last_id)
+                                token = new(Token)
+                                set_text(token, body)
+                                set_token_id(token, self._sse.last_event_id)
                                 events = [token]
                             else:
                                 events = []
@@ -316,7 +280,7 @@ class ChunkDecoder(_PendingFraming):
             if head and text.startswith(head, position):
                 tail = self._tail
                 start = len(head)
-                event_id = sse._last_id
+                event_id = sse.last_event_id
                 hit = position
                 while True:
                     try:
@@ -327,9 +291,9 @@ class ChunkDecoder(_PendingFraming):
                         break
                     position = end + len(tail)
                     if body:
-                        token = _new(Token)
-                        _set_text(token, body)
-                        _set_token_id(token, event_id)
+                        token = new(Token)
+                        set_text(token, body)
+                        set_token_id(token, event_id)
                         append(token)
                     if not text.startswith(head, position):
                         break
@@ -344,17 +308,6 @@ class ChunkDecoder(_PendingFraming):
                 stop = size
             events += self._interpret(sse.feed(text[position:stop].encode()))
             position = stop
-
-    def _general(self, raw: bytes | memoryview) -> list[StreamEvent]:
-        """Decode ``raw`` with the SSE decoder and interpret its events."""
-        sse = self._sse
-        events = self._interpret(sse.feed(raw))
-        if self._head and sse._boundary and sse._buf:
-            # The partial line the SSE decoder holds starts the next event: hand it to the fast
-            # path, which keeps the bytes since the last event boundary.
-            self._pending += sse._buf
-            sse._buf.clear()
-        return events
 
     def _interpret(self, events: list[ServerSentEvent]) -> list[StreamEvent]:
         out: list[StreamEvent] = []
@@ -374,7 +327,7 @@ class ChunkDecoder(_PendingFraming):
                     if end == len(data) - len(self._data_tail):
                         self._budget = _LEARN_BUDGET
                         if body:
-                            out.append(_token(body, event_id))
+                            out.append(new_token(body, event_id))
                         continue
             if data == "[DONE]":
                 # A literal, compared exactly after the SSE layer (as TokenDecoder does).
@@ -409,7 +362,7 @@ class ChunkDecoder(_PendingFraming):
                 continue
             content, finish = fields
             if content:
-                out.append(_token(content, event_id))
+                out.append(new_token(content, event_id))
             if finish is not None:
                 self._finish = finish
             elif content and self._budget > 0:
@@ -461,6 +414,7 @@ class ChunkDecoder(_PendingFraming):
                 self._data_tail = suffix
                 self._head = "data: " + prefix + '"'
                 self._tail = suffix + "\n\n"
+                self._fast = True
                 return
 
     def _proves(self, data: str, content: str, job_id: Any, model: Any) -> bool:

@@ -29,6 +29,7 @@ from ._accumulator import Accumulator, ReplayDiverged, ReplayFilter, TerminalRea
 from ._ids import validate_job_id
 from ._resource import AsyncResource
 from ._retry import backoff_delay
+from ._token_decoder import TokenDecoder
 from ._transport import read_and_release
 from .errors import (
     AnswerTooLargeError,
@@ -49,7 +50,6 @@ from .events import (
     Restart,
     StreamEvent,
     Token,
-    TokenDecoder,
 )
 
 if TYPE_CHECKING:

@@ -10,6 +10,12 @@ rest goes into one ``bytearray``. A chunk without a terminator is appended and n
 again, so the cost is O(bytes) whatever the chunking, one byte at a time included. A CR that ends a
 chunk ends its line at once (no latency), and a pending-CR flag drops the LF of a CRLF cut between
 two chunks.
+
+Layering: a decoder that reads some events itself, faster than the line loop (``TokenDecoder``,
+``ChunkDecoder``), does so only from an event boundary and keeps this decoder's state exact through
+its documented layering surface (``at_boundary``, ``take_partial_line()``, ``feed_lines()``, a
+writable ``last_event_id``, ``defer_error()``); ``_sse_layer`` holds the one base class for such
+decoders.
 """
 
 from __future__ import annotations
@@ -67,7 +73,6 @@ class SSEDecoder:
     """
 
     __slots__ = (
-        "_boundary",
         "_bom",
         "_buf",
         "_closed",
@@ -76,11 +81,30 @@ class SSEDecoder:
         "_data_size",
         "_error",
         "_event",
-        "_last_id",
         "_limit",
         "_reconnect",
         "_retry",
+        "at_boundary",
+        "last_event_id",
     )
+
+    # Plain attributes, not properties: the fast paths layered on this decoder read them once per
+    # chunk, where a property would cost a Python call each time.
+    last_event_id: str | None
+    """The last-event-ID buffer: the last ``id`` field's value (``None`` before any).
+
+    Writable: a layered decoder that read events itself sets the id they left (see
+    ``at_boundary``).
+    """
+    at_boundary: bool
+    """Read-only by contract. True when the bytes fed so far end at an event boundary: the decoder
+    holds no part of an unfinished event (no data, event type or retry field, no pending CR, no BOM
+    still undecided) but, maybe, the start of the next event's first line (``take_partial_line()``).
+
+    From a boundary, the events that complete bytes of whole events depend only on those bytes and
+    ``last_event_id``. So a layered decoder may read such bytes itself instead of feeding them, if
+    it reads them exactly as ``feed()`` would and sets ``last_event_id`` to the id they leave.
+    """
 
     def __init__(self, *, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
         if max_event_size < 1:
@@ -95,18 +119,11 @@ class SSEDecoder:
         self._data_size = 0
         self._event = ""
         self._retry: int | None = None
-        self._last_id: str | None = None
         self._reconnect: int | None = None
         self._closed = False
         self._error: EventTooLargeError | None = None
-        # True when the decoder sits at an event boundary: nothing pending but possibly the start of
-        # a line in _buf. TokenDecoder reads it to take its fast path.
-        self._boundary = False
-
-    @property
-    def last_event_id(self) -> str | None:
-        """The last-event-ID buffer: the last ``id`` field's value (``None`` before any)."""
-        return self._last_id
+        self.last_event_id = None
+        self.at_boundary = False
 
     @property
     def retry(self) -> int | None:
@@ -152,7 +169,7 @@ class SSEDecoder:
             self._bom = False
             chunk = head[3:] if head.startswith(_BOM) else head
             if not chunk:
-                self._boundary = True
+                self.at_boundary = True
                 return []
         if self._cr:
             # The previous chunk ended with a CR, which already ended its line: a LF right after it
@@ -161,7 +178,7 @@ class SSEDecoder:
             if chunk[0] == 10:
                 chunk = chunk[1:]
                 if not chunk:
-                    self._boundary = not (self._data or self._event or self._retry is not None)
+                    self.at_boundary = not (self._data or self._event or self._retry is not None)
                     return []
         # The last line terminator: rfind from the end, and the CR search only past the last LF.
         end = chunk.rfind(b"\n")
@@ -204,12 +221,60 @@ class SSEDecoder:
             EventTooLargeError: a size error the last ``feed()`` detected but did not raise yet.
         """
         self._closed = True
-        self._boundary = False
+        self.at_boundary = False
         self._release()
         if self._error is not None:
             error, self._error = self._error, None
             raise error
         return []
+
+    # --- The layering surface: what a decoder reading some events itself needs (see at_boundary).
+
+    def take_partial_line(self) -> bytes:
+        """Hand over the start of the next event's first line, held at an event boundary.
+
+        Returns the unterminated bytes held and forgets them (``b""`` if none, or not at a
+        boundary). The caller now owns them: they must come back, first, in what it feeds or reads
+        next, so that a layered decoder can read the next event from its start.
+        """
+        if not self.at_boundary or not self._buf:
+            return b""
+        line = bytes(self._buf)
+        self._buf.clear()
+        return line
+
+    def feed_lines(self, lines: list[str]) -> list[ServerSentEvent]:
+        """Interpret complete lines, already decoded and split, as ``feed()`` of each plus LF would.
+
+        For a layered decoder that decoded a run of lines itself and hands over the ones it does
+        not read. ``lines`` hold no CR or LF; an empty string is a blank line. They are past the
+        stream's start (a BOM in them is no BOM) and past any CR the last chunk ended with.
+
+        Raises:
+            EventTooLargeError: as ``feed()``.
+            RuntimeError: after ``close()``, or while a partial line is held (the lines would not
+                follow what was fed).
+        """
+        if self._closed:
+            self._raise_closed()
+        if self._buf:
+            raise RuntimeError("SSEDecoder.feed_lines() called while a partial line is held")
+        # What follows is no longer the stream's start, nor the LF of a CRLF.
+        self._bom = self._cr = False
+        return self._interpret(lines)
+
+    def defer_error(self, error: EventTooLargeError) -> None:
+        """Keep ``error``, which this decoder just raised, for the next ``feed()``/``close()``.
+
+        What ``feed()`` itself does when the chunk completed events before the error: for a
+        layered decoder that has events of the same chunk, read itself, to return first.
+
+        Raises:
+            RuntimeError: the decoder is not closed (it was not closed by a size error).
+        """
+        if not self._closed:
+            raise RuntimeError("SSEDecoder.defer_error() called on an open decoder")
+        self._error = error
 
     def _raise_closed(self) -> NoReturn:
         if self._error is not None:
@@ -225,7 +290,7 @@ class SSEDecoder:
     def _fail(self, events: list[ServerSentEvent], message: str) -> list[ServerSentEvent]:
         error = EventTooLargeError(message, limit=self._limit)
         self._closed = True
-        self._boundary = False
+        self.at_boundary = False
         self._release()
         if not events:
             raise error
@@ -271,7 +336,7 @@ class SSEDecoder:
         data_size = self._data_size
         event = self._event
         retry = self._retry
-        last_id = self._last_id
+        last_id = self.last_event_id
         limit = self._limit
         for line in lines:
             if not line:
@@ -297,6 +362,7 @@ class SSEDecoder:
                 value = line[6:] if line[5:6] == " " else line[5:]
                 data_size += len(value) + 1
                 if data_size > limit:
+                    self.last_event_id = last_id  # the ids before the error count, however chunked
                     return self._fail(events, f"an event's data is longer than {limit} characters")
                 data.append(value)
                 continue
@@ -310,6 +376,7 @@ class SSEDecoder:
             elif name == "data":
                 data_size += len(value) + 1
                 if data_size > limit:
+                    self.last_event_id = last_id  # the ids before the error count, however chunked
                     return self._fail(events, f"an event's data is longer than {limit} characters")
                 data.append(value)
             elif name == "id":
@@ -328,6 +395,6 @@ class SSEDecoder:
         self._data_size = data_size
         self._event = event
         self._retry = retry
-        self._last_id = last_id
-        self._boundary = not (data or event or retry is not None or self._cr)
+        self.last_event_id = last_id
+        self.at_boundary = not (data or event or retry is not None or self._cr)
         return events

@@ -39,7 +39,7 @@ def token_general(body: bytes) -> tuple[list[Any], int, str | None]:
 
     Returns the events (body fed whole, then closed), the malformed count and the last event id.
     """
-    from infernet_async.events import TokenDecoder
+    from infernet_async._token_decoder import TokenDecoder
 
     decoder = TokenDecoder()
     events = decoder._interpret(decoder._sse.feed(body))

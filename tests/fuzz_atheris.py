@@ -23,8 +23,8 @@ from typing import Any
 import atheris
 
 with atheris.instrument_imports():
+    from infernet_async._token_decoder import TokenDecoder
     from infernet_async.errors import InfernetError
-    from infernet_async.events import TokenDecoder
     from infernet_async.sse import SSEDecoder
 
 

@@ -11,6 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from infernet_async._textfast import TEXT_EVENTS, text_of
+from infernet_async._token_decoder import TokenDecoder
 from infernet_async.errors import EventTooLargeError
 from infernet_async.events import (
     Done,
@@ -19,7 +20,6 @@ from infernet_async.events import (
     Meta,
     StreamEvent,
     Token,
-    TokenDecoder,
 )
 from infernet_async.sse import SSEDecoder
 

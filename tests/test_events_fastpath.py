@@ -19,6 +19,7 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
+from infernet_async._token_decoder import TokenDecoder
 from infernet_async.errors import EventTooLargeError
 from infernet_async.events import (
     Done,
@@ -28,7 +29,6 @@ from infernet_async.events import (
     Routing,
     StreamEvent,
     Token,
-    TokenDecoder,
 )
 from infernet_async.sse import SSEDecoder
 

@@ -30,8 +30,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from infernet_async._token_decoder import TokenDecoder
 from infernet_async.errors import InfernetError
-from infernet_async.events import TokenDecoder
 from infernet_async.sse import SSEDecoder
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"

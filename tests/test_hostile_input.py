@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from infernet_async._token_decoder import TokenDecoder
 from infernet_async.errors import EventTooLargeError, InfernetError
-from infernet_async.events import Done, ErrorEvent, Token, TokenDecoder
+from infernet_async.events import Done, ErrorEvent, Token
 from infernet_async.sse import ServerSentEvent, SSEDecoder
 
 MiB = 1024 * 1024

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
+from infernet_async._event_build import error_event as _error_event
 from infernet_async._openai_decoder import INCOMPLETE_MESSAGE, ChunkDecoder
 from infernet_async.errors import INCOMPLETE_STREAM_CODE, EventTooLargeError
 from infernet_async.events import (
@@ -28,7 +29,6 @@ from infernet_async.events import (
     JobInfo,
     StreamEvent,
     Token,
-    _error_event,
 )
 from infernet_async.sse import SSEDecoder
 
@@ -1014,6 +1014,6 @@ def test_bench_parser_corpora_decode_to_their_text(suite: str) -> None:
 
 
 def _token_decoder() -> Any:
-    from infernet_async.events import TokenDecoder
+    from infernet_async._token_decoder import TokenDecoder
 
     return TokenDecoder()

@@ -88,7 +88,7 @@ import importlib.util, pathlib, types
 pkg = types.ModuleType("infernet_async")
 pkg.__path__ = [str(pathlib.Path(sys.argv[1]))]
 sys.modules["infernet_async"] = pkg
-from infernet_async.events import TokenDecoder
+from infernet_async._token_decoder import TokenDecoder
 decoder = TokenDecoder()
 events = decoder.feed(b'data: {"text": "Paris"}\\n\\ndata: [DONE]\\n\\n')
 print([type(event).__name__ for event in events])

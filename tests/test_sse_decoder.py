@@ -291,6 +291,99 @@ def test_byte_at_a_time_is_linear(length: int) -> None:
     assert CountingBuffer.touched <= 3 * len(body)
 
 
+# --- the layering surface (what TokenDecoder and ChunkDecoder use)
+
+
+def test_at_boundary_follows_event_boundaries() -> None:
+    decoder = SSEDecoder()
+    assert not decoder.at_boundary  # the BOM is still undecided
+    decoder.feed(b": hi\n")
+    assert decoder.at_boundary
+    decoder.feed(b"id: 1\n")
+    assert decoder.at_boundary  # an id field belongs to no event: it applies at once
+    decoder.feed(b"event: x\n")
+    assert not decoder.at_boundary
+    decoder.feed(b"data: a\n")
+    assert not decoder.at_boundary
+    decoder.feed(b"\r")
+    assert not decoder.at_boundary  # a pending CR: the next LF is not a blank line
+    decoder.feed(b"\n")
+    assert decoder.at_boundary
+    decoder.close()
+    assert not decoder.at_boundary
+
+
+def test_take_partial_line_hands_over_the_next_events_start() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\n\nda") == [ev("a")]
+    assert decoder.at_boundary
+    assert decoder.take_partial_line() == b"da"
+    assert decoder.take_partial_line() == b""
+    # The caller feeds the bytes back first: as if the decoder had kept them.
+    assert decoder.feed(b"da" + b"ta: b\n\n") == [ev("b")]
+
+
+def test_take_partial_line_gives_nothing_inside_an_event() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"data: a\nda")
+    assert not decoder.at_boundary
+    assert decoder.take_partial_line() == b""
+    assert decoder.feed(b"ta: b\n\n") == [ev("a\nb")]
+
+
+def test_feed_lines_is_feed_of_the_lines_with_lf() -> None:
+    decoder = SSEDecoder()
+    lines = ["id: 4", "event: e", "data: a", "", "data: b", "", "data: c"]
+    assert decoder.feed_lines(lines) == [ev("a", "e", "4"), ev("b", id="4")]
+    assert not decoder.at_boundary
+    assert decoder.feed(b"\n") == [ev("c", id="4")]
+    # The lines were the stream's start: a BOM fed after them is no BOM, but a field name.
+    after = SSEDecoder()
+    assert after.feed_lines([": hi"]) == []
+    assert after.feed(b"\xef\xbb\xbfdata: x\n\n") == []
+
+
+def test_feed_lines_refuses_lines_that_would_not_follow_the_stream() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"data: a\n\nda")
+    with pytest.raises(RuntimeError):
+        decoder.feed_lines(["data: b", ""])
+    decoder.close()
+    with pytest.raises(RuntimeError):
+        decoder.feed_lines([])
+
+
+def test_last_event_id_is_writable_and_carried_by_the_next_events() -> None:
+    decoder = SSEDecoder()
+    decoder.last_event_id = "41"
+    assert decoder.feed(b"data: a\n\nid: 42\ndata: b\n\n") == [ev("a", id="41"), ev("b", id="42")]
+    assert decoder.last_event_id == "42"
+
+
+def test_defer_error_keeps_a_size_error_for_the_next_call() -> None:
+    decoder = SSEDecoder(max_event_size=8)
+    with pytest.raises(RuntimeError):
+        decoder.defer_error(EventTooLargeError("x", limit=8))  # open: nothing raised it
+    with pytest.raises(EventTooLargeError) as raised:
+        decoder.feed(b"data: 123456789\n")
+    decoder.defer_error(raised.value)
+    with pytest.raises(EventTooLargeError) as again:
+        decoder.feed(b"data: a\n\n")
+    assert again.value is raised.value
+    with pytest.raises(RuntimeError):  # raised once, as feed() itself does
+        decoder.feed(b"")
+
+
+def test_ids_before_a_data_size_error_count_however_chunked() -> None:
+    body = b"data:aaa\nid:7\ndata:bbb\ndata:c\n"
+    for chunks in ([body], [body[i : i + 1] for i in range(len(body))]):
+        decoder = SSEDecoder(max_event_size=8)
+        with pytest.raises(EventTooLargeError):
+            for chunk in chunks:
+                decoder.feed(chunk)
+        assert decoder.last_event_id == "7"
+
+
 # --- sans-IO
 
 
@@ -308,7 +401,9 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("module", ["sse", "events", "_textfast"])
+@pytest.mark.parametrize(
+    "module", ["sse", "events", "_textfast", "_sse_layer", "_token_decoder", "_openai_decoder"]
+)
 def test_sans_io_modules_import_no_io(module: str) -> None:
     package = Path(__file__).resolve().parent.parent / "infernet_async"
     seen: set[str] = set()
@@ -324,4 +419,6 @@ def test_sans_io_modules_import_no_io(module: str) -> None:
                     pending.append(imported.lstrip("."))
             else:
                 assert imported.split(".")[0] not in _FORBIDDEN, f"{name}.py imports {imported}"
-    assert "errors" in seen or module == "_textfast"
+    # The walk did follow the imports: every decoder reaches the errors module (the event types and
+    # the JSON scanner import nothing of the package).
+    assert "errors" in seen or module in ("events", "_textfast")

@@ -17,8 +17,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, example, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from infernet_async._token_decoder import TokenDecoder  # noqa: E402
 from infernet_async.errors import EventTooLargeError  # noqa: E402
-from infernet_async.events import TokenDecoder  # noqa: E402
 from infernet_async.sse import ServerSentEvent, SSEDecoder  # noqa: E402
 
 from ._sse_chunking import token_general  # noqa: E402
@@ -216,3 +216,63 @@ def test_rendered_events_decode_to_themselves_under_any_chunking(
     assert sse_run([body]) == want
     assert sse_run(chunks) == want
     assert sse_run([body[i : i + 1] for i in range(len(body))]) == want
+
+
+# --- the last-event-ID after a size error
+
+
+def _size_error_run(make: Any, chunks: list[bytes]) -> tuple[list[Any], Any, bool]:
+    decoder = make()
+    events: list[Any] = []
+    too_large = False
+    try:
+        for chunk in chunks:
+            events += decoder.feed(chunk)
+        events += decoder.close()
+    except EventTooLargeError:
+        too_large = True
+    return events, decoder.last_event_id, too_large
+
+
+# Lines whose data, not their length, overflows a small limit: the data error fires on a line in the
+# middle of a run, after id lines that a one-chunk feed and a byte-at-a-time feed both must count.
+_limited_line = st.one_of(
+    st.builds(lambda n: b"id:%d" % n, st.integers(0, 99)),
+    st.builds(lambda k: b"data:" + b"x" * k, st.integers(0, 6)),
+    st.builds(lambda k: b'data: {"text": "' + b"t" * k + b'"}', st.integers(0, 4)),
+    st.sampled_from([b"", b"", b"event: token", b": ping", b"retry: 3"]),
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    data=st.data(),
+    lines=st.lists(_limited_line, max_size=16),
+    line_end=st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    limit=st.integers(4, 24),
+    kind=st.sampled_from(["sse", "token", "chunk"]),
+)
+@example(
+    data=None,
+    lines=[b"data:aaa", b"id:7", b"data:bbb", b"data:c"],
+    line_end=b"\n",
+    limit=8,
+    kind="sse",
+)
+def test_last_event_id_after_a_size_error_ignores_chunking(
+    data: Any, lines: list[bytes], line_end: bytes, limit: int, kind: str
+) -> None:
+    from infernet_async._openai_decoder import ChunkDecoder
+
+    factory = {"sse": SSEDecoder, "token": TokenDecoder, "chunk": ChunkDecoder}[kind]
+
+    def make() -> Any:
+        return factory(max_event_size=limit)
+
+    body = b"".join(line + line_end for line in lines)
+    chunks = data.draw(cut(body)) if data is not None else [body]
+    note(f"chunks={chunks!r}")
+    # A leading comment settles the BOM check, so the fast paths can run on the chunks that follow.
+    whole = _size_error_run(make, [b":\n", body])
+    assert _size_error_run(make, [b":\n", *chunks]) == whole
+    assert _size_error_run(make, [b":\n"] + [body[i : i + 1] for i in range(len(body))]) == whole

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._ids import quoted_job_id
-from ..events import EventDecoder, TokenDecoder
+from .._token_decoder import TokenDecoder
+from ..events import EventDecoder
 from . import Call, Surface, check_trust_tier
 from ._openai import read_openai_models
 

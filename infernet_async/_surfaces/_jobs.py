@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._ids import job_path
-from ..events import EventDecoder, TokenDecoder
+from .._token_decoder import TokenDecoder
+from ..events import EventDecoder
 from . import Call, Surface
 
 __all__ = ["JobsSurface"]
