@@ -17,25 +17,9 @@ from urllib.parse import urlsplit
 from ._config import Secret, is_loopback_host, resolve_base_url, resolve_token
 from ._proxy import ProxySettings, resolve_proxies
 from ._surfaces import ApiChoice, ApiName, is_resale_key, resolve_api
+from .errors import InsecureTransportError
 
-__all__ = ["ClientOptions", "InsecureTransportError", "resolve_client_options"]
-
-
-class InsecureTransportError(ValueError):
-    """Raised when the bearer token would go over plain ``http://`` to a host that is not loopback,
-    and the caller did not pass ``allow_insecure=True``.
-
-    A ``ValueError`` subclass, so code that catches ``ValueError`` still does; the class lets a
-    front end (the CLI) recognise the refusal and name its own way to allow it. ``host`` is the
-    host refused.
-    """
-
-    def __init__(self, host: str | None) -> None:
-        self.host = host
-        super().__init__(
-            f"refusing to send the bearer token over plain http:// to {host}; "
-            "use https://, or pass allow_insecure=True if this network is trusted"
-        )
+__all__ = ["ClientOptions", "resolve_client_options"]
 
 
 @dataclass(frozen=True, slots=True)

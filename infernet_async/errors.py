@@ -21,7 +21,8 @@
     │   └── APITimeoutError       a configured timeout fired (also a TimeoutError)
     ├── DecodeError               bytes that cannot be decoded as a stream (also a ValueError)
     │   └── EventTooLargeError    one line or event exceeds the decoder's size limit
-    └── NotSupportedError         the API surface in use cannot do this (also a ValueError; .api)
+    ├── NotSupportedError         the API surface in use cannot do this (also a ValueError; .api)
+    └── InsecureTransportError    a token would go over plain http:// off loopback (a ValueError)
 
 Any other in-stream error code is a plain StreamError. Connection and timeout errors are siblings
 of APIError, not subclasses: they carry no status and no body. The class of an API error comes from
@@ -53,6 +54,7 @@ __all__ = [
     "INCOMPLETE_STREAM_CODE",
     "IncompleteStreamError",
     "InfernetError",
+    "InsecureTransportError",
     "InternalServerError",
     "JobFailedError",
     "JobTimeoutError",
@@ -297,6 +299,21 @@ class APITimeoutError(APIConnectionError, TimeoutError):
         self.partial_text = partial_text
         self.job_id = job_id
         self.phase = phase
+
+
+class InsecureTransportError(InfernetError, ValueError):
+    """The bearer token would go over plain ``http://`` to a host that is not loopback, and the
+    client was not built with ``allow_insecure=True``; raised when the client is built.
+
+    ``host`` is the host refused. The CLI names its own flag for it (``--allow-insecure``).
+    """
+
+    def __init__(self, host: str | None) -> None:
+        self.host = host
+        super().__init__(
+            f"refusing to send the bearer token over plain http:// to {host}; "
+            "use https://, or pass allow_insecure=True if this network is trusted"
+        )
 
 
 class NotSupportedError(InfernetError, ValueError):

@@ -35,9 +35,9 @@ from infernet_async import (
     AuthenticationError,
     InfernetClient,
     InfernetError,
+    InsecureTransportError,
     NotFoundError,
 )
-from infernet_async._client_options import InsecureTransportError
 from infernet_async._config import RetryPolicy, Secret, Timeouts
 from infernet_async.devserver import DevServer, Fault
 

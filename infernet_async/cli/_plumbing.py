@@ -20,7 +20,6 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._client_options import InsecureTransportError
 from .._config import BASE_URL_ENV, TOKEN_ENV
 from .._surfaces import API_ENV
 from ..errors import (
@@ -29,6 +28,7 @@ from ..errors import (
     APITimeoutError,
     AuthenticationError,
     InfernetError,
+    InsecureTransportError,
     JobFailedError,
     ModelNotFoundError,
     NodeDisconnectedError,
