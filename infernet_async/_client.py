@@ -30,7 +30,8 @@ from ._fanout import (
     stream_job_runner,
 )
 from ._ids import validate_job_id
-from ._ratelimit import Pacer, RateLimiter, RateLimitState
+from ._pacer import Pacer
+from ._ratelimit import RateLimiter, RateLimitState
 from ._retry import backoff_delay
 from ._stream import NodeDisconnectPolicy, TokenStream
 from ._surfaces import ApiName, Call, Surface
@@ -216,6 +217,7 @@ class InfernetClient(JobsAPI):
         min_trust_tier: str | None = None,
         on_node_disconnect: NodeDisconnectPolicy = "raise",
         reconnect: bool = False,
+        rate_limiter: RateLimiter | None = None,
         **extra: Any,
     ) -> TokenStream:
         """Submit a chat job with ``stream: true`` and return its ``TokenStream``.
@@ -236,6 +238,9 @@ class InfernetClient(JobsAPI):
                 delivered, instead of raising ``IncompleteStreamError``. The job is never submitted
                 twice. The OpenAI-compatible surface has no job stream to replay: there a dropped
                 connection always raises.
+            rate_limiter: governs every request of the stream (its opening, its reconnects):
+                ``map()`` and ``gather()`` pass ``self.rate_limiter`` so that their jobs pace
+                together. ``None`` (the default): the requests are not held.
 
         Raises:
             ValueError: invalid parameters (checked here, before anything is sent);
@@ -263,6 +268,7 @@ class InfernetClient(JobsAPI):
                 request=body,
                 on_node_disconnect=on_node_disconnect,
                 reconnect=reconnect,
+                rate_limiter=rate_limiter,
             )
         )
 
@@ -272,6 +278,7 @@ class InfernetClient(JobsAPI):
         *,
         on_node_disconnect: NodeDisconnectPolicy = "raise",
         reconnect: bool = True,
+        rate_limiter: RateLimiter | None = None,
     ) -> TokenStream:
         """Stream a submitted job's tokens (``GET /api/v1/jobs/{id}/stream``, or
         ``GET /api/chat/stream/{id}`` on the chat surface).
@@ -280,6 +287,7 @@ class InfernetClient(JobsAPI):
         sends ``Last-Event-ID``, and skips the replayed tokens that match the text already
         delivered (the live control plane replays a job's stream from its start); a replay that
         differs (the job ran again and said something else) raises ``IncompleteStreamError``.
+        ``rate_limiter``: as for ``stream()``.
 
         Raises:
             NotSupportedError: on the OpenAI-compatible surface, which has no job ids.
@@ -295,6 +303,7 @@ class InfernetClient(JobsAPI):
                 job_id=job_id,
                 on_node_disconnect=on_node_disconnect,
                 reconnect=reconnect,
+                rate_limiter=rate_limiter,
             )
         )
 
@@ -340,11 +349,11 @@ class InfernetClient(JobsAPI):
                 stream_options=stream_options,
                 read_interval=read_interval,
                 pacer=pacer,
+                rate_limiter=self.rate_limiter,
             ),
             requests,
             concurrency=concurrency,
             on_outcome=on_outcome,
-            rate_limiter=self.rate_limiter,
             connection_limit=self._transport.ensure_connection_limit,
         )
 
@@ -408,14 +417,7 @@ class InfernetClient(JobsAPI):
                     f"{first.message}; and {exc.message}", api=first.api, headers=first.headers
                 ) from exc
             try:
-                status, data = await self._transport.request_json(
-                    call.method,
-                    call.path,
-                    json_body=call.body,
-                    params=call.params,
-                    auth=call.auth,
-                    quiet_429_wait=call.quiet_429_wait,
-                )
+                status, data = await self._transport.request_json(call)
             except NotFoundError as exc:
                 if exc.body is not None:
                     raise

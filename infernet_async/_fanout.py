@@ -22,8 +22,9 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._fanout_models import BatchOutcome, BatchRequest, OutcomeError, Status
-from ._ratelimit import Pacer, RateLimiter, limited_by
-from ._retry import is_retryable
+from ._pacer import Pacer
+from ._ratelimit import RateLimiter
+from ._retry import Retrier
 from .errors import StreamError
 
 __all__ = [
@@ -154,11 +155,13 @@ def stream_job_runner(
     read_interval: float = DEFAULT_READ_INTERVAL,
     clock: Callable[[], float] = time.perf_counter,
     pacer: Pacer | None = None,
+    rate_limiter: RateLimiter | None = None,
 ) -> RunJob:
     """A ``RunJob`` that streams each request through ``client.stream``.
 
     ``pacer``: the caller's own cap; every submission (first attempts and resubmissions) waits
-    for it.
+    for it. ``rate_limiter``: governs every request of every job; it goes to ``client.stream``
+    (``rate_limiter=``), which hands it to the transport with each request.
 
     A job whose failure proves no job was created (rate limited, no capacity, connection refused,
     see ``_retry``) and that delivered no token is submitted again, up to ``max_attempts`` in all,
@@ -173,10 +176,13 @@ def stream_job_runner(
     if read_interval < 0:
         raise ValueError("read_interval must be >= 0")
     options = {**DEFAULT_STREAM_OPTIONS, **(stream_options or {})}
+    if rate_limiter is not None:
+        options["rate_limiter"] = rate_limiter
 
     async def run(index: int, request: BatchRequest, on_cancel: OutcomeCallback) -> BatchOutcome:
         arguments = {**options, **request.stream_arguments()}
         figures = _JobClock(clock)
+        resubmissions = Retrier(max_attempts - 1, backoff=backoff, sleep=anyio.sleep)
         while True:
             figures.next_attempt()
             stream: _TokenStreamLike | None = None
@@ -195,12 +201,14 @@ def stream_job_runner(
                 raise
             except Exception as exc:
                 delivered = stream is not None and stream.token_count > 0
-                retry = not delivered and is_retryable("POST", exc)
                 figures.note(stream)
-                if retry and figures.attempts < max_attempts:
-                    if backoff is not None:
-                        await anyio.sleep(backoff(figures.attempts))
-                    continue
+                # A token delivered: the job exists, and a resubmission would bill a second one.
+                if not delivered:
+                    decision = resubmissions.decide("POST", exc)
+                    if decision.retry:
+                        if backoff is not None:  # none: the client's own retries waited already
+                            await resubmissions.sleep(decision.delay)
+                        continue
                 return figures.outcome(index, request, "error", stream, exc)
             return figures.outcome(index, request, "ok", stream)
 
@@ -224,7 +232,6 @@ class FanOut:
             only when a slot is free.
         concurrency: the most jobs (so open streams) at once.
         on_outcome: called with every outcome the moment its job ends, cancelled ones included.
-        rate_limiter: governs every request the jobs make (``InfernetClient.rate_limiter``).
         connection_limit: called with ``concurrency`` on entry, so the connection pool can grow
             to it; returns the pool's limit (a pool that cannot grow, a session of yours, gets a
             ``UserWarning`` when it is smaller).
@@ -237,7 +244,6 @@ class FanOut:
         *,
         concurrency: int,
         on_outcome: OutcomeCallback | None = None,
-        rate_limiter: RateLimiter | None = None,
         connection_limit: Callable[[int], int] | None = None,
     ) -> None:
         if concurrency < 1:
@@ -246,7 +252,6 @@ class FanOut:
         self._requests = requests
         self.concurrency = concurrency
         self._on_outcome = on_outcome
-        self._rate_limiter = rate_limiter
         self._connection_limit = connection_limit
         self.cancelled: list[BatchOutcome] = []
         self.undelivered: list[BatchOutcome] = []
@@ -335,27 +340,24 @@ class FanOut:
     async def _feed(self, task_group: TaskGroup) -> None:
         pull = _puller(self._requests)
         try:
-            # Each job starts in a copy of this task's context: the limiter installed here once
-            # governs every request the jobs make.
-            with limited_by(self._rate_limiter):
-                while True:
-                    # A free slot is taken without a trip through the event loop, so a fan-out
-                    # of thousands starts every job at once instead of one per loop iteration.
-                    while self._holding >= self.concurrency:
-                        slot_freed = self._slot_freed = anyio.Event()
-                        await slot_freed.wait()
-                    try:
-                        request = await pull()
-                    except StopAsyncIteration:
-                        return
-                    self._holding += 1
-                    task_group.start_soon(
-                        self._job,
-                        self.started,
-                        request,
-                        name=_JOB_TASK_NAME,  # anyio derives one from the function otherwise
-                    )
-                    self.started += 1
+            while True:
+                # A free slot is taken without a trip through the event loop, so a fan-out of
+                # thousands starts every job at once instead of one per loop iteration.
+                while self._holding >= self.concurrency:
+                    slot_freed = self._slot_freed = anyio.Event()
+                    await slot_freed.wait()
+                try:
+                    request = await pull()
+                except StopAsyncIteration:
+                    return
+                self._holding += 1
+                task_group.start_soon(
+                    self._job,
+                    self.started,
+                    request,
+                    name=_JOB_TASK_NAME,  # anyio derives one from the function otherwise
+                )
+                self.started += 1
         finally:
             self._feeding = False
             self._slot_freed = None

@@ -22,10 +22,10 @@ Rules (the control plane allows 60 requests a minute per token by default):
 
 ``RateLimitState`` is the decision logic: pure, with injected clocks. ``RateLimiter`` adds the thin
 waiting part, on asyncio futures (anyio's cancellation reaches them as it reaches any await). The
-limiter governs the requests made in a context where ``limited_by()`` installed it (each fan-out
-worker does): the transport then calls ``acquire()`` before each of them, and ``observe()`` with
-the response (or ``release()`` when no response came back). Requests made outside a fan-out are
-not delayed.
+limiter governs the requests it is passed with: the fan-out gives the client's to every job's
+stream (``stream(rate_limiter=)``), which hands it to the transport with each request; the
+transport calls ``acquire()`` before each of them, and ``observe()`` with the response (or
+``release()`` when no response came back). Requests made without one are not delayed.
 """
 
 from __future__ import annotations
@@ -34,27 +34,17 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
-from datetime import datetime
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable, Mapping
 
+from ._server_wait import header, number, reset_wall_time, server_retry_after
 from .errors import NoCapacityError, RateLimitError
 
 __all__ = [
-    "Pacer",
     "RateLimitState",
     "RateLimiter",
-    "active_limiter",
     "default_backoff",
-    "limited_by",
-    "parse_reset_delay",
 ]
 
-# X-RateLimit-Reset is documented as unix seconds; a value this small can only be a delay in
-# seconds, which some gateways send instead.
-_EPOCH_THRESHOLD = 1_000_000_000
 # Reset is whole seconds; waiting a little past it avoids arriving a hair before the window turns.
 _DEFAULT_RESET_MARGIN = 0.25
 # The part of what an answer says is left that may be in flight, unanswered (see _budget_delay).
@@ -67,73 +57,6 @@ def default_backoff(attempt: int) -> float:
     """The documented ``min(1 s * 2^(attempt-1), 30 s)``, with up to 25 % jitter off the top."""
     base = min(2.0 ** (attempt - 1), 30.0)
     return base * (0.75 + 0.25 * random.random())
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    # aiohttp's CIMultiDictProxy matches any case; a plain dict (tests, other transports) may not.
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    for key, candidate in headers.items():
-        if key.lower() == lowered:
-            return candidate
-    return None
-
-
-def _number(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        value = float(text.strip())
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _reset_wall_time(text: str | None, wall_now: float) -> float | None:
-    value = _number(text)
-    if value is None:
-        return None
-    return value if value >= _EPOCH_THRESHOLD else wall_now + max(value, 0.0)
-
-
-def _iso_to_unix(text: object) -> float | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return None  # a naive time cannot be placed against our clock
-    return moment.timestamp()
-
-
-def parse_reset_delay(headers: Mapping[str, str], body: object, wall_now: float) -> float | None:
-    """Seconds a 429 asks to wait: ``Retry-After``, else ``X-RateLimit-Reset``, else ``resetAt``.
-
-    Returns ``None`` when the response says nothing usable. Never raises.
-    """
-    retry_after = _header(headers, "Retry-After")
-    if retry_after is not None:
-        seconds = _number(retry_after)
-        if seconds is not None:
-            return max(seconds, 0.0)
-        try:
-            return max(parsedate_to_datetime(retry_after).timestamp() - wall_now, 0.0)
-        except (TypeError, ValueError, IndexError):
-            pass
-    reset = _reset_wall_time(_header(headers, "X-RateLimit-Reset"), wall_now)
-    if reset is not None:
-        return max(reset - wall_now, 0.0)
-    if isinstance(body, Mapping):
-        detail = body.get("detail")
-        if isinstance(detail, Mapping):
-            reset_at = _iso_to_unix(detail.get("resetAt"))
-            if reset_at is not None:
-                return max(reset_at - wall_now, 0.0)
-    return None
 
 
 def _error_code(body: object) -> str | None:
@@ -308,7 +231,7 @@ class RateLimitState:
                 self.sharers = min(self.sharers * 2, _MAX_SHARERS)
             self._limited_in_window = True
             self._rate_limited_in_a_row += 1
-            delay = parse_reset_delay(headers, body, wall)
+            delay = server_retry_after(headers, body, now=wall)
             if delay is None:
                 delay = retry_after
             if delay is None:
@@ -336,11 +259,11 @@ class RateLimitState:
             self._model_paused_until.pop(model, None)
 
     def _read_budget(self, headers: Mapping[str, str], wall: float) -> None:
-        remaining = _number(_header(headers, "X-RateLimit-Remaining"))
+        remaining = number(header(headers, "X-RateLimit-Remaining"))
         if remaining is None:
             return
-        limit = _number(_header(headers, "X-RateLimit-Limit"))
-        reset_at = _reset_wall_time(_header(headers, "X-RateLimit-Reset"), wall)
+        limit = number(header(headers, "X-RateLimit-Limit"))
+        reset_at = reset_wall_time(header(headers, "X-RateLimit-Reset"), wall)
         # Our share of what the server says is left, less what we have in flight.
         estimate = max(int(remaining) // self.sharers - self.outstanding, 0)
         same_window = (
@@ -452,64 +375,3 @@ class RateLimiter:
 def _wake_one(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-_ACTIVE: ContextVar[RateLimiter | None] = ContextVar("infernet_async_rate_limiter", default=None)
-
-
-def active_limiter() -> RateLimiter | None:
-    """The limiter that governs requests made in the current context, if any."""
-    return _ACTIVE.get()
-
-
-@contextmanager
-def limited_by(limiter: RateLimiter | None) -> Iterator[None]:
-    """Make ``limiter`` govern every request made in this context (and in tasks started from it)."""
-    token = _ACTIVE.set(limiter)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
-
-
-class Pacer:
-    """The caller's own cap: at most ``rate`` requests a second, ``burst`` of them back to back
-    (a token bucket). The server's budget is the ``RateLimiter``'s; this is for a caller who must
-    stay under a rate of their own whatever the budget allows.
-
-    Args:
-        rate: requests per second (``60 / 60`` is one a second; ``gather(rate=)`` takes it so).
-        burst: how many may go at once after a quiet spell (at least 1).
-        clock: a monotonic clock in seconds.
-    """
-
-    def __init__(
-        self, rate: float, *, burst: int = 1, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if not rate > 0 or math.isinf(rate):
-            raise ValueError("rate must be a positive number of requests per second")
-        if burst < 1:
-            raise ValueError("burst must be at least 1")
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._tokens = float(burst)
-        self._at = clock()
-
-    def reserve(self) -> float:
-        """Take one request's token now (0.0), or say how many seconds until one is due."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return 0.0
-        return (1.0 - self._tokens) / self.rate
-
-    async def wait(self) -> None:
-        """Wait until a request may go, and take its token."""
-        while True:
-            delay = self.reserve()
-            if delay <= 0.0:
-                return
-            await asyncio.sleep(delay)

@@ -1,7 +1,9 @@
-"""Pure retry logic: the backoff schedule, server-requested waits, and which failures may be
-retried.
+"""The retry policy: the backoff schedule, server-requested waits, which failures may be retried,
+and ``Retrier``, the one object every retry loop of the client asks (a request's, a stream's
+reconnects and restarts, a fan-out job's resubmissions).
 
-No IO here: the clock and the random source are arguments, so every decision is a unit test.
+The decisions are pure: the clock and the random source are arguments, so every decision is a unit
+test. The only IO is ``Retrier.sleep``, with the policy's injectable sleep.
 
 Which submissions (``POST /jobs``) are retried. A retried POST must never create a second billed
 job, so a POST is retried only when the failure proves the control plane did not create the job:
@@ -23,15 +25,16 @@ the same way again.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random as _random
 import ssl
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 from ._config import RetryPolicy
+from ._server_wait import parse_retry_after
 from .errors import (
     APIConnectionError,
     APIError,
@@ -42,20 +45,13 @@ from .errors import (
 
 __all__ = [
     "RetryDecision",
+    "Retrier",
     "backoff_delay",
     "decide_retry",
     "is_retryable",
-    "parse_rate_limit_reset",
-    "parse_reset_at",
-    "parse_retry_after",
-    "server_retry_after",
+    "policy_backoff",
+    "requested_wait",
 ]
-
-# X-RateLimit-Reset above this is a unix time, below it a number of seconds (no wait lasts 30
-# years).
-_EPOCH_THRESHOLD = 1e9
-# ... and above this, a unix time in milliseconds.
-_EPOCH_MS_THRESHOLD = 1e12
 
 
 def backoff_delay(
@@ -76,112 +72,6 @@ def backoff_delay(
     # Cap the exponent first: 2**1100 overflows a float.
     delay = min(base * 2.0 ** min(attempt - 1, 64), cap)
     return delay * (0.5 + 0.5 * random())
-
-
-# The longest Retry-After in seconds taken as meant: a day.
-_LONGEST_RETRY_AFTER = 86_400.0
-
-
-def _finite_non_negative(value: float) -> float | None:
-    if math.isnan(value) or math.isinf(value):
-        return None
-    return max(value, 0.0)
-
-
-def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP date; ``None`` if
-    unusable.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        # delay-seconds is a non-negative integer (RFC 9110); a negative or absurd one (past a
-        # day) is a broken server, not a wait: ignored, so the backoff applies.
-        if math.isfinite(seconds) and 0.0 <= seconds <= _LONGEST_RETRY_AFTER:
-            return seconds
-        return None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        # RFC 9110 dates are GMT; a naive result means the string said so without a zone name.
-        when = when.replace(tzinfo=UTC)
-    return max(when.timestamp() - now, 0.0)
-
-
-def _epoch_or_delta(number: float, *, now: float) -> float | None:
-    if number >= _EPOCH_MS_THRESHOLD:
-        return _finite_non_negative(number / 1000.0 - now)
-    if number >= _EPOCH_THRESHOLD:
-        return _finite_non_negative(number - now)
-    return _finite_non_negative(number)
-
-
-def parse_rate_limit_reset(value: str | None, *, now: float) -> float | None:
-    """Seconds to wait from ``X-RateLimit-Reset``: a unix time (the API's form) or, if small, a
-    delay.
-    """
-    if value is None:
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    return _epoch_or_delta(number, now=now)
-
-
-def parse_reset_at(body: object, *, now: float) -> float | None:
-    """Seconds to wait from a body's ``detail.resetAt`` (the live control plane's only hint).
-
-    Accepts an ISO-8601 string, or a unix time in seconds or milliseconds (as a number or a digit
-    string).
-    """
-    if not isinstance(body, Mapping):
-        return None
-    detail = body.get("detail")
-    if not isinstance(detail, Mapping):
-        return None
-    raw = detail.get("resetAt")
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int | float):
-        return _epoch_or_delta(float(raw), now=now)
-    if not isinstance(raw, str) or not raw.strip():
-        return None
-    text = raw.strip()
-    try:
-        return _epoch_or_delta(float(text), now=now)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(when.timestamp() - now, 0.0)
-
-
-def server_retry_after(headers: Mapping[str, str], body: object, *, now: float) -> float | None:
-    """The wait the server asked for: ``Retry-After``, else ``X-RateLimit-Reset``, else
-    ``detail.resetAt``.
-    """
-    for parsed in (
-        parse_retry_after(headers.get("Retry-After"), now=now),
-        parse_rate_limit_reset(headers.get("X-RateLimit-Reset"), now=now),
-        parse_reset_at(body, now=now),
-    ):
-        if parsed is not None:
-            return parsed
-    return None
 
 
 def is_retryable(method: str, error: BaseException) -> bool:
@@ -211,6 +101,110 @@ class RetryDecision:
     reason: str = ""
 
 
+def requested_wait(error: BaseException) -> float | None:
+    """The wait the server asked for with ``error``, which replaces the backoff: a 429's
+    ``retry_after``, a 503's ``Retry-After``.
+
+    Only ``Retry-After`` for a 503: ``X-RateLimit-Reset`` rides on every response and dates the end
+    of the rate-limit window, which says nothing about when a node frees up.
+    """
+    if isinstance(error, RateLimitError):
+        return error.retry_after
+    if isinstance(error, APIError) and error.status == 503:
+        return parse_retry_after(error.headers.get("Retry-After"), now=time.time())
+    return None
+
+
+class Retrier:
+    """One operation's retries: counts them against a limit, decides each one, and sleeps.
+
+    The one retry policy the client's three retry loops ask: a request's (``_transport``, built
+    with ``for_requests``), a stream's reconnects and restarts (``for_stream_restarts``), and a
+    fan-out job's resubmissions (``_fanout``). ``backoff(n)`` is the wait before retry ``n``
+    (1-based); ``sleep`` is the injectable coroutine that waits it.
+    """
+
+    __slots__ = ("_backoff", "_sleep", "limit", "max_retry_after", "retries")
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        backoff: Callable[[int], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        max_retry_after: float = math.inf,
+    ) -> None:
+        self.limit = limit
+        self.max_retry_after = max_retry_after
+        self.retries = 0
+        self._backoff = backoff
+        self._sleep = sleep or asyncio.sleep
+
+    @classmethod
+    def for_requests(
+        cls, policy: RetryPolicy, *, random: Callable[[], float] = _random.random
+    ) -> Retrier:
+        """A request's retries (``RetryPolicy.max_retries``), server-requested waits honoured up
+        to ``max_retry_after``."""
+        return cls(
+            policy.max_retries,
+            backoff=policy_backoff(policy, random=random),
+            sleep=policy.sleep,
+            max_retry_after=policy.max_retry_after,
+        )
+
+    @classmethod
+    def for_stream_restarts(cls, policy: RetryPolicy) -> Retrier:
+        """A stream's reconnects, or its restarts after ``node_disconnected``
+        (``RetryPolicy.max_stream_restarts`` each)."""
+        return cls(policy.max_stream_restarts, backoff=policy_backoff(policy), sleep=policy.sleep)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.retries >= self.limit
+
+    def decide(
+        self, method: str, error: BaseException, *, retry_after: float | None = None
+    ) -> RetryDecision:
+        """Count a failure of a request of ``method`` and decide whether to retry it.
+
+        ``retry_after`` is the server's requested wait, when it gave one; it replaces the backoff.
+        A requested wait longer than ``max_retry_after`` is not slept through: the error surfaces
+        with its ``retry_after``.
+        """
+        self.retries += 1
+        if self.retries > self.limit:
+            return RetryDecision(False, reason="retries exhausted")
+        if not is_retryable(method, error):
+            return RetryDecision(False, reason="not retryable")
+        if retry_after is not None:
+            if retry_after > self.max_retry_after:
+                return RetryDecision(False, reason=f"server asked to wait {retry_after:.1f}s")
+            return RetryDecision(True, retry_after, reason="server asked to wait")
+        return RetryDecision(True, self.backoff(), reason="backoff")
+
+    def take(self) -> float:
+        """Count a retry the caller has found allowed (``exhausted`` is false); returns its
+        backoff."""
+        self.retries += 1
+        return self.backoff()
+
+    def backoff(self) -> float:
+        """The backoff before the current retry (0 without a backoff)."""
+        return self._backoff(self.retries) if self._backoff is not None else 0.0
+
+    async def sleep(self, delay: float) -> None:
+        await self._sleep(delay)
+
+
+def policy_backoff(
+    policy: RetryPolicy, *, random: Callable[[], float] = _random.random
+) -> Callable[[int], float]:
+    """``RetryPolicy``'s backoff schedule as a function of the retry number."""
+    base, cap = policy.backoff_base, policy.backoff_max
+    return lambda attempt: backoff_delay(attempt, base=base, cap=cap, random=random)
+
+
 def decide_retry(
     method: str,
     error: BaseException,
@@ -220,19 +214,7 @@ def decide_retry(
     retry_after: float | None = None,
     random: Callable[[], float] = _random.random,
 ) -> RetryDecision:
-    """Decide about retry number ``attempt`` (1-based) after ``error``.
-
-    ``retry_after`` is the server's requested wait, when it gave one; it replaces the backoff. A
-    requested wait longer than ``policy.max_retry_after`` is not slept through: the error surfaces
-    with its ``retry_after``.
-    """
-    if attempt > policy.max_retries:
-        return RetryDecision(False, reason="retries exhausted")
-    if not is_retryable(method, error):
-        return RetryDecision(False, reason="not retryable")
-    if retry_after is not None:
-        if retry_after > policy.max_retry_after:
-            return RetryDecision(False, reason=f"server asked to wait {retry_after:.1f}s")
-        return RetryDecision(True, retry_after, reason="server asked to wait")
-    delay = backoff_delay(attempt, base=policy.backoff_base, cap=policy.backoff_max, random=random)
-    return RetryDecision(True, delay, reason="backoff")
+    """Decide about retry number ``attempt`` (1-based) after ``error`` (see ``Retrier.decide``)."""
+    retrier = Retrier.for_requests(policy, random=random)
+    retrier.retries = attempt - 1
+    return retrier.decide(method, error, retry_after=retry_after)

@@ -29,7 +29,7 @@ from infernet_async import (
     RateLimitError,
     StreamError,
 )
-from infernet_async._transport import map_transport_errors, parse_error_response
+from infernet_async._transport_errors import map_transport_errors, parse_error_response
 from infernet_async.devserver import DevServer, Fault
 
 from .client_support import (

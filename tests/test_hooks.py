@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 
 from infernet_async import APIConnectionError, InfernetClient, RequestEvent, ResponseEvent
+from infernet_async._attempt_hooks import AttemptHook
 from infernet_async._config import RetryPolicy, Secret, Timeouts
-from infernet_async._transport import Transport, _AttemptHook
+from infernet_async._transport import Transport
 from infernet_async.devserver import DevServer, Fault
 
 from .client_support import MODEL, MSG, fast_retry
@@ -160,7 +161,7 @@ def test_the_url_has_no_userinfo_and_no_token_and_events_are_frozen() -> None:
     )
     seen: list[RequestEvent] = []
     url = transport.url("/api/v1/jobs")
-    _AttemptHook(transport, "GET", url, {"q": "tok-123", "limit": "5"}, 1, False, None)
+    AttemptHook(transport, "GET", url, {"q": "tok-123", "limit": "5"}, 1, False, None)
     (event,) = seen
     assert event.url == "https://example.com/api/v1/jobs?q=[REDACTED]&limit=5"
     with pytest.raises(FrozenInstanceError):

@@ -11,13 +11,9 @@ import anyio
 import pytest
 
 from infernet_async import NoCapacityError
-from infernet_async._ratelimit import (
-    Pacer,
-    RateLimiter,
-    RateLimitState,
-    default_backoff,
-    parse_reset_delay,
-)
+from infernet_async._pacer import Pacer
+from infernet_async._ratelimit import RateLimiter, RateLimitState, default_backoff
+from infernet_async._server_wait import server_retry_after
 
 WALL0 = 1_800_000_000.0  # a realistic unix time, so X-RateLimit-Reset reads as an epoch
 
@@ -358,13 +354,17 @@ def test_a_lost_model_probe_lets_another_request_probe():
         ({"Retry-After": "soon"}, None, None),
         ({"X-RateLimit-Reset": str(int(WALL0 + 40))}, None, 40.0),
         ({}, {"detail": {"resetAt": "not a time"}}, None),
-        ({}, {"detail": {"resetAt": "2027-01-01T00:00:00"}}, None),  # naive: unplaceable
+        # A naive time is UTC, as the retries have always read it (one parser for both now).
+        ({}, {"detail": {"resetAt": "2027-01-31T00:00:00"}}, 1_801_353_600.0 - WALL0),
         ({}, "<html>", None),
-        ({"Retry-After": "-5"}, None, 0.0),
+        # A negative Retry-After is a broken server, not a wait: the next hint, else the backoff.
+        ({"Retry-After": "-5"}, None, None),
+        ({"Retry-After": "-5", "X-RateLimit-Reset": str(int(WALL0 + 40))}, None, 40.0),
+        ({"retry-after": "3"}, None, 3.0),  # any case, also in a plain dict
     ],
 )
-def test_parse_reset_delay(headers, body, expected):
-    delay = parse_reset_delay(headers, body, WALL0)
+def test_the_limiter_reads_a_429s_wait_with_the_retries_parser(headers, body, expected):
+    delay = server_retry_after(headers, body, now=WALL0)
     if "GMT" in headers.get("Retry-After", ""):
         target = datetime(2027, 1, 1, 0, 0, 10, tzinfo=UTC).timestamp()
         assert delay == pytest.approx(max(target - WALL0, 0.0))
@@ -492,21 +492,23 @@ def test_requests_in_flight_as_a_model_goes_down_count_as_one_failure():
     assert state.reserve("m") == pytest.approx(2.0)  # a failure after the pause: the next step
 
 
-async def test_limited_by_installs_the_limiter_for_the_context_and_its_tasks():
-    from infernet_async._ratelimit import active_limiter, limited_by
+async def test_the_fan_out_passes_its_limiter_to_every_stream_it_opens():
+    # No context variable: the limiter goes with the call, from the runner to client.stream (and
+    # from there to the transport with each request).
+    from infernet_async._fanout import BatchRequest, stream_job_runner
+
+    seen: list[object] = []
+
+    class Refusing:
+        def stream(self, **arguments: object) -> object:
+            seen.append(arguments.get("rate_limiter", "absent"))
+            raise ValueError("no stream here")
 
     limiter = RateLimiter()
-    seen: list[RateLimiter | None] = []
-
-    async def child() -> None:
-        seen.append(active_limiter())
-
-    assert active_limiter() is None
-    with limited_by(limiter):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(child)
-    assert active_limiter() is None
-    assert seen == [limiter]
+    request = BatchRequest(id="a", model="m", prompt="hi")
+    await stream_job_runner(Refusing(), rate_limiter=limiter)(0, request, seen.append)
+    await stream_job_runner(Refusing())(1, request, seen.append)
+    assert seen == [limiter, "absent"]
 
 
 def test_a_429_while_our_count_had_room_means_the_budget_is_shared() -> None:

@@ -31,9 +31,14 @@ from infernet_async import (
     Timeouts,
 )
 from infernet_async._retry import (
+    Retrier,
+    RetryDecision,
     backoff_delay,
     decide_retry,
     is_retryable,
+    requested_wait,
+)
+from infernet_async._server_wait import (
     parse_rate_limit_reset,
     parse_reset_at,
     parse_retry_after,
@@ -209,6 +214,26 @@ def test_decide_retry_backs_off_without_a_server_wait() -> None:
     second = decide_retry("GET", err, attempt=2, policy=policy, random=lambda: 1.0)
     assert (first.delay, second.delay) == (1.0, 2.0)
     assert not decide_retry("POST", err, attempt=1, policy=policy).retry
+
+
+async def test_one_retrier_counts_decides_and_sleeps_for_every_retry_loop() -> None:
+    sleeps: list[float] = []
+
+    async def record(delay: float) -> None:
+        sleeps.append(delay)
+
+    policy = RetryPolicy(max_retries=2, max_stream_restarts=1, backoff_base=1.0, sleep=record)
+    requests = Retrier.for_requests(policy, random=lambda: 1.0)
+    err = InternalServerError("x", status=500, code="internal_error")
+    assert [requests.decide("GET", err).delay for _ in range(2)] == [1.0, 2.0]
+    assert requests.decide("GET", err).reason == "retries exhausted"
+    assert requested_wait(RateLimitError("x", retry_after=4)) == 4
+    restarts = Retrier.for_stream_restarts(policy)
+    assert not restarts.exhausted
+    await restarts.sleep(restarts.take())
+    assert restarts.exhausted and restarts.retries == 1 and 0.5 <= sleeps[0] <= 1.0
+    resubmissions = Retrier(1)  # a fan-out's: no backoff of its own
+    assert resubmissions.decide("POST", RateLimitError("x")) == RetryDecision(True, 0.0, "backoff")
 
 
 def test_retry_policy_validates() -> None:

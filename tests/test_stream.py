@@ -29,9 +29,9 @@ from infernet_async import (
     Token,
     TokenStream,
 )
-from infernet_async._ratelimit import RateLimiter, limited_by
+from infernet_async._ratelimit import RateLimiter
+from infernet_async._response import SendListener
 from infernet_async._surfaces import ApiChoice
-from infernet_async._transport import SendListener
 from infernet_async.devserver import DevServer, Fault
 
 from .client_support import MODEL, MSG, client_for, data_events, fast_retry, raw_server, sse_handler
@@ -403,9 +403,9 @@ async def test_the_stall_deadline_does_not_run_through_the_limiters_wait_before_
 
     async def handler(request: web.Request) -> web.StreamResponse:
         paths.append(request.path)
-        if request.path.endswith("/job_other"):
+        if "/job_other" in request.path:
             return _rate_limited(1.0)
-        if sum(p.endswith("/stream") for p in paths) == 1:
+        if sum(p.endswith("/job_x/stream") for p in paths) == 1:
             return await sse_handler([*data_events("Paris", " is", done=False), 30.0])(request)
         return await sse_handler(data_events("Paris", " is", " the", " capital."))(request)
 
@@ -415,19 +415,19 @@ async def test_the_stall_deadline_does_not_run_through_the_limiters_wait_before_
         raw_server(handler) as url,
         client_for(url, timeouts=timeouts, retry=retry) as client,
     ):
-        with limited_by(RateLimiter()):
-            async with client.stream_job("job_x") as stream:
+        limiter = RateLimiter()
+        async with client.stream_job("job_x", rate_limiter=limiter) as stream:
 
-                async def other() -> None:
-                    await asyncio.sleep(0.25)  # just before the read timeout
-                    with pytest.raises(RateLimitError):
-                        await client.get_job("job_other")
+            async def other() -> None:
+                await asyncio.sleep(0.25)  # just before the read timeout
+                with pytest.raises(RateLimitError):
+                    await client.stream_job("job_other", rate_limiter=limiter).final_text()
 
-                side = asyncio.create_task(other())
-                try:
-                    assert await stream.final_text() == "Paris is the capital."
-                finally:
-                    await side
+            side = asyncio.create_task(other())
+            try:
+                assert await stream.final_text() == "Paris is the capital."
+            finally:
+                await side
 
 
 async def test_the_stall_deadline_holds_for_a_re_queued_attempt_when_collecting() -> None:
@@ -845,7 +845,7 @@ async def test_tokens_just_under_the_stall_timeout_keep_it_from_firing_until_the
             silent = loop.time() - last
     assert received == texts
     assert info.value.phase == "stall" and info.value.partial_text == stream.text == "".join(texts)
-    assert stream.terminal_reason == "timeout" and stream._watchdog is None
+    assert stream.terminal_reason == "timeout" and not stream._deadlines.armed
     assert silent >= 0.29  # never before the deadline; how late depends on the machine's load
 
 
@@ -913,7 +913,7 @@ class _ScriptedTransport:
         return text
 
     async def open_stream(
-        self, method: str, path: str, *, on_send: SendListener | None = None, **_: Any
+        self, call: Any, *, on_send: SendListener | None = None, **_: Any
     ) -> _ScriptedResponse:
         if on_send is not None:
             on_send(True)  # as the real one does when the request goes out
@@ -938,7 +938,7 @@ async def test_a_chunk_buffered_when_the_deadline_has_passed_is_still_returned()
         with pytest.raises(APITimeoutError) as info:
             await stream.__anext__()
     assert info.value.phase == "stall" and info.value.partial_text == "AB" and resp.closed
-    assert stream._watchdog is None
+    assert not stream._deadlines.armed
 
 
 async def test_a_cancel_from_outside_racing_the_watchdog_wins() -> None:
@@ -960,7 +960,7 @@ async def test_a_cancel_from_outside_racing_the_watchdog_wins() -> None:
     with pytest.raises(asyncio.CancelledError):
         await reader
     assert reader.cancelling() == 1  # ours was withdrawn; the outside one stands
-    assert stream.terminal_reason == "cancelled" and resp.closed and stream._watchdog is None
+    assert stream.terminal_reason == "cancelled" and resp.closed and not stream._deadlines.armed
 
 
 async def test_the_watchdog_timeout_leaves_the_task_uncancelled() -> None:
@@ -972,7 +972,7 @@ async def test_the_watchdog_timeout_leaves_the_task_uncancelled() -> None:
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
     await asyncio.sleep(0)  # and no stray cancellation is pending
-    assert resp.closed and stream._watchdog is None
+    assert resp.closed and not stream._deadlines.armed
 
 
 async def test_a_cancel_from_outside_mid_read_propagates_and_disarms() -> None:
@@ -990,7 +990,7 @@ async def test_a_cancel_from_outside_mid_read_propagates_and_disarms() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert stream.text == "A" and stream.terminal_reason == "cancelled"
-    assert resp.closed and stream._watchdog is None
+    assert resp.closed and not stream._deadlines.armed
 
 
 # -- after the end ---------------------------------------------------------------------------------
