@@ -16,8 +16,8 @@ of the decoder's ``max_event_size`` (8 MiB by default). Cases:
   split on LF), which holds the whole line, twice, and is quadratic in its length (so it runs
   on 16 MB by default).
 
-tests/test_hostile_input.py asserts the decoder peaks stay under 3x the limit; this script prints
-the figures.
+tests/hardening/test_hostile_input.py asserts the decoder peaks stay under 3x the limit; this
+script prints the figures.
 
 ``--answers`` measures something else: the peak RSS of one whole ``InfernetClient`` stream that
 reads an answer of ``--answer-mb`` MiB of UTF-8 from a raw loopback server (HTTP/1.1 chunked

@@ -2,7 +2,7 @@
 
 The DevServer runs in its own process (``bench_e2e.py serve``: one node, every job at once, the
 server generating as fast as it can) and listens on loopback over plain http. The proxy is
-proxy.py in a process of its own, started as the proxy tests start it (``tests/proxy_support.py``'s
+proxy.py in a process of its own, started as the proxy tests start it (``tests/helpers/proxy.py``'s
 ``ProxyServer``). Each contestant runs in a fresh client process (``client`` mode below): a
 warm-up of a few streams, then K streams at once; the figure is the client process's CPU time
 (user + system, ``resource.getrusage``) over the tokens it received. The proxy's own CPU is not

@@ -4,7 +4,7 @@ Rule: every function here either returns exactly what ``json.loads`` would give 
 (``None``, no match), and the caller then falls back to ``json.loads``. JSON strings are decoded by
 ``json.decoder.scanstring``, the C routine ``json.loads`` itself runs on every string, so escapes,
 surrogate pairs and lone surrogates come out identical; the patterns only check the structure around
-the string. ``tests/test_events.py`` compares both on arbitrary strings with hypothesis.
+the string. ``tests/unit/test_events.py`` compares both on arbitrary strings with hypothesis.
 """
 
 from __future__ import annotations
