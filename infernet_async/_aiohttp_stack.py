@@ -1,5 +1,6 @@
-"""The aiohttp side of the transport, imported on first use: ``import infernet_async`` and the
-stream path on our own connections never load aiohttp (see ``_transport``).
+"""The aiohttp side of the transport, imported on first use (by ``_session``, which builds the
+session, and ``_transport_errors``, which maps the errors): ``import infernet_async`` and the
+stream path on our own connections never load aiohttp.
 
 ``BudgetConnector``: aiohttp's connector within the client's one ``ConnectionBudget``;
 ``new_session``: the session the client owns; ``map_aiohttp_error``: aiohttp's errors as ours.
@@ -114,8 +115,8 @@ def new_session(
 def map_aiohttp_error(
     exc: Exception, *, read_phase: bool, proxy: Proxy | None
 ) -> InfernetError | None:
-    """The error of ours an aiohttp error stands for (see ``_transport.map_transport_errors``),
-    or ``None`` if ``exc`` is not one of aiohttp's."""
+    """The error of ours an aiohttp error stands for (see
+    ``_transport_errors.map_transport_errors``), or ``None`` if ``exc`` is not one of aiohttp's."""
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         # Before ClientConnectorError, its base: the proxy is what could not be reached.
         where = proxy.address if proxy is not None else f"{exc.host}:{exc.port}"

@@ -21,11 +21,11 @@ class ConnectionBudget:
     """The client's sockets, whichever stack opens them: at most ``limit`` open at once.
 
     Each socket takes a slot before it connects and gives it back once it is closed: the pool's
-    connections (``StreamPool``) and aiohttp's (``_transport``'s connector). ``give()`` hands the
-    slot on at the loop's next turn, after the transport's own close callback, so the socket is
-    really gone before another connects in its place. When none is free, ``reclaim()`` asks the
-    stacks, in the order they registered, to close one idle keep-alive connection; else the
-    taker waits, first come first served.
+    connections (``StreamPool``) and aiohttp's (``_aiohttp_stack.BudgetConnector``). ``give()``
+    hands the slot on at the loop's next turn, after the transport's own close callback, so the
+    socket is really gone before another connects in its place. When none is free, ``reclaim()``
+    asks the stacks, in the order they registered, to close one idle keep-alive connection; else
+    the taker waits, first come first served.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:

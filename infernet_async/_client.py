@@ -32,12 +32,12 @@ from ._fanout import (
 from ._ids import validate_job_id
 from ._pacer import Pacer
 from ._ratelimit import RateLimiter, RateLimitState
-from ._retry import backoff_delay
+from ._retry import policy_backoff
 from ._stream import NodeDisconnectPolicy, TokenStream
 from ._surfaces import ApiName, Call, Surface
 from ._surfaces._request import MessageLike, chat_request
 from ._transport import DEFAULT_MAX_ANSWER_BYTES, Transport
-from ._wrong_shape import shape_problems as _shape_problems
+from ._wrong_shape import shape_problems
 from .errors import APIError, NotFoundError, NotSupportedError, SurfaceNotServedError
 from .hooks import RequestHook, ResponseHook
 
@@ -171,16 +171,11 @@ class InfernetClient(JobsAPI):
         )
         # Shared by every worker of every fan-out of this client: one 429 pauses them all. Its
         # no_capacity backoff follows the client's retry policy.
-        retry_policy = self.retry
         self.rate_limiter = RateLimiter(
-            RateLimitState(
-                backoff=lambda attempt: backoff_delay(
-                    attempt, base=retry_policy.backoff_base, cap=retry_policy.backoff_max
-                )
-            ),
+            RateLimitState(backoff=policy_backoff(self.retry)),
             # A pause past what the retry policy waits (the anonymous tier's hour) is not slept
             # through: the fan-out's jobs end rate limited, saying until when, none of them sent.
-            longest_wait=retry_policy.max_retry_after,
+            longest_wait=self.retry.max_retry_after,
         )
 
     def __repr__(self) -> str:
@@ -248,7 +243,7 @@ class InfernetClient(JobsAPI):
                 the first request, once the surface is known).
         """
         self._ensure_open()
-        body = self._chat_body(
+        body = chat_request(
             model,
             messages,
             max_tokens,
@@ -441,10 +436,7 @@ class InfernetClient(JobsAPI):
             # the fields and the JSON types found instead; the body itself stays on ``.body``.
             raise APIError(
                 f"the server answered {status} with a {what} of the wrong shape: "
-                f"{_shape_problems(exc, data)}",
+                f"{shape_problems(exc, data)}",
                 status=status,
                 body=data,
             ) from None
-
-    # The SDK's own chat request, checked before anything is sent (see ``_surfaces._request``).
-    _chat_body = staticmethod(chat_request)

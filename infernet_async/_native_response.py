@@ -1,5 +1,5 @@
 """``NativeResponse``: an open response on one of our connections, with the surface the retries and
-the stream loop use on either stack (``_transport.StreamResponse`` is the aiohttp one): ``pump``,
+the stream loop use on either stack (``_response.StreamResponse`` is the aiohttp one): ``pump``,
 ``read_all``, ``read_at_intervals``, ``finish`` and a synchronous ``close``.
 
 A body in a content coding we did not ask for is decoded (``_inflate``) when we can, refused when

@@ -31,10 +31,12 @@ transport calls ``acquire()`` before each of them, and ``observe()`` with the re
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 import time
 from collections.abc import Callable, Mapping
+from typing import Concatenate, ParamSpec
 
 from ._server_wait import header, number, reset_wall_time, server_retry_after
 from .errors import NoCapacityError, RateLimitError
@@ -44,6 +46,8 @@ __all__ = [
     "RateLimiter",
     "default_backoff",
 ]
+
+_P = ParamSpec("_P")
 
 # Reset is whole seconds; waiting a little past it avoids arriving a hair before the window turns.
 _DEFAULT_RESET_MARGIN = 0.25
@@ -281,6 +285,22 @@ class RateLimitState:
             self.reset_at = reset_at
 
 
+def _then_wake(
+    decide: Callable[Concatenate[RateLimitState, _P], None],
+) -> Callable[Concatenate[RateLimiter, _P], None]:
+    """``decide`` on the limiter's state, then wake its waiters to look at the new state."""
+
+    # Its parameters and docstring are the state method's (``inspect.signature`` follows
+    # ``__wrapped__``), its qualified name the limiter's.
+    @functools.wraps(decide)
+    def then_wake(limiter: RateLimiter, /, *args: _P.args, **kwargs: _P.kwargs) -> None:
+        decide(limiter.state, *args, **kwargs)
+        limiter._wake()
+
+    then_wake.__qualname__ = f"RateLimiter.{decide.__name__}"
+    return then_wake
+
+
 class RateLimiter:
     """The shared limiter: ``await acquire(model)``, then ``observe()`` or ``release()``.
 
@@ -349,23 +369,10 @@ class RateLimiter:
             timer.cancel()
             self._waiters.discard(waiter)
 
-    def observe(
-        self,
-        status: int,
-        headers: Mapping[str, str],
-        body: object = None,
-        *,
-        model: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        """Record the answer to a request that ``acquire()`` let through, and wake the waiters."""
-        self.state.observe(status, headers, body, model=model, retry_after=retry_after)
-        self._wake()
-
-    def release(self, model: str | None = None) -> None:
-        """Record that a request let through got no answer at all, and wake the waiters."""
-        self.state.release(model)
-        self._wake()
+    # The state's own methods, each then waking the waiters: the answer (or its absence) may
+    # let them go. Same arguments as ``RateLimitState.observe`` and ``.release``.
+    observe = _then_wake(RateLimitState.observe)
+    release = _then_wake(RateLimitState.release)
 
     def _wake(self) -> None:
         for waiter in self._waiters:

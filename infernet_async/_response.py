@@ -1,6 +1,6 @@
 """An open response, whichever stack carries it: ``StreamResponse`` wraps aiohttp's with the
-interface of ``_connection.NativeResponse``, so the retries and the stream's read loop never ask
-which one they hold; and the two ways of reading a short body to its end.
+interface of ``_native_response.NativeResponse``, so the retries and the stream's read loop never
+ask which one they hold; and the two ways of reading a short body to its end.
 
 Rules: a body read to its end gives the connection back to the pool (``finish()``); one abandoned,
 failing or too large closes it (``close()``), so the server sees the disconnect at once.

@@ -9,6 +9,7 @@ and interprets every other event.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ._event_build import error_event, first_str, new, new_token, set_text, set_token_id
@@ -28,6 +29,38 @@ def _json_object(data: str) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+def _job_info(obj: dict[str, Any], event_id: str | None) -> JobInfo:
+    job_id = first_str(obj, "id", "job_id")
+    return JobInfo(
+        job_id, first_str(obj, "status"), first_str(obj, "model", "model_name"), obj, event_id
+    )
+
+
+def _meta(obj: dict[str, Any], event_id: str | None) -> Meta:
+    return Meta(
+        first_str(obj, "provider_node_id", "node_id"),
+        first_str(obj, "provider_name", "node_name"),
+        first_str(obj, "model", "model_name"),
+        first_str(obj, "engine"),
+        obj,
+        event_id,
+    )
+
+
+def _log(obj: dict[str, Any], event_id: str | None) -> Log:
+    return Log(first_str(obj, "message", "line"), obj, event_id)
+
+
+# The typed events whose data is a JSON object read as a whole: data that is not one is skipped
+# (and counted as malformed unless blank).
+_OBJECT_EVENTS: dict[str, Callable[[dict[str, Any], str | None], StreamEvent]] = {
+    "job": _job_info,
+    "meta": _meta,
+    "routing": Routing,
+    "log": _log,
+}
 
 
 class TokenDecoder(LayeredDecoder):
@@ -293,37 +326,10 @@ class TokenDecoder(LayeredDecoder):
                 else:
                     message = data.strip() or "the stream reported an error"
                     out.append(ErrorEvent(None, message, event_id))
-            elif kind == "job":
-                obj = self._object(data)
-                if obj is not None:
-                    out.append(
-                        JobInfo(
-                            first_str(obj, "id", "job_id"),
-                            first_str(obj, "status"),
-                            first_str(obj, "model", "model_name"),
-                            obj,
-                            event_id,
-                        )
-                    )
-            elif kind == "routing":
-                obj = self._object(data)
-                if obj is not None:
-                    out.append(Routing(obj, event_id))
-            elif kind == "log":
-                obj = self._object(data)
-                if obj is not None:
-                    out.append(Log(first_str(obj, "message", "line"), obj, event_id))
-            elif kind == "meta":
-                obj = self._object(data)
-                if obj is not None:
-                    out.append(
-                        Meta(
-                            first_str(obj, "provider_node_id", "node_id"),
-                            first_str(obj, "provider_name", "node_name"),
-                            first_str(obj, "model", "model_name"),
-                            first_str(obj, "engine"),
-                            obj,
-                            event_id,
-                        )
-                    )
+            else:
+                build = _OBJECT_EVENTS.get(kind)
+                if build is not None:
+                    obj = self._object(data)
+                    if obj is not None:
+                        out.append(build(obj, event_id))
         return out

@@ -25,7 +25,7 @@ good. Every move is logged at DEBUG; ``client.api`` tells the surface in use.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
@@ -53,6 +53,22 @@ API_NAMES: tuple[ApiName, ...] = get_args(ApiName)
 API_ENV = "INFERNET_API"
 RESALE_KEY_PREFIX = "ifr_res_"
 TRUST_TIERS = ("public", "verified", "trusted")
+# Only the documented jobs API takes top_p.
+TOP_P_ELSEWHERE = "leave it out, or use api='jobs'"
+# The chat request's parameters that every surface maps (or refuses) itself; any other field is an
+# extra one, which the jobs API passes on as it is and the other surfaces take or refuse by name.
+CHAT_PARAMETERS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "node_id",
+        "min_trust_tier",
+    }
+)
 
 
 def is_resale_key(token: str | None) -> bool:
@@ -100,19 +116,42 @@ class Surface:
     ``chat_body`` takes the SDK's own request (the documented API's JSON: ``model``,
     ``messages``, ``max_tokens``, ``temperature``, ``top_p``, ``node_id``, ``min_trust_tier``,
     ``stream`` and extra fields) and returns the body this surface expects, or raises
-    ``NotSupportedError`` for a parameter it would silently ignore. The ``read_*`` methods turn a
-    decoded JSON answer into the documented API's shape for the models in ``models``.
+    ``NotSupportedError`` for a parameter it would silently ignore: one it names in ``refused``,
+    or an extra field it has no use for (``extra_fields``, ``ignored_field``). The ``read_*``
+    methods turn a decoded JSON answer into the documented API's shape for the models in
+    ``models``.
     """
 
     name: ClassVar[ApiName]
     title: ClassVar[str]
     # Whether a job's stream can be opened again by its id (reconnects, following a re-queue).
     resumable: ClassVar[bool]
+    # The chat parameters this surface has no field for: each one's refusal and the advice, in the
+    # order they are checked.
+    refused: ClassVar[Mapping[str, tuple[str, str]]] = {}
 
     def unsupported(self, what: str, instead: str = "") -> NotSupportedError:
         others = ", ".join(f"api={n!r}" for n in API_NAMES if n != self.name)
         advice = instead or f"use {others}"
         return NotSupportedError(f"{self.title} {what}; {advice}", api=self.name)
+
+    def refuse_unsupported(self, request: Mapping[str, Any]) -> None:
+        """Refuse the parameters this surface would drop (``refused``), rather than drop them.
+
+        Raises:
+            NotSupportedError: one of them is set in ``request``.
+        """
+        for field, (what, instead) in self.refused.items():
+            if request.get(field) is not None:
+                raise self.unsupported(what, instead)
+
+    def extra_fields(self, request: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+        """The request's fields beyond ``CHAT_PARAMETERS``, in order."""
+        return ((name, value) for name, value in request.items() if name not in CHAT_PARAMETERS)
+
+    def ignored_field(self, name: str) -> NotSupportedError:
+        """The refusal of an extra field this surface would ignore."""
+        return self.unsupported(f"does not take {name!r} (it would be ignored)", "leave it out")
 
     # -- requests ----------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any
 from .._ids import quoted_job_id
 from .._token_decoder import TokenDecoder
 from ..events import EventDecoder
-from . import Call, Surface, check_trust_tier
+from . import TOP_P_ELSEWHERE, Call, Surface, check_trust_tier
 from ._openai import read_openai_models
 
 __all__ = ["ChatSurface"]
@@ -35,17 +35,16 @@ _PASSED = {
     "model_pubkey": "modelPubkey",
     "modelPubkey": "modelPubkey",
 }
-_OWN = frozenset({"model", "messages", "stream", "max_tokens", "temperature", "top_p", "node_id"})
 
 
 class ChatSurface(Surface):
     name = "chat"
     title = "the chat surface (/api/chat)"
     resumable = True
+    refused = {"top_p": ("has no top_p", TOP_P_ELSEWHERE)}
 
     def chat_body(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        if request.get("top_p") is not None:
-            raise self.unsupported("has no top_p", "leave it out, or use api='jobs'")
+        self.refuse_unsupported(request)
         body: dict[str, Any] = {"messages": request["messages"], "modelName": request["model"]}
         if request.get("max_tokens") is not None:
             body["maxTokens"] = request["max_tokens"]
@@ -56,14 +55,10 @@ class ChatSurface(Surface):
         tier = request.get("min_trust_tier")
         if tier is not None:
             body["minTrustTier"] = check_trust_tier(tier)
-        for name, value in request.items():
-            if name in _OWN or name == "min_trust_tier":
-                continue
+        for name, value in self.extra_fields(request):
             wire = _PASSED.get(name)
             if wire is None:
-                raise self.unsupported(
-                    f"does not take {name!r} (it would be ignored)", "leave it out"
-                )
+                raise self.ignored_field(name)
             body[wire] = value
         return body
 

@@ -24,12 +24,15 @@ class JobsSurface(Surface):
     name = "jobs"
     title = "the documented jobs API (/api/v1)"
     resumable = True
+    refused = {
+        "min_trust_tier": (
+            "has no min_trust_tier parameter",
+            "use api='chat' or api='openai' for it",
+        )
+    }
 
     def chat_body(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        if request.get("min_trust_tier") is not None:
-            raise self.unsupported(
-                "has no min_trust_tier parameter", "use api='chat' or api='openai' for it"
-            )
+        self.refuse_unsupported(request)
         return dict(request)
 
     def stream_call(self, request: Mapping[str, Any]) -> Call:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..events import EventDecoder
-from . import Call, Surface, check_trust_tier
+from . import TOP_P_ELSEWHERE, Call, Surface, check_trust_tier
 
 __all__ = ["OpenAISurface", "read_openai_models"]
 
@@ -24,21 +24,19 @@ ROOT = "/v1"
 # The anonymous tier's window (20 requests an hour per IP, per route): a 429 there names no time.
 ANONYMOUS_WINDOW = 3600.0
 _SENT_AS_IS = ("max_tokens", "temperature")
-_OWN = frozenset({"model", "messages", "stream", "max_tokens", "temperature", "top_p", "node_id"})
 
 
 class OpenAISurface(Surface):
     name = "openai"
     title = "the OpenAI-compatible surface (/v1)"
     resumable = False
+    refused = {
+        "top_p": ("ignores top_p", TOP_P_ELSEWHERE),
+        "node_id": ("cannot pin a node (node_id)", "use api='chat' (providerId) or api='jobs'"),
+    }
 
     def chat_body(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        if request.get("top_p") is not None:
-            raise self.unsupported("ignores top_p", "leave it out, or use api='jobs'")
-        if request.get("node_id") is not None:
-            raise self.unsupported(
-                "cannot pin a node (node_id)", "use api='chat' (providerId) or api='jobs'"
-            )
+        self.refuse_unsupported(request)
         body: dict[str, Any] = {"model": request["model"], "messages": request["messages"]}
         for name in _SENT_AS_IS:
             if request.get(name) is not None:
@@ -46,13 +44,10 @@ class OpenAISurface(Surface):
         tier = request.get("min_trust_tier")
         if tier is not None:
             body["min_trust_tier"] = check_trust_tier(tier)
-        for name, value in request.items():
-            if name in _OWN or name == "min_trust_tier":
-                continue
-            if name == "metadata" and isinstance(value, Mapping):
-                body["metadata"] = dict(value)
-                continue
-            raise self.unsupported(f"does not take {name!r} (it would be ignored)", "leave it out")
+        for name, value in self.extra_fields(request):
+            if name != "metadata" or not isinstance(value, Mapping):
+                raise self.ignored_field(name)
+            body["metadata"] = dict(value)
         return body
 
     def stream_call(self, request: Mapping[str, Any]) -> Call:

@@ -3,8 +3,8 @@
 Imports ``aiohttp.web`` only when the command runs, so building the parser stays cheap. It prints
 the URLs of the three surfaces (the jobs API, the OpenAI-compatible ``/v1`` and the playground
 chat), the token (and the ``export`` lines the SDK reads) to stdout, then serves until SIGINT or
-SIGTERM. A value out of range is a usage error
-(one line, exit 2), caught by the argument types before the server is built.
+SIGTERM. A value out of range is a usage error (one line, exit 2), caught by the argument types
+before the server is built.
 """
 
 from __future__ import annotations
