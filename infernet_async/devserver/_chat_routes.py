@@ -23,10 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ._jobs import Job, iso
+from ._jobs import MAX_TOKENS_LIMIT, Job, iso
 from ._public import (
     ANONYMOUS_OWNER,
-    MAX_TOKENS_LIMIT,
     RATE_LIMITED,
     TRUST_TIERS,
     SurfaceError,

@@ -26,7 +26,10 @@ from typing import Any, Literal
 
 from ._generator import tokenize
 
-__all__ = ["Attempt", "Job", "JobStore", "iso", "parse_iso"]
+__all__ = ["MAX_TOKENS_LIMIT", "Attempt", "Job", "JobStore", "iso", "parse_iso"]
+
+# The most tokens a job may ask for, on every surface.
+MAX_TOKENS_LIMIT = 32768
 
 JobStatus = Literal["pending", "processing", "completed", "failed"]
 JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "processing", "completed", "failed")

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ._faults import Fault
-from ._jobs import JOB_STATUSES, Job, iso, parse_iso
+from ._jobs import JOB_STATUSES, MAX_TOKENS_LIMIT, Job, iso, parse_iso
 from ._state import PLANE_KEY, Plane, RequestState, request_state
 from ._streams import serve_stream
 
@@ -27,7 +27,6 @@ __all__ = ["API", "ApiError", "add_jobs_routes", "guarded", "jobs_fault_answer"]
 
 API = "/api/v1"
 ROLES = ("system", "user", "assistant", "tool")
-MAX_TOKENS_LIMIT = 32768
 MAX_LIST_LIMIT = 100
 
 

@@ -24,10 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ._jobs import Job
+from ._jobs import MAX_TOKENS_LIMIT, Job
 from ._public import (
     ANONYMOUS_OWNER,
-    MAX_TOKENS_LIMIT,
     RATE_LIMITED,
     TRUST_TIERS,
     SurfaceError,

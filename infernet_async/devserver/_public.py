@@ -22,7 +22,6 @@ from ._sse_writer import compact_dumps
 
 __all__ = [
     "ANONYMOUS_OWNER",
-    "MAX_TOKENS_LIMIT",
     "RATE_LIMITED",
     "TRUST_TIERS",
     "Surface",
@@ -43,7 +42,6 @@ __all__ = [
 Surface = Literal["jobs", "openai", "chat", "other"]
 RATE_LIMITED = "Rate limit exceeded — try again later"
 TRUST_TIERS = ("public", "verified", "trusted")
-MAX_TOKENS_LIMIT = 32768
 # The owner of jobs from the hosted-style routes: no token's index, so /api/v1 never lists them.
 ANONYMOUS_OWNER = -1
 
