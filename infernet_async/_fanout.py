@@ -189,6 +189,8 @@ def stream_job_runner(
             try:
                 if pacer is not None:
                     await pacer.wait()
+                if rate_limiter is not None:
+                    await rate_limiter.wait_for_probe()
                 # Inside the try: parameters the client refuses make this job's outcome, not
                 # the whole fan-out's failure.
                 stream = client.stream(**arguments)

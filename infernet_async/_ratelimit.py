@@ -121,6 +121,15 @@ class RateLimitState:
         self._model_paused_until: dict[str, float] = {}
         self._model_probing: set[str] = set()
 
+    def probing(self) -> bool:
+        """True while the budget is unknown and the probe requests that learn it are all out: a
+        request asking now would wait for their answer."""
+        return (
+            self.remaining is None
+            and self._awaiting_budget
+            and self._probes >= self._probe_allowance
+        )
+
     def pause_left(self) -> float | None:
         """Seconds left of the pause a 429 set, or ``None`` when requests are not paused."""
         left = self.paused_until - self._clock()
@@ -316,6 +325,17 @@ class RateLimiter:
         # the time it ends (the client passes its RetryPolicy.max_retry_after).
         self.longest_wait = longest_wait
         self._waiters: set[asyncio.Future[None]] = set()
+
+    async def wait_for_probe(self) -> None:
+        """Wait, claiming nothing, while the probe requests learn the budget (rule 1).
+
+        A fan-out's jobs call this before they build their requests: a thousand jobs then park
+        here at once and cheaply, so the event loop reads the probes' answers without first
+        building the requests they wait to send; ``acquire()`` still decides each request.
+        Returns at once, without an await, when no probe is out.
+        """
+        while self.state.probing():
+            await self._wait_for_change(math.inf)
 
     async def acquire(self, model: str | None = None, *, retry: bool = False) -> None:
         """Wait until a request for ``model`` may go, and claim it.

@@ -511,6 +511,73 @@ async def test_the_fan_out_passes_its_limiter_to_every_stream_it_opens():
     assert seen == [limiter, "absent"]
 
 
+async def test_waiting_for_the_probe_claims_nothing_and_ends_with_the_first_answer():
+    limiter = RateLimiter(RateLimitState(burst=2))
+    # No probe out: returns without an await (the coroutine ends on its first step).
+    with pytest.raises(StopIteration):
+        limiter.wait_for_probe().send(None)
+    await limiter.acquire()
+    await limiter.acquire()
+    assert limiter.state.probing()
+    done = anyio.Event()
+
+    async def job() -> None:
+        await limiter.wait_for_probe()
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(job)
+        await anyio.sleep(0.02)
+        assert not done.is_set() and limiter.state.outstanding == 2  # waiting claims nothing
+        limiter.observe(200, {"X-RateLimit-Remaining": "100", "X-RateLimit-Limit": "100"})
+        with anyio.fail_after(1):
+            await done.wait()
+    # A cancelled wait leaves nothing behind either.
+    limiter.state.observe(429, {"Retry-After": "0"})
+    await limiter.acquire()
+    assert limiter.state.probing()
+    with anyio.move_on_after(0.02):
+        await limiter.wait_for_probe()
+    assert limiter.state.outstanding == 1 and not limiter._waiters
+
+
+async def test_a_fan_out_builds_no_request_while_the_probes_are_out():
+    # A thousand jobs park before they build their requests, so the event loop reads the probes'
+    # answers first instead of after building every request that waits for them.
+    from infernet_async._fanout import BatchRequest, FanOut, gather, stream_job_runner
+
+    limiter = RateLimiter(RateLimitState(burst=3))
+    built_while_probing: list[bool] = []
+
+    class Stream:
+        text, job_id, token_count, time_to_send, time_to_first_token = "", None, 0, None, None
+
+        async def __aenter__(self) -> Stream:
+            await limiter.acquire()
+            await anyio.sleep(0.01)
+            limiter.observe(200, {"X-RateLimit-Remaining": "1000", "X-RateLimit-Limit": "1000"})
+            return self
+
+        async def __aexit__(self, *exc_info: object) -> None:
+            return None
+
+        async def final_text(self, *, read_interval: float = 0.0) -> str:
+            return ""
+
+    class Client:
+        def stream(self, **arguments: object) -> Stream:
+            built_while_probing.append(limiter.state.probing())
+            return Stream()
+
+    requests = [BatchRequest(id=str(i), model="m", prompt="hi") for i in range(40)]
+    outcomes = await gather(
+        FanOut(stream_job_runner(Client(), rate_limiter=limiter), requests, concurrency=40)
+    )
+    assert [outcome.status for outcome in outcomes] == ["ok"] * 40
+    assert built_while_probing.count(True) == 0
+    assert len(built_while_probing) == 40
+
+
 def test_a_429_while_our_count_had_room_means_the_budget_is_shared() -> None:
     # Two processes on one token: this one believed 30 were left when the server said no. From
     # then on it takes half of what the headers say is left, so the two stop colliding.
