@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
 
 import aiohttp
@@ -13,42 +11,13 @@ import pytest
 from infernet_async.cli import main
 from tests.helpers.devserver import Api, texts
 from tests.helpers.paths import ROOT
-from tests.helpers.signals import default_sigint
+from tests.helpers.serve import serve_process
 
 
 async def test_serve_prints_url_and_token_serves_and_stops_on_sigint() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "infernet_async",
-        "serve",
-        "--port",
-        "0",
-        "--token",
-        "cli-token",
-        "--dialect",
-        "typed",
-        "--tokens-per-second",
-        "1000",
-        "--time-to-first-token",
-        "0",
-        "--answer-tokens",
-        "4",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env=env,
-        preexec_fn=default_sigint,
-    )
-    assert process.stdout is not None
-    try:
-        banner: list[str] = []
-        async with asyncio.timeout(20):
-            while not banner or not banner[-1].startswith("Press Ctrl-C"):
-                line = await process.stdout.readline()
-                assert line, "serve exited before printing its banner"
-                banner.append(line.decode().rstrip())
+    arguments = ("--port", "0", "--token", "cli-token", "--dialect", "typed")
+    speed = ("--tokens-per-second", "1000", "--time-to-first-token", "0", "--answer-tokens", "4")
+    async with serve_process(*arguments, *speed) as banner:
         assert "local emulation" in banner[0]
         exports = dict(
             line.removeprefix("export ").split("=", 1)
@@ -64,12 +33,6 @@ async def test_serve_prints_url_and_token_serves_and_stops_on_sigint() -> None:
             assert [e.event for e in events][-1] == "done" and len(texts(events)) == 4
             status, _, _ = await api.request("GET", "/models", token="dev-token")
             assert status == 401  # only the tokens given on the command line
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGINT)
-        async with asyncio.timeout(10):
-            returncode = await process.wait()
-    assert returncode == 0
 
 
 def test_serve_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,8 +18,7 @@ import pytest
 from infernet_async.cli import main
 from infernet_async.devserver import DevServer, Fault, NodeSpec
 from tests.helpers.devserver import Event, parse_sse
-from tests.helpers.paths import ROOT
-from tests.helpers.signals import default_sigint
+from tests.helpers.serve import serve_process
 
 FAST: dict[str, Any] = {"tokens_per_second": 1000.0, "time_to_first_token": 0.0}
 MODEL = "qwen2.5:14b"
@@ -759,37 +755,10 @@ def test_serve_parses_the_new_options(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 async def test_serve_hosted_prints_the_three_surfaces(session: aiohttp.ClientSession) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "infernet_async",
-        "serve",
-        "--port",
-        "0",
-        "--hosted",
-        "--resale-key",
-        f"ifr_res_cli={MODEL},mistral:7b",
-        "--anonymous-limit",
-        "5",
-        "--tokens-per-second",
-        "1000",
-        "--time-to-first-token",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env=env,
-        preexec_fn=default_sigint,
-    )
-    assert process.stdout is not None
-    try:
-        banner: list[str] = []
-        async with asyncio.timeout(20):
-            while not banner or not banner[-1].startswith("Press Ctrl-C"):
-                line = await process.stdout.readline()
-                assert line, "serve exited before printing its banner"
-                banner.append(line.decode().rstrip())
+    resale = f"ifr_res_cli={MODEL},mistral:7b"
+    hosted = ("--hosted", "--resale-key", resale, "--anonymous-limit", "5")
+    speed = ("--tokens-per-second", "1000", "--time-to-first-token", "0")
+    async with serve_process("--port", "0", *hosted, *speed) as banner:
         text = "\n".join(banner)
         openai_line = next(line for line in banner if "OpenAI-compatible:" in line)
         chat_line = next(line for line in banner if "Playground chat:" in line)
@@ -803,9 +772,3 @@ async def test_serve_hosted_prints_the_three_surfaces(session: aiohttp.ClientSes
         assert status == 200 and [m["id"] for m in body["data"]] == ["mistral:7b", MODEL]
         status, _, _ = await call(session, "GET", jobs_line.split()[2] + "/models")
         assert status == 404
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGINT)
-        async with asyncio.timeout(10):
-            returncode = await process.wait()
-    assert returncode == 0
