@@ -47,7 +47,6 @@ __all__ = [
     "RetryDecision",
     "Retrier",
     "backoff_delay",
-    "decide_retry",
     "is_retryable",
     "policy_backoff",
     "requested_wait",
@@ -203,18 +202,3 @@ def policy_backoff(
     """``RetryPolicy``'s backoff schedule as a function of the retry number."""
     base, cap = policy.backoff_base, policy.backoff_max
     return lambda attempt: backoff_delay(attempt, base=base, cap=cap, random=random)
-
-
-def decide_retry(
-    method: str,
-    error: BaseException,
-    *,
-    attempt: int,
-    policy: RetryPolicy,
-    retry_after: float | None = None,
-    random: Callable[[], float] = _random.random,
-) -> RetryDecision:
-    """Decide about retry number ``attempt`` (1-based) after ``error`` (see ``Retrier.decide``)."""
-    retrier = Retrier.for_requests(policy, random=random)
-    retrier.retries = attempt - 1
-    return retrier.decide(method, error, retry_after=retry_after)

@@ -34,7 +34,6 @@ from infernet_async._retry import (
     Retrier,
     RetryDecision,
     backoff_delay,
-    decide_retry,
     is_retryable,
     requested_wait,
 )
@@ -195,24 +194,26 @@ def test_a_failed_certificate_check_is_never_retried() -> None:
     assert not is_retryable("GET", error) and not is_retryable("POST", error)
 
 
-def test_decide_retry_uses_the_server_wait_and_caps_it() -> None:
+def test_a_retrier_uses_the_server_wait_and_caps_it() -> None:
     policy = RetryPolicy(max_retries=2, max_retry_after=10)
     err = RateLimitError("x", retry_after=3)
-    decision = decide_retry("POST", err, attempt=1, policy=policy, retry_after=3)
+    retrier = Retrier.for_requests(policy)
+    decision = retrier.decide("POST", err, retry_after=3)
     assert decision.retry and decision.delay == 3
-    too_long = decide_retry("POST", err, attempt=1, policy=policy, retry_after=11)
+    too_long = Retrier.for_requests(policy).decide("POST", err, retry_after=11)
     assert not too_long.retry
-    exhausted = decide_retry("POST", err, attempt=3, policy=policy, retry_after=3)
+    assert retrier.decide("POST", err, retry_after=3).retry
+    exhausted = retrier.decide("POST", err, retry_after=3)
     assert not exhausted.retry and exhausted.reason == "retries exhausted"
 
 
-def test_decide_retry_backs_off_without_a_server_wait() -> None:
+def test_a_retrier_backs_off_without_a_server_wait() -> None:
     policy = RetryPolicy(backoff_base=1.0, backoff_max=30.0)
     err = InternalServerError("x", status=500, code="internal_error")
-    first = decide_retry("GET", err, attempt=1, policy=policy, random=lambda: 1.0)
-    second = decide_retry("GET", err, attempt=2, policy=policy, random=lambda: 1.0)
+    retrier = Retrier.for_requests(policy, random=lambda: 1.0)
+    first, second = retrier.decide("GET", err), retrier.decide("GET", err)
     assert (first.delay, second.delay) == (1.0, 2.0)
-    assert not decide_retry("POST", err, attempt=1, policy=policy).retry
+    assert not Retrier.for_requests(policy).decide("POST", err).retry
 
 
 async def test_one_retrier_counts_decides_and_sleeps_for_every_retry_loop() -> None:
