@@ -219,7 +219,7 @@ def make_aiohttp_sse_client2() -> tuple[Contestant, Callable[[], None]]:
     def run(chunks: list[bytes]) -> str:
         return loop.run_until_complete(drive(chunks))
 
-    return run, loop.close
+    return run, lambda: _close_loop(loop)
 
 
 # --- floors: no SSE parsing at all, the body split once
@@ -384,6 +384,13 @@ def sseclient_events(chunks: list[bytes]) -> Iterator[Any]:
     return sseclient.SSEClient(iter(chunks)).events()  # type: ignore[no-any-return]
 
 
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Finalize what a contestant's async generators left open, then close its loop (Python
+    3.13 warns about an async generator still open when its loop closes)."""
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
 def make_openai_async(answer: Callable[[AsyncIterator[Any], str], Any]) -> tuple[Contestant, Any]:
     """openai's SSEDecoder fed bytes as openai.AsyncStream feeds it: ``aiter_bytes()`` over the
     response's async byte iterator (here an async generator of the chunks)."""
@@ -396,16 +403,20 @@ def make_openai_async(answer: Callable[[AsyncIterator[Any], str], Any]) -> tuple
             yield chunk
 
     async def drive(chunks: list[bytes]) -> str:
-        events = OpenAISSEDecoder().aiter_bytes(body(chunks))
+        source = body(chunks)
+        events = OpenAISSEDecoder().aiter_bytes(source)
         try:
             return await answer(events, "event")  # type: ignore[no-any-return]
         finally:
+            # Closing the outer generator leaves the inner one open: close both, as an
+            # http response's close would.
             await events.aclose()  # type: ignore[attr-defined]
+            await source.aclose()  # type: ignore[attr-defined]
 
     def run(chunks: list[bytes]) -> str:
         return loop.run_until_complete(drive(chunks))
 
-    return run, loop.close
+    return run, lambda: _close_loop(loop)
 
 
 def make_aiohttp_events(answer: Callable[[AsyncIterator[Any], str], Any]) -> tuple[Contestant, Any]:
@@ -427,7 +438,7 @@ def make_aiohttp_events(answer: Callable[[AsyncIterator[Any], str], Any]) -> tup
     def run(chunks: list[bytes]) -> str:
         return loop.run_until_complete(drive(chunks))
 
-    return run, loop.close
+    return run, lambda: _close_loop(loop)
 
 
 def _blocks(chunks: list[bytes]) -> list[bytes]:
