@@ -31,12 +31,10 @@ transport calls ``acquire()`` before each of them, and ``observe()`` with the re
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Concatenate, ParamSpec
 
 from ._server_wait import header, number, reset_wall_time, server_retry_after
 from .errors import NoCapacityError, RateLimitError
@@ -47,7 +45,6 @@ __all__ = [
     "default_backoff",
 ]
 
-_P = ParamSpec("_P")
 
 # Reset is whole seconds; waiting a little past it avoids arriving a hair before the window turns.
 _DEFAULT_RESET_MARGIN = 0.25
@@ -294,22 +291,6 @@ class RateLimitState:
             self.reset_at = reset_at
 
 
-def _then_wake(
-    decide: Callable[Concatenate[RateLimitState, _P], None],
-) -> Callable[Concatenate[RateLimiter, _P], None]:
-    """``decide`` on the limiter's state, then wake its waiters to look at the new state."""
-
-    # Its parameters and docstring are the state method's (``inspect.signature`` follows
-    # ``__wrapped__``), its qualified name the limiter's.
-    @functools.wraps(decide)
-    def then_wake(limiter: RateLimiter, /, *args: _P.args, **kwargs: _P.kwargs) -> None:
-        decide(limiter.state, *args, **kwargs)
-        limiter._wake()
-
-    then_wake.__qualname__ = f"RateLimiter.{decide.__name__}"
-    return then_wake
-
-
 class RateLimiter:
     """The shared limiter: ``await acquire(model)``, then ``observe()`` or ``release()``.
 
@@ -389,10 +370,24 @@ class RateLimiter:
             timer.cancel()
             self._waiters.discard(waiter)
 
-    # The state's own methods, each then waking the waiters: the answer (or its absence) may
-    # let them go. Same arguments as ``RateLimitState.observe`` and ``.release``.
-    observe = _then_wake(RateLimitState.observe)
-    release = _then_wake(RateLimitState.release)
+    def observe(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: object = None,
+        *,
+        model: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Record the answer to a request that ``acquire()`` let through (see
+        ``RateLimitState.observe``), and wake the waiters: it may let them go."""
+        self.state.observe(status, headers, body, model=model, retry_after=retry_after)
+        self._wake()
+
+    def release(self, model: str | None = None) -> None:
+        """Record that a request let through got no answer at all, and wake the waiters."""
+        self.state.release(model)
+        self._wake()
 
     def _wake(self) -> None:
         for waiter in self._waiters:
